@@ -1,0 +1,21 @@
+"""Deterministic stand-ins for every port: fast, dependency-free, reproducible by seed."""
+
+from kitchen.adapters.noop.training import ByteTokenizer, NoopSamplingClient, NoopTrainingClient
+from kitchen.adapters.noop.stores import (
+    NoopBlobStore,
+    NoopEmbeddingClient,
+    NoopHubClient,
+    NoopMetricsStore,
+    NoopVectorStore,
+)
+
+__all__ = [
+    "ByteTokenizer",
+    "NoopBlobStore",
+    "NoopEmbeddingClient",
+    "NoopHubClient",
+    "NoopMetricsStore",
+    "NoopSamplingClient",
+    "NoopTrainingClient",
+    "NoopVectorStore",
+]

@@ -1,0 +1,123 @@
+"""Backend-neutral value types with Tinker's semantics.
+
+Every backend (noop, local torch, the Tinker SDK) speaks these types, so one workflow
+runs unchanged on all of them. They are plain dataclasses over Python lists: no torch,
+no numpy, cheap to build, easy to serialise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+LossFn = Literal["cross_entropy", "importance_sampling", "ppo"]
+LOSS_FNS: tuple[str, ...] = ("cross_entropy", "importance_sampling", "ppo")
+
+
+@dataclass
+class Datum:
+    """One training example: input tokens plus per-token loss inputs.
+
+    ``loss_fn_inputs`` holds lists aligned with ``model_input`` (same length):
+    ``target_tokens`` (int) and ``weights`` (float) always; ``logprobs`` (the sampler's
+    logprobs of the targets) and ``advantages`` for the RL losses.
+    """
+
+    model_input: list[int]
+    loss_fn_inputs: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return len(self.model_input)
+
+    def num_loss_tokens(self) -> int:
+        return sum(1 for w in self.loss_fn_inputs.get("weights", ()) if w)
+
+
+@dataclass(frozen=True)
+class AdamParams:
+    """Tinker's AdamW step parameters (decoupled weight decay; 0 clip = no clipping)."""
+
+    learning_rate: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-12
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """What to train. ``rank=0`` means full fine-tuning."""
+
+    rank: int = 16
+    alpha: float | None = None  # None: 2 * rank
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    train_mlp: bool = True
+    train_attn: bool = True
+    train_unembed: bool = False
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Everything a TrainingClient needs to open a session on a base model."""
+
+    base_model: str
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    seed: int = 0
+    dtype: str = "auto"  # auto | float32 | bfloat16
+    device: str = "auto"  # auto | cpu | cuda
+    max_length: int = 512
+
+
+@dataclass
+class ForwardBackwardResult:
+    """What forward_backward (or forward) returns for one batch.
+
+    ``loss`` is the batch loss as the backend optimised it (for cross_entropy: the
+    weighted token mean). ``logprobs`` holds, per datum, the logprob of each target
+    token. ``metrics`` carries backend extras (token counts, clip fractions...).
+    """
+
+    loss: float
+    logprobs: list[list[float]]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class OptimStepResult:
+    step: int
+    metrics: dict[str, float] = field(default_factory=dict)  # e.g. grad_norm, lr
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    stop: tuple[str, ...] | tuple[int, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class SampledSequence:
+    tokens: list[int]
+    logprobs: list[float]
+    stop_reason: Literal["stop", "length"] = "length"
+
+
+@dataclass
+class SampleResult:
+    sequences: list[SampledSequence]
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """Where a backend saved state: a local path or a backend URI (``tinker://...``)."""
+
+    name: str
+    path: str
+    step: int
+    kind: Literal["state", "weights", "sampler"] = "state"

@@ -1,0 +1,3 @@
+"""Built-in stages. Importing this package registers them."""
+
+from kitchen.stages import data, evaluate, persist, session, train  # noqa: F401

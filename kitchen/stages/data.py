@@ -1,0 +1,76 @@
+"""Data stages: load rows through the DatasetStore, tokenize them (cached), pick a batch."""
+
+from __future__ import annotations
+
+from kitchen.engine.context import Context
+from kitchen.engine.stage import Stage, register_stage
+from kitchen.errors import ConfigError
+from kitchen.telemetry import events as ev
+
+
+@register_stage("load_dataset")
+class LoadDataset(Stage):
+    """Read the train (and test) rows; the DatasetStore reports bad files with line numbers."""
+
+    def validate(self, ctx: Context) -> None:
+        if not ctx.spec.dataset:
+            raise ConfigError(f"Recipe '{ctx.spec.recipe}' needs a dataset: pass dataset=PATH (a JSONL, JSON, CSV or Parquet file).")
+
+    def execute(self, ctx: Context) -> None:
+        store = ctx.adapters.dataset_store
+        ctx.state["train_rows"] = store.load(ctx.spec.dataset)
+        ctx.state["test_rows"] = store.load(ctx.spec.test_dataset) if ctx.spec.test_dataset else []
+        ctx.emit(ev.RUN_INFO, message=f"dataset: {len(ctx.state['train_rows'])} train rows, {len(ctx.state['test_rows'])} test rows")
+
+
+@register_stage("tokenize_dataset")
+class TokenizeDataset(Stage):
+    """Render chat rows into Datums once; the token cache makes a second run free."""
+
+    def execute(self, ctx: Context) -> None:
+        from kitchen.train.token_cache import cached_sft_data
+
+        renderer, tokenizer = ctx.state["renderer"], ctx.state["tokenizer"]
+        spec = ctx.spec
+        for split, source, rows_key in (("train", spec.dataset, "train_rows"), ("test", spec.test_dataset, "test_rows")):
+            if not source:
+                ctx.state[f"{split}_data"] = []
+                continue
+            rows = ctx.state[rows_key]
+            datums, stats, hit = cached_sft_data(source, lambda rows=rows: rows, tokenizer, renderer)
+            ctx.state[f"{split}_data"] = datums
+            ctx.metadata[f"{split}_data_stats"] = stats
+            ctx.emit(ev.RUN_INFO, message=f"{split}: {len(datums)} examples tokenized" + (" (from cache)" if hit else ""))
+            truncated, dropped = stats.truncated, stats.dropped_empty
+            if truncated or dropped:
+                ctx.emit(
+                    ev.RUN_WARNING,
+                    message=f"{split}: {truncated} of {len(rows)} examples were longer than max_length={spec.max_length} and were truncated; "
+                    f"{dropped} had no trained tokens left and were dropped. Raise max_length to keep them.",
+                )
+        if not ctx.state["train_data"]:
+            from kitchen.errors import DataError
+
+            raise DataError(f"No trainable examples in {spec.dataset}: every row was empty after rendering with max_length={spec.max_length}.")
+
+
+@register_stage("render_batch")
+class RenderBatch(Stage):
+    """Select this step's Datums according to the deterministic batch plan."""
+
+    def execute(self, ctx: Context) -> None:
+        data = ctx.state["train_data"]
+        ctx.state["batch_data"] = [data[i] for i in ctx.state["batch"].indices]
+
+
+@register_stage("plan_batches")
+class PlanBatches(Stage):
+    """Fix the data order for the whole run (a pure function of seed and step)."""
+
+    def execute(self, ctx: Context) -> None:
+        from kitchen.train.batching import BatchPlan
+
+        spec = ctx.spec
+        plan = BatchPlan(len(ctx.state["train_data"]), spec.batch_size, spec.epochs, spec.max_steps, spec.seed)
+        ctx.state["plan"] = plan
+        ctx.state["total_steps"] = plan.total_steps

@@ -1,0 +1,104 @@
+"""Event names and the in-process event bus.
+
+Names follow the seeds' telemetry tree (``workflow.start``, ``training.step``...). An
+event is a name, a monotonic timestamp and a flat payload dict. Sinks subscribe to the
+bus; a sink that raises is dropped with one warning so telemetry never ends a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+log = logging.getLogger("kitchen.telemetry")
+
+WORKFLOW_START = "workflow.start"
+WORKFLOW_STOP = "workflow.stop"
+WORKFLOW_EXCEPTION = "workflow.exception"
+STAGE_START = "stage.start"
+STAGE_STOP = "stage.stop"
+STAGE_EXCEPTION = "stage.exception"
+TRAINING_STEP = "training.step"
+TRAINING_EPOCH = "training.epoch"
+TRAINING_CHECKPOINT = "training.checkpoint"
+EVAL_START = "eval.start"
+EVAL_STOP = "eval.stop"
+EVAL_RESULT = "eval.result"
+SAMPLE = "sample.completion"  # a sampled completion shown to the user (before/after, rollouts)
+RUN_INFO = "run.info"  # free-form notes: model loaded, resume point, warnings
+RUN_WARNING = "run.warning"
+
+ALL_EVENTS = (
+    WORKFLOW_START, WORKFLOW_STOP, WORKFLOW_EXCEPTION, STAGE_START, STAGE_STOP, STAGE_EXCEPTION,
+    TRAINING_STEP, TRAINING_EPOCH, TRAINING_CHECKPOINT, EVAL_START, EVAL_STOP, EVAL_RESULT,
+    SAMPLE, RUN_INFO, RUN_WARNING,
+)
+
+
+@dataclass
+class Event:
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+    time: float = field(default_factory=time.time)
+
+
+class Sink(Protocol):
+    """Anything that wants events. ``close`` is called once when the run ends."""
+
+    def handle(self, event: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EventBus:
+    """Synchronous fan-out to sinks; a failing sink is removed, the run goes on."""
+
+    def __init__(self) -> None:
+        self._sinks: list[Sink] = []
+        self._listeners: list[Callable[[Event], None]] = []
+        self.dropped: list[str] = []
+
+    def subscribe(self, sink: Sink) -> None:
+        self._sinks.append(sink)
+
+    def listen(self, fn: Callable[[Event], None]) -> None:
+        """A plain callback (tests, the sweep summary). Same drop-on-error rule."""
+        self._listeners.append(fn)
+
+    def emit(self, name: str, /, **data: Any) -> None:
+        if not self._sinks and not self._listeners:
+            return
+        event = Event(name, data)
+        for sink in list(self._sinks):
+            try:
+                sink.handle(event)
+            except Exception as exc:  # noqa: BLE001 - a sink must never end the run
+                self._drop(sink, exc)
+        for fn in list(self._listeners):
+            try:
+                fn(event)
+            except Exception as exc:  # noqa: BLE001
+                self._listeners.remove(fn)
+                self._warn(getattr(fn, "__name__", repr(fn)), exc)
+
+    def _drop(self, sink: Sink, exc: Exception) -> None:
+        self._sinks.remove(sink)
+        self._warn(type(sink).__name__, exc)
+        try:
+            sink.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _warn(self, who: str, exc: Exception) -> None:
+        self.dropped.append(who)
+        log.warning("telemetry sink %s failed and was dropped: %s: %s", who, type(exc).__name__, exc)
+
+    def close(self) -> None:
+        for sink in list(self._sinks):
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001
+                self._warn(type(sink).__name__, exc)
+        self._sinks.clear()

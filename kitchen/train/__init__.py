@@ -1,0 +1,1 @@
+"""Domain logic with no I/O: renderers, datums, losses, schedules, RL/DPO/distillation math."""

@@ -1,0 +1,62 @@
+"""The data order of a run, as a pure function of (seed, epoch, step).
+
+Because batch ``s`` is always the same examples, a resumed run continues with exactly
+the batch an uninterrupted run would have seen next: no batch is skipped or repeated.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    step: int  # 0-based global index of the optimizer step this batch feeds
+    epoch: int
+    index: int  # position within the epoch
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    num_examples: int
+    batch_size: int
+    epochs: int
+    max_steps: int | None
+    seed: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full batches per epoch; a final partial batch is dropped so every step sees batch_size examples."""
+        return max(1, self.num_examples // self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        total = self.steps_per_epoch * self.epochs
+        return min(total, self.max_steps) if self.max_steps else total
+
+    def order(self, epoch: int) -> list[int]:
+        rng = random.Random(f"{self.seed}:{epoch}")
+        idx = list(range(self.num_examples))
+        rng.shuffle(idx)
+        return idx
+
+    def batch(self, step: int) -> BatchRef:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        order = self.order(epoch)
+        start = index * self.batch_size
+        chunk = order[start : start + self.batch_size]
+        if len(chunk) < self.batch_size:  # fewer examples than one batch: wrap around
+            chunk = [order[i % len(order)] for i in range(start, start + self.batch_size)]
+        return BatchRef(step, epoch, index, tuple(chunk))
+
+    def epochs_from(self, step: int) -> range:
+        last = (self.total_steps - 1) // self.steps_per_epoch if self.total_steps else -1
+        return range(step // self.steps_per_epoch, last + 1)
+
+    def batches_in_epoch(self, epoch: int, from_step: int):
+        first = max(from_step, epoch * self.steps_per_epoch)
+        last = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
+        for step in range(first, last):
+            yield self.batch(step)
