@@ -214,10 +214,10 @@ def execute(spec: RunSpec) -> RunResult:
 
 
 def spec_from_config(cfg: Any) -> tuple[RunSpec, dict[str, Any]]:
-    from kitchen.config.compose import to_container
+    from kitchen.config.compose import describe_source, to_container
 
     data = to_container(cfg) if not isinstance(cfg, dict) else cfg
-    return RunSpec.from_config(data), data
+    return RunSpec.from_config(data, source=describe_source(data.get("recipe"))), data
 
 
 def hydra_task(cfg: Any) -> dict[str, Any]:
@@ -240,7 +240,7 @@ def hydra_sweep_task(cfg: Any) -> dict[str, Any]:
 
         data = to_container(cfg)
         data["run_dir"] = run_dir
-        spec = RunSpec.from_config(data)
+        spec, _ = spec_from_config(data)
         return vars(execute(spec))
     except KitchenError as exc:
         return {"status": "failed", "run_dir": run_dir, "error": exc.render(), "metrics": {}}

@@ -73,9 +73,9 @@ def _compose_spec(overrides: list[str], recipes_dir: list[str]):
     found = setup(recipes_dir)
     cfg = compose(overrides, found=found)
     data = to_container(cfg)
-    recipe = found.get(data.get("recipe", ""))
-    source = f"recipe file {recipe.path}" if recipe else "the composed config"
-    return RunSpec.from_config(data, source=source), data, found
+    from kitchen.config.compose import describe_source
+
+    return RunSpec.from_config(data, source=describe_source(data.get("recipe"))), data, found
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

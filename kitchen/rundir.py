@@ -119,6 +119,8 @@ class RunDir:
             return "resume"
         if not occupied:
             return "fresh"
+        if info and info.get("status") in ("failed", "interrupted") and not info.get("step") and not self.list_checkpoints():
+            return "fresh"  # an attempt that failed before its first step holds nothing worth protecting
         if overwrite:
             return "overwrite"
         status = (info or {}).get("status", "unknown")

@@ -31,6 +31,17 @@ def _register_resolvers() -> None:
         )
 
 
+_FOUND: dict[str, recipes_mod.Recipe] = {}
+
+
+def describe_source(recipe_name: str | None) -> str:
+    """Where a composed config came from, for error messages."""
+    recipe = _FOUND.get(recipe_name or "")
+    if recipe is None:
+        return "the composed config"
+    return f"recipe {recipe.name} from {recipe.path}, with command-line overrides"
+
+
 def group_options(group: str) -> list[str]:
     folder = recipes_mod.bundled_conf_dir() / group
     return sorted(p.stem for p in folder.glob("*.yaml"))
@@ -42,6 +53,8 @@ def setup(recipe_dirs: Iterable[str | os.PathLike[str]] = ()) -> dict[str, recip
 
     _register_resolvers()
     found = recipes_mod.discover(recipe_dirs)
+    _FOUND.clear()
+    _FOUND.update(found)
     cs = ConfigStore.instance()
     cs.store(name=PRIMARY, node=primary_node())
     cs.store(name="kitchen_defaults", node=OmegaConf.create(spec_defaults()))
@@ -125,6 +138,14 @@ def launch(
         if _is_hydra_error(exc):
             raise translate(exc, overrides, found) from None
         raise
+
+
+def _recipe_choosing(group: str, choice: str, found: dict[str, recipes_mod.Recipe]) -> recipes_mod.Recipe | None:
+    """The recipe whose defaults list picks ``group: choice`` (for naming the culprit file)."""
+    for recipe in found.values():
+        if getattr(recipe, group, None) == choice:
+            return recipe
+    return None
 
 
 def _is_hydra_error(exc: BaseException) -> bool:

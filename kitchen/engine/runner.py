@@ -26,7 +26,9 @@ class Runner:
     def __init__(self, workflow: Workflow) -> None:
         self.workflow = workflow
         self._instances: dict[int, Stage] = {}
+        self._undoable: set[int] = set()
         self._completed: list[Stage] = []
+        self._timing: dict[str, float] = {}
 
     def stage_for(self, node: StageNode) -> Stage:
         key = id(node)
@@ -34,6 +36,8 @@ class Runner:
         if inst is None:
             inst = get_stage(node.name)(**node.kwargs())
             self._instances[key] = inst
+            if inst.has_rollback():
+                self._undoable.add(id(inst))
         return inst
 
     def validate(self, ctx: Context) -> None:
@@ -47,6 +51,7 @@ class Runner:
 
     def run(self, ctx: Context) -> None:
         """Execute the workflow; on failure roll back completed stages, newest first."""
+        self._timing = ctx.state.setdefault("stage_time", {})
         try:
             self._run_nodes(self.workflow.nodes, ctx, "", depth=0)
         except BaseException as exc:
@@ -77,25 +82,26 @@ class Runner:
                 raise TypeError(f"unknown workflow node {node!r}")
 
     def _run_stage(self, node: StageNode, ctx: Context, path: str, depth: int) -> None:
-        inst = self.stage_for(node)
-        where = f"{path}/{node.title}" if path else node.title
+        inst = self._instances.get(id(node)) or self.stage_for(node)
+        title = node.title
         if depth == 0:
-            ctx.emit(ev.STAGE_START, stage=node.title, path=where, step=ctx.step)
+            ctx.emit(ev.STAGE_START, stage=title, path=f"{path}/{title}" if path else title, step=ctx.step)
         t0 = time.perf_counter()
         try:
             inst.execute(ctx)
         except (StopRun, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            ctx.emit(ev.STAGE_EXCEPTION, stage=node.title, path=where, step=ctx.step, error=str(exc), type=type(exc).__name__)
+            where = f"{path}/{title}" if path else title
+            ctx.emit(ev.STAGE_EXCEPTION, stage=title, path=where, step=ctx.step, error=str(exc), type=type(exc).__name__)
             raise
         elapsed = time.perf_counter() - t0
         if depth == 0:
-            ctx.emit(ev.STAGE_STOP, stage=node.title, path=where, step=ctx.step, duration_s=elapsed)
+            ctx.emit(ev.STAGE_STOP, stage=title, path=f"{path}/{title}" if path else title, step=ctx.step, duration_s=elapsed)
         else:
-            timing = ctx.state.setdefault("stage_time", {})
-            timing[node.title] = timing.get(node.title, 0.0) + elapsed
-        if inst.has_rollback():
+            timing = self._timing
+            timing[title] = timing.get(title, 0.0) + elapsed
+        if id(inst) in self._undoable:
             self._completed.append(inst)
 
     def _run_loop(self, node: LoopNode, ctx: Context, path: str, depth: int) -> None:

@@ -31,7 +31,14 @@ class Datum:
         return len(self.model_input)
 
     def num_loss_tokens(self) -> int:
-        return sum(1 for w in self.loss_fn_inputs.get("weights", ()) if w)
+        """Tokens with a nonzero weight (cached per weights list: it is read every step)."""
+        weights = self.loss_fn_inputs.get("weights", ())
+        cached = self.__dict__.get("_loss_tokens")
+        if cached is not None and cached[0] is weights:
+            return cached[1]
+        count = sum(1 for w in weights if w)
+        self.__dict__["_loss_tokens"] = (weights, count)
+        return count
 
 
 @dataclass(frozen=True)

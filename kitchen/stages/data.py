@@ -13,13 +13,16 @@ class LoadDataset(Stage):
     """Read the train (and test) rows; the DatasetStore reports bad files with line numbers."""
 
     def validate(self, ctx: Context) -> None:
+        """Load before the run starts, so a missing or malformed file fails before anything is written."""
         if not ctx.spec.dataset:
             raise ConfigError(f"Recipe '{ctx.spec.recipe}' needs a dataset: pass dataset=PATH (a JSONL, JSON, CSV or Parquet file).")
-
-    def execute(self, ctx: Context) -> None:
         store = ctx.adapters.dataset_store
         ctx.state["train_rows"] = store.load(ctx.spec.dataset)
         ctx.state["test_rows"] = store.load(ctx.spec.test_dataset) if ctx.spec.test_dataset else []
+
+    def execute(self, ctx: Context) -> None:
+        if "train_rows" not in ctx.state:
+            self.validate(ctx)
         ctx.emit(ev.RUN_INFO, message=f"dataset: {len(ctx.state['train_rows'])} train rows, {len(ctx.state['test_rows'])} test rows")
 
 

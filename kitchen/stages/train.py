@@ -78,7 +78,7 @@ def finish(ctx: Context, item: InFlight) -> None:
             metrics[key] = value
     if opt is not None:
         for key, value in opt.metrics.items():
-            if key not in metrics:
+            if key not in metrics and key != "learning_rate":  # already reported as lr
                 metrics[key] = value
     ctx.metrics["loss"] = result.loss
     ctx.state.setdefault("losses", []).append((item.step, result.loss))

@@ -111,6 +111,7 @@ _SCALAR_KEYS = frozenset({
 
 
 _ATOMS = frozenset({str, int, float, bool, type(None)})
+_NUMERIC = frozenset({int, float, bool, type(None)})
 
 
 def _redact_fast(obj: Any) -> Any:
@@ -120,6 +121,8 @@ def _redact_fast(obj: Any) -> Any:
             return obj
         out = None
         for k, v in obj.items():
+            if type(v) in _NUMERIC:  # numbers are never hidden, even under a secret-looking key
+                continue
             if is_secret_key(k) and _hide(v):
                 new = REDACTED
             elif type(v) in _ATOMS:

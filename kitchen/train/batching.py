@@ -8,6 +8,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import lru_cache
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n: int) -> tuple[int, ...]:
+    rng = random.Random(f"{seed}:{epoch}")
+    idx = list(range(n))
+    rng.shuffle(idx)
+    return tuple(idx)
 
 
 @dataclass(frozen=True)
@@ -36,11 +45,8 @@ class BatchPlan:
         total = self.steps_per_epoch * self.epochs
         return min(total, self.max_steps) if self.max_steps else total
 
-    def order(self, epoch: int) -> list[int]:
-        rng = random.Random(f"{self.seed}:{epoch}")
-        idx = list(range(self.num_examples))
-        rng.shuffle(idx)
-        return idx
+    def order(self, epoch: int) -> tuple[int, ...]:
+        return _epoch_order(self.seed, epoch, self.num_examples)
 
     def batch(self, step: int) -> BatchRef:
         epoch, index = divmod(step, self.steps_per_epoch)

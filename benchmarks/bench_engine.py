@@ -1,0 +1,101 @@
+"""Engine overhead: the supervised workflow on noop adapters vs a bare loop, side by side.
+
+Both loops call the same NoopTrainingClient (forward_backward + optim_step + result) on
+the same batches. The kitchen run has both sinks on (console, plain mode; JSONL files).
+Overhead per step = kitchen µs/step - bare µs/step. Goal: at most 50 µs/step.
+
+    .venv/bin/python benchmarks/bench_engine.py [--steps 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def bare_loop(datums, steps: int, batch_size: int) -> float:
+    from kitchen.adapters.noop import NoopTrainingClient
+    from kitchen.ports.types import AdamParams, SessionConfig
+    from kitchen.train.batching import BatchPlan
+
+    client = NoopTrainingClient()
+    client.start_session(SessionConfig(base_model="noop"))
+    plan = BatchPlan(len(datums), batch_size, 10**6, steps, 0)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        batch = [datums[i] for i in plan.batch(step).indices]
+        fb = client.forward_backward(batch, "cross_entropy")
+        opt = client.optim_step(AdamParams(learning_rate=1e-4))
+        fb.result(), opt.result()
+    return time.perf_counter() - t0
+
+
+def kitchen_loop(steps: int, batch_size: int, run_dir: Path) -> tuple[float, list]:
+    from kitchen.app import execute, spec_from_config
+    from kitchen.config.compose import compose, to_container
+
+    cfg = compose([
+        "adapters=noop", f"max_steps={steps}", "epochs=100000", f"batch_size={batch_size}", "~test_dataset",
+        "num_preview_samples=0", "save_every=0", "eval_every=0", f"run_dir={run_dir}", "pipeline_depth=1",
+    ])
+    spec, _ = spec_from_config(to_container(cfg))
+    import kitchen.app as app
+
+    marks: dict[str, float] = {}
+    original = app.build_bus
+
+    def build_bus(spec, run_dir):
+        bus = original(spec, run_dir)
+
+        def mark(event):
+            if event.name == "training.step":
+                marks.setdefault("first", time.perf_counter())
+                marks["last"] = time.perf_counter()
+        bus.listen(mark)
+        return bus
+
+    app.build_bus = build_bus
+    t0 = time.perf_counter()
+    execute(spec)
+    total = time.perf_counter() - t0
+    app.build_bus = original
+    # Time from the first to the last completed step covers steps-1 full iterations.
+    return (marks["last"] - marks["first"]) * steps / (steps - 1), [total]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+
+    from kitchen.adapters.hf_datasets import HFDatasetStore
+    from kitchen.adapters.noop import ByteTokenizer
+    from kitchen.config.recipes import bundled_data_dir
+    from kitchen.train.datum import build_sft_data
+    from kitchen.train.renderers import build_renderer
+
+    rows = HFDatasetStore().load(str(bundled_data_dir() / "chat_sft/train.jsonl"))
+    datums, _ = build_sft_data(rows, build_renderer("auto", ByteTokenizer(), "last_assistant_message", 512))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("KITCHEN_CACHE_DIR", tmp)
+        kitchen_s, (total_s,) = kitchen_loop(args.steps, args.batch_size, Path(tmp) / "run")
+        bare_s = bare_loop(datums, args.steps, args.batch_size)
+    k_us = kitchen_s / args.steps * 1e6
+    b_us = bare_s / args.steps * 1e6
+    print()
+    print(f"engine overhead benchmark: {args.steps} supervised steps on noop adapters, sinks console+jsonl")
+    print(f"  bare python loop      {b_us:8.1f} µs/step")
+    print(f"  kitchen workflow      {k_us:8.1f} µs/step   (whole run incl. setup: {total_s:.2f} s)")
+    print(f"  orchestration overhead {k_us - b_us:7.1f} µs/step   goal <= 50 µs/step   ratio kitchen/bare {k_us / b_us:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
