@@ -233,6 +233,9 @@ def hydra_sweep_task(cfg: Any) -> dict[str, Any]:
     """The task function for each multirun job: never raises, so one failure can't stop the sweep."""
     from hydra.core.hydra_config import HydraConfig
 
+    from kitchen.config.compose import register_resolvers
+
+    register_resolvers()  # a launcher may run this job in a fresh process (joblib, submitit)
     run_dir = None
     try:
         run_dir = HydraConfig.get().runtime.output_dir

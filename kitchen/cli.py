@@ -197,12 +197,21 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)."),
     port: int = typer.Option(8000, help="Port (0 picks a free one)."),
     backend: str = typer.Option("local", help="local (torch) or noop."),
+    state_dir: Optional[Path] = typer.Option(None, help="Where checkpoints and tokenizers live (default: a temp dir)."),
+    latency_ms: float = typer.Option(0.0, help="Injected server-side latency per call (benchmarks)."),
+    faults: Optional[str] = typer.Option(None, help="Injected faults, e.g. 'forward_backward:503:2,optim_step:stall:1' (tests; also KITCHEN_SERVE_FAULTS)."),
     ready_file: Optional[Path] = typer.Option(None, help="Write the bound port here once listening."),
 ) -> None:
-    """Serve the Tinker REST API backed by the local engine (API key from KITCHEN_SERVE_API_KEY or TINKER_API_KEY)."""
+    """Serve the Tinker REST API on this machine, backed by a kitchen backend.
+
+    The API key clients must send comes from KITCHEN_SERVE_API_KEY or TINKER_API_KEY
+    (never a command-line argument); with neither set, one is generated and printed once.
+    Then: TINKER_BASE_URL=http://127.0.0.1:PORT TINKER_API_KEY=... kitchen run adapters=tinker
+    """
     from kitchen.serve import run_server
 
-    run_server(host=host, port=port, backend=backend, ready_file=str(ready_file) if ready_file else None)
+    run_server(host=host, port=port, backend=backend, latency_ms=latency_ms, faults=faults,
+               ready_file=str(ready_file) if ready_file else None, state_dir=str(state_dir) if state_dir else None)
 
 
 def main() -> None:

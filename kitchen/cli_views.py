@@ -65,7 +65,7 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value:.4g}"
     return str(value)
 
 
@@ -166,8 +166,16 @@ def print_runs(roots: Iterable[Path]) -> None:
         console.print("no runs found under " + ", ".join(str(r) for r in roots))
 
 
+def _varying(jobs: list[Any]) -> tuple[list[list[str]], list[str]]:
+    """Split each job's overrides into the swept ones (differ between jobs) and the shared ones."""
+    per_job = [list(job.overrides or []) for job in jobs]
+    shared = [o for o in (per_job[0] if per_job else []) if all(o in other for other in per_job)]
+    return [[o for o in ovs if o not in shared] for ovs in per_job], shared
+
+
 def print_sweep_summary(jobs: list[Any]) -> int:
-    table = Table(title="sweep summary")
+    swept, shared = _varying(jobs)
+    table = Table(title="sweep summary", caption=("shared: " + " ".join(shared)) if shared else None)
     for col in ("job", "overrides", "status", "steps", "loss", "test nll", "run dir"):
         table.add_column(col, overflow="fold")
     failed = 0
@@ -181,7 +189,7 @@ def print_sweep_summary(jobs: list[Any]) -> int:
             failed += 1
         metrics = value.get("metrics") or {}
         color = "green" if status == "completed" else "red"
-        table.add_row(str(num), " ".join(job.overrides or []), f"[{color}]{status}[/]", str(value.get("step", "-")),
+        table.add_row(str(num), " ".join(swept[num]), f"[{color}]{status}[/]", str(value.get("step", "-")),
                       _fmt(metrics.get("loss")), _fmt(metrics.get("test_nll")), str(value.get("run_dir") or "-"))
     console.print(table)
     for num, job in enumerate(jobs):

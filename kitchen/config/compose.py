@@ -24,7 +24,7 @@ VERSION_BASE = "1.3"
 GROUPS = ("recipe", "workflow", "adapters", "telemetry")
 
 
-def _register_resolvers() -> None:
+def register_resolvers() -> None:
     if not OmegaConf.has_resolver("kitchen_data"):
         OmegaConf.register_new_resolver(
             "kitchen_data", lambda rel: str(recipes_mod.bundled_data_dir() / rel), use_cache=False
@@ -51,7 +51,7 @@ def setup(recipe_dirs: Iterable[str | os.PathLike[str]] = ()) -> dict[str, recip
     """Register the primary config, the resolvers and every recipe in Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
 
-    _register_resolvers()
+    register_resolvers()
     found = recipes_mod.discover(recipe_dirs)
     _FOUND.clear()
     _FOUND.update(found)

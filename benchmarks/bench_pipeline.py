@@ -1,0 +1,86 @@
+"""Pipelining benchmark: TinkerTrainingClient against `kitchen serve` with injected latency.
+
+Starts `kitchen serve --backend noop --latency-ms 100` (noop: the benchmark isolates
+orchestration, not compute) on a free loopback port, then runs N supervised steps
+(forward_backward + optim_step) unpipelined (await each step before submitting the
+next) and pipelined (keep DEPTH steps in flight), and prints steps/s and the ratio.
+
+    .venv/bin/python benchmarks/bench_pipeline.py [--steps 20] [--depth 4] [--latency-ms 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kitchen.adapters.tinker import TinkerTrainingClient  # noqa: E402
+from kitchen.ports.types import AdamParams, Datum, LoraConfig, SessionConfig  # noqa: E402
+from kitchen.serve.testing import serve_subprocess  # noqa: E402
+
+
+def make_batches(tokenizer, steps: int, batch_size: int = 4) -> list[list[Datum]]:
+    out = []
+    for s in range(steps):
+        data = []
+        for b in range(batch_size):
+            ids = tokenizer.encode(f"step {s} example {b}: the kitchen serves tinker")
+            data.append(Datum(ids[:-1], {"target_tokens": ids[1:], "weights": [1.0] * (len(ids) - 1)}))
+        out.append(data)
+    return out
+
+
+def run(client: TinkerTrainingClient, batches: list[list[Datum]], depth: int) -> tuple[float, list[float]]:
+    adam = AdamParams(learning_rate=1e-4)
+    losses: list[float] = []
+    inflight = []
+    t0 = time.perf_counter()
+    for data in batches:
+        inflight.append((client.forward_backward(data), client.optim_step(adam)))
+        if len(inflight) >= depth:
+            fb, opt = inflight.pop(0)
+            losses.append(fb.result().loss)
+            opt.result()
+    for fb, opt in inflight:
+        losses.append(fb.result().loss)
+        opt.result()
+    return time.perf_counter() - t0, losses
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--depth", type=int, default=4, help="steps in flight when pipelined (2-4)")
+    p.add_argument("--latency-ms", type=float, default=100.0)
+    args = p.parse_args()
+
+    key = "tml-bench-" + secrets.token_hex(8)
+    os.environ["TINKER_API_KEY"] = key
+    with serve_subprocess(key, "noop", latency_ms=args.latency_ms) as srv:
+        results = {}
+        for label, depth in (("unpipelined", 1), (f"pipelined (depth {args.depth})", args.depth)):
+            client = TinkerTrainingClient(base_url=srv.base_url)
+            client.start_session(SessionConfig(base_model="noop", lora=LoraConfig(rank=8), seed=0))
+            batches = make_batches(client.get_tokenizer(), args.steps)
+            run(client, batches[:2], depth)  # warm up connections
+            client.close()
+            client = TinkerTrainingClient(base_url=srv.base_url)
+            client.start_session(SessionConfig(base_model="noop", lora=LoraConfig(rank=8), seed=0))
+            elapsed, losses = run(client, batches, depth)
+            client.close()
+            results[label] = (args.steps / elapsed, losses)
+            print(f"{label:>24}: {args.steps} steps in {elapsed:6.2f}s = {args.steps / elapsed:6.2f} steps/s")
+        (u_rate, u_losses), (p_rate, p_losses) = results.values()
+        same = all(abs(a - b) <= 1e-9 * max(1.0, abs(a)) for a, b in zip(u_losses, p_losses))
+        print(f"{'speedup':>24}: {p_rate / u_rate:.2f}x (goal >= 1.8x) at {args.latency_ms:g} ms latency per call;"
+              f" identical losses: {same}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

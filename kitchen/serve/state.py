@@ -1,0 +1,258 @@
+"""Server-side state for ``kitchen serve``: sessions, models, futures, samplers, checkpoints.
+
+Every created model is backed by one kitchen ``TrainingClient`` and owns one worker
+thread that runs its requests strictly in arrival order (the SDK sends a model's requests
+one turn at a time, so arrival order is seq_id order). A request's HTTP call returns at
+once with a future id; ``retrieve_future`` long-polls for the result. That is the Tinker
+async-future protocol, and it is what lets a client keep several steps in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from kitchen.errors import KitchenError
+from kitchen.ports.types import LoraConfig, SessionConfig
+
+log = logging.getLogger("kitchen.serve")
+
+NOOP_TOKENIZER_ID = "kitchen-noop-bytes"  # no ':' (the SDK cuts tokenizer ids at ':')
+LONG_POLL_S = 20.0  # < the SDK's 45 s retrieve_future timeout
+MAX_FUTURES = 20000
+
+
+class RequestError(Exception):
+    """Answered as an HTTP error with a JSON message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class FutureRecord:
+    request_id: str
+    model_id: str | None
+    event: threading.Event = field(default_factory=threading.Event)
+    ready_at: float = 0.0
+    payload: bytes | None = None  # proto bytes
+    json_body: dict[str, Any] | None = None
+    error: str | None = None
+    category: str = "server"
+
+    def finish(self, *, latency_s: float, payload: bytes | None = None, json_body: dict | None = None,
+               error: str | None = None, category: str = "server") -> None:
+        self.payload, self.json_body, self.error, self.category = payload, json_body, error, category
+        self.ready_at = time.monotonic() + latency_s
+        self.event.set()
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def make_backend(kind: str) -> Any:
+    """A fresh kitchen TrainingClient for one served model."""
+    if kind == "noop":
+        from kitchen.adapters.noop.training import NoopTrainingClient
+
+        return NoopTrainingClient()
+    if kind == "local":
+        try:
+            from kitchen.adapters.local import LocalTrainingClient
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise KitchenError(f"kitchen serve --backend local needs the local torch backend: {exc}") from exc
+        return LocalTrainingClient()
+    raise KitchenError(f"unknown serve backend {kind!r}; use 'local' or 'noop'")
+
+
+class ModelWorker:
+    """One served model: its kitchen TrainingClient and the thread that runs its requests in order."""
+
+    def __init__(self, model_id: str, base_model: str, lora: LoraConfig, seed: int, backend: str,
+                 ckpt_root: Path, extra: dict[str, Any]) -> None:
+        self.model_id = model_id
+        self.base_model = base_model
+        self.lora = lora
+        self.seed = seed
+        self.backend_kind = backend
+        self.extra = extra
+        self.client: Any = None
+        self.steps = 0
+        self.tokenizer_id: str | None = None
+        self.ckpt_dir = ckpt_root / _safe(model_id)
+        self._queue: "queue.Queue[tuple[FutureRecord, Callable[[], Any]] | None]" = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=f"model-{model_id}", daemon=True)
+        self._thread.start()
+
+    def session_config(self) -> SessionConfig:
+        kw: dict[str, Any] = {}
+        for key in ("dtype", "device"):
+            if self.extra.get(key):
+                kw[key] = str(self.extra[key])
+        if self.extra.get("max_length"):
+            kw["max_length"] = int(self.extra["max_length"])
+        return SessionConfig(base_model=self.base_model, lora=self.lora, seed=self.seed, **kw)
+
+    def start(self) -> dict[str, Any]:
+        self.client = make_backend(self.backend_kind)
+        if hasattr(self.client, "set_checkpoint_dir"):
+            self.client.set_checkpoint_dir(self.ckpt_dir / "weights")
+        facts = self.client.start_session(self.session_config())
+        return facts
+
+    def submit(self, rec: FutureRecord, fn: Callable[[], Any]) -> None:
+        self._queue.put((rec, fn))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            rec, fn = item
+            try:
+                fn()
+            except Exception as exc:  # the request fails; the model keeps serving
+                category = "user" if isinstance(exc, (KitchenError, ValueError, KeyError, IndexError)) else "server"
+                log.warning("request %s on %s failed: %s", rec.request_id, self.model_id, exc, exc_info=category == "server")
+                rec.finish(latency_s=0.0, error=f"{type(exc).__name__}: {exc}", category=category)
+
+
+@dataclass
+class SamplerRecord:
+    sampler_id: str
+    base_model: str
+    model_path: str | None
+    client: Any  # kitchen SamplingClient
+
+
+class ServerState:
+    def __init__(self, *, backend: str = "noop", latency_ms: float = 0.0, state_dir: str | os.PathLike[str] | None = None) -> None:
+        import tempfile
+
+        self.backend = backend
+        self.latency_s = max(0.0, latency_ms) / 1000.0
+        self.root = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="kitchen-serve-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.models: dict[str, ModelWorker] = {}
+        self.futures: "OrderedDict[str, FutureRecord]" = OrderedDict()
+        self.samplers: dict[str, SamplerRecord] = {}
+        self.sampler_snapshots: dict[str, SamplerRecord] = {}  # tinker sampler path -> snapshot
+        self.base_samplers: dict[str, Any] = {}
+        self._sample_queue: "queue.Queue[tuple[FutureRecord, Callable[[], Any]]]" = queue.Queue()
+        threading.Thread(target=self._sample_loop, name="sampler", daemon=True).start()
+
+    # ---- futures -------------------------------------------------------------------
+    def new_future(self, model_id: str | None) -> FutureRecord:
+        rec = FutureRecord(request_id=uuid.uuid4().hex, model_id=model_id)
+        with self.lock:
+            self.futures[rec.request_id] = rec
+            while len(self.futures) > MAX_FUTURES:
+                self.futures.popitem(last=False)
+        return rec
+
+    def wait_future(self, request_id: str, timeout: float = LONG_POLL_S) -> FutureRecord | None:
+        """The finished record, or None when still pending after ``timeout`` (long poll)."""
+        with self.lock:
+            rec = self.futures.get(request_id)
+        if rec is None:
+            raise RequestError(404, f"unknown request_id {request_id!r} (futures are kept in server memory; was the server restarted?)")
+        deadline = time.monotonic() + timeout
+        if not rec.event.wait(timeout):
+            return None
+        delay = rec.ready_at - time.monotonic()
+        if delay > 0:
+            if time.monotonic() + delay > deadline:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                return None
+            time.sleep(delay)
+        return rec
+
+    # ---- sessions / models ------------------------------------------------------------
+    def new_session(self, body: dict[str, Any]) -> str:
+        session_id = f"kitchen-{uuid.uuid4().hex[:12]}"
+        with self.lock:
+            self.sessions[session_id] = {"created": time.time(), "metadata": body.get("user_metadata") or {}}
+        return session_id
+
+    def model(self, model_id: str) -> ModelWorker:
+        with self.lock:
+            worker = self.models.get(model_id)
+        if worker is None:
+            raise RequestError(404, f"unknown model_id {model_id!r}")
+        return worker
+
+    def add_model(self, worker: ModelWorker) -> None:
+        with self.lock:
+            if worker.model_id in self.models:
+                raise RequestError(409, f"model {worker.model_id!r} already exists")
+            self.models[worker.model_id] = worker
+
+    # ---- checkpoints ----------------------------------------------------------------
+    def ckpt_root(self) -> Path:
+        return self.root / "runs"
+
+    def state_path(self, model_id: str, name: str) -> str:
+        return f"tinker://{model_id}/weights/{name}"
+
+    def sampler_path(self, model_id: str, name: str) -> str:
+        return f"tinker://{model_id}/sampler_weights/{name}"
+
+    def resolve_state(self, tinker_path: str) -> tuple[Path, dict[str, Any]]:
+        m = re.fullmatch(r"tinker://([^/]+)/weights/([^/]+)", tinker_path or "")
+        if not m:
+            raise RequestError(400, f"not a training-state path: {tinker_path!r} (expected tinker://RUN/weights/NAME)")
+        run, name = m.group(1), m.group(2)
+        base = self.ckpt_root() / _safe(run) / "weights"
+        meta_file = base / f"{_safe(name)}.kitchen.json"
+        if not meta_file.exists():
+            raise RequestError(404, f"checkpoint {tinker_path!r} not found on this server")
+        return base / name, json.loads(meta_file.read_text())
+
+    # ---- sampling worker --------------------------------------------------------------
+    def submit_sample(self, rec: FutureRecord, fn: Callable[[], Any]) -> None:
+        self._sample_queue.put((rec, fn))
+
+    def _sample_loop(self) -> None:
+        while True:
+            rec, fn = self._sample_queue.get()
+            try:
+                fn()
+            except Exception as exc:
+                category = "user" if isinstance(exc, (KitchenError, ValueError)) else "server"
+                log.warning("sample request %s failed: %s", rec.request_id, exc)
+                rec.finish(latency_s=0.0, error=f"{type(exc).__name__}: {exc}", category=category)
+
+    def base_sampler(self, base_model: str) -> Any:
+        with self.lock:
+            if base_model in self.base_samplers:
+                return self.base_samplers[base_model]
+        client = make_backend(self.backend)
+        client.start_session(SessionConfig(base_model=base_model))
+        sampler = client.sampling_client(base_model=base_model)
+        with self.lock:
+            self.base_samplers[base_model] = sampler
+        return sampler
+
+    def shutdown(self) -> None:
+        with self.lock:
+            workers = list(self.models.values())
+        for w in workers:
+            w.stop()

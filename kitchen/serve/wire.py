@@ -1,0 +1,139 @@
+"""Wire conversions for ``kitchen serve``: Tinker proto/JSON <-> kitchen port types.
+
+The SDK sends ``forward_backward`` as protobuf (``tinker.proto.tinker_public_pb2``) and
+expects ``ForwardBackwardOutput`` and ``SampleResponse`` results as protobuf too (it
+refuses JSON for those two); everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from tinker.proto import tinker_public_pb2 as pb
+
+from kitchen.ports.types import Datum, ForwardBackwardResult, SampleResult
+
+_NP = {
+    pb.DTYPE_FLOAT32: np.float32,
+    pb.DTYPE_INT64: np.int64,
+    pb.DTYPE_INT32: np.int32,
+}
+
+
+class WireError(ValueError):
+    """A request the server cannot decode (answered with 400)."""
+
+
+def _tensor_to_list(t: "pb.Tensor", name: str) -> list[Any]:
+    np_dtype = _NP.get(t.dtype)
+    if np_dtype is None:
+        raise WireError(f"loss_fn_inputs[{name!r}] has unsupported dtype {t.dtype}")
+    which = t.WhichOneof("encoding")
+    if which == "sparse_csr":
+        shape = list(t.shape)
+        if len(shape) != 2:
+            raise WireError(f"loss_fn_inputs[{name!r}] is sparse but not 2-D")
+        dense = np.zeros(shape, dtype=np_dtype)
+        values = np.frombuffer(t.sparse_csr.values, dtype=np_dtype)
+        crow = np.frombuffer(t.sparse_csr.crow_indices, dtype=np.int64)
+        col = np.frombuffer(t.sparse_csr.col_indices, dtype=np.int64)
+        for r in range(shape[0]):
+            for k in range(int(crow[r]), int(crow[r + 1])):
+                dense[r, int(col[k])] = values[k]
+        arr = dense
+    else:
+        arr = np.frombuffer(t.dense, dtype=np_dtype)
+    return arr.reshape(-1).tolist()
+
+
+def datums_from_proto(msg: "pb.ForwardBackwardRequest") -> list[Datum]:
+    out: list[Datum] = []
+    for i, d in enumerate(msg.data):
+        tokens: list[int] = []
+        for chunk in d.model_input:
+            if chunk.WhichOneof("chunk") not in (None, "encoded_text"):
+                raise WireError(f"datum {i}: only token (encoded_text) chunks are supported")
+            tokens.extend(np.frombuffer(chunk.encoded_text.tokens, dtype=np.int32).tolist())
+        inputs = {name: _tensor_to_list(t, name) for name, t in d.loss_fn_inputs.items()}
+        for name, values in inputs.items():
+            if len(values) != len(tokens):
+                raise WireError(
+                    f"datum {i}: loss_fn_inputs[{name!r}] has {len(values)} entries but model_input has {len(tokens)} tokens"
+                )
+        if "target_tokens" not in inputs:
+            raise WireError(f"datum {i}: loss_fn_inputs needs 'target_tokens'")
+        out.append(Datum(model_input=tokens, loss_fn_inputs=inputs))
+    if not out:
+        raise WireError("forward_backward needs at least one datum")
+    return out
+
+
+def loss_config_from_proto(msg: "pb.ForwardBackwardRequest") -> dict[str, float]:
+    cfg: dict[str, float] = {k: float(v) for k, v in msg.loss_fn_config.items()}
+    for k, v in msg.loss_fn_config_v2.items():
+        if v.WhichOneof("value") == "number":
+            cfg[k] = float(v.number)
+    return cfg
+
+
+def total_weight(data: list[Datum]) -> float:
+    """The normaliser between Tinker's ``loss:sum`` and the kitchen's per-token loss.
+
+    Shared by server and adapter so the round trip is exact: the sum of ``weights``
+    when present, else the token count; never 0.
+    """
+    total = 0.0
+    for d in data:
+        w = d.loss_fn_inputs.get("weights")
+        total += float(sum(w)) if w is not None else float(len(d.model_input))
+    return total if total > 0 else 1.0
+
+
+def _metric_key(name: str) -> str:
+    if ":" in name:
+        return name
+    if name.startswith("num_") or name.endswith("_count"):
+        return f"{name}:sum"
+    return f"{name}:mean"
+
+
+def fb_result_to_proto(result: ForwardBackwardResult, data: list[Datum]) -> bytes:
+    msg = pb.ForwardBackwardOutput()
+    msg.loss_fn_output_type = "ArrayRecord"
+    rec = msg.loss_fn_outputs.add()
+    rec.type_tag = "ArrayRecord"
+    rec.num_datums = len(result.logprobs)
+    arrays = [np.asarray(lp, dtype=np.float32) for lp in result.logprobs]
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    for i, a in enumerate(arrays):
+        offsets[i + 1] = offsets[i] + a.nbytes
+    bt = rec.fields["logprobs"]
+    bt.dtype = pb.DTYPE_FLOAT32
+    bt.data = b"".join(a.tobytes() for a in arrays)
+    bt.offsets = offsets.tobytes()
+    for k, v in result.metrics.items():
+        try:
+            msg.metrics[_metric_key(k)] = float(v)
+        except (TypeError, ValueError):
+            continue
+    # Tinker's own metric: the sum of the per-token losses (the backend's, when it reports one).
+    if "loss:sum" not in result.metrics:
+        msg.metrics["loss:sum"] = float(result.loss) * total_weight(data)
+    # The port's loss exactly as the backend optimised it (read back by the kitchen adapter).
+    msg.metrics["kitchen_loss:mean"] = float(result.loss)
+    return msg.SerializeToString()
+
+
+def sample_result_to_proto(result: SampleResult, prompt_logprobs: list[float | None] | None) -> bytes:
+    msg = pb.SampleResponse()
+    for seq in result.sequences:
+        s = msg.sequences.add()
+        s.stop_reason = pb.STOP_REASON_STOP if seq.stop_reason == "stop" else pb.STOP_REASON_LENGTH
+        s.tokens = np.asarray(seq.tokens, dtype=np.int32).tobytes()
+        s.logprobs = np.asarray(seq.logprobs, dtype=np.float32).tobytes()
+    if prompt_logprobs is not None:
+        arr = np.asarray([math.nan if x is None else x for x in prompt_logprobs], dtype=np.float32)
+        msg.prompt_logprobs = arr.tobytes()
+    return msg.SerializeToString()

@@ -1,0 +1,81 @@
+"""`kitchen run adapters=tinker` through the real tinker SDK, over HTTP, against `kitchen serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import read_jsonl, step_losses
+from kitchen.serve.testing import serve_subprocess
+
+KEY = "tml-kitchen-test-secret-4f1c9a"
+TINY = ("recipe=sl_basic", "model=tiny-llama", "max_steps=6", "batch_size=4", "eval_every=3", "save_every=3",
+        "num_preview_samples=1", "preview_max_tokens=8", "telemetry=jsonl", "lr_schedule=constant")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with serve_subprocess(KEY, backend="local") as srv:
+        yield srv
+
+
+def tinker_env(server, key: str | None = KEY) -> dict[str, str]:
+    env = {"TINKER_BASE_URL": server.base_url}
+    if key is not None:
+        env["TINKER_API_KEY"] = key
+    return env
+
+
+def test_sl_basic_on_tinker_matches_local(kitchen, server, tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "tinker"
+    r = kitchen("run", *TINY, "adapters=local", f"run_dir={local}")
+    assert r.code == 0, r
+    r = kitchen("run", *TINY, "adapters=tinker", "pipeline_depth=2", f"run_dir={remote}", env=tinker_env(server))
+    assert r.code == 0, r
+    a, b = step_losses(local), step_losses(remote)
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), step
+    evals = [m for m in read_jsonl(remote / "metrics.jsonl") if m.get("split") == "test"]
+    assert [e["step"] for e in evals] == [0, 3, 6]
+    assert json.loads((remote / "run.json").read_text())["status"] == "completed"
+    assert (remote / "final" / "tinker_weights.json").exists()
+
+
+def test_api_key_never_lands_in_the_run_dir(kitchen, server, tmp_path):
+    run_dir = tmp_path / "secret"
+    r = kitchen("run", *TINY, "adapters=tinker", f"run_dir={run_dir}", env=tinker_env(server))
+    assert r.code == 0, r
+    assert KEY not in r.text
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_missing_key_is_a_clear_error_before_any_work(kitchen, server, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TINKER_API_KEY"}
+    env.update(TINKER_BASE_URL=server.base_url, HOME=str(tmp_path))  # no stored SDK credential either
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "kitchen.cli", "run", *TINY, "adapters=tinker", f"run_dir={tmp_path / 'x'}"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "TINKER_API_KEY" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_resume_on_tinker_continues_exactly(kitchen, server, tmp_path):
+    run_dir, ref = tmp_path / "r", tmp_path / "ref"
+    base = (*TINY[:2], "batch_size=4", "save_every=2", "eval_every=0", "num_preview_samples=0", "telemetry=jsonl",
+            "lr_schedule=constant", "adapters=tinker")
+    assert kitchen("run", *base, "max_steps=4", f"run_dir={run_dir}", env=tinker_env(server)).code == 0
+    r = kitchen("run", *base, "max_steps=6", f"run_dir={run_dir}", "resume=true", env=tinker_env(server))
+    assert r.code == 0, r
+    assert kitchen("run", *base, "max_steps=6", f"run_dir={ref}", env=tinker_env(server)).code == 0
+    a, b = step_losses(run_dir), step_losses(ref)
+    for step in range(1, 7):
+        assert a[step] == pytest.approx(b[step], rel=1e-5), step
