@@ -185,7 +185,7 @@ def execute(spec: RunSpec) -> RunResult:
                 status = "completed"
             except (StopRun, KeyboardInterrupt):
                 status = "interrupted"
-                if ctx.state.get("plan") is not None and not ctx.state.get("diverged"):
+                if ctx.step > 0:
                     from kitchen.stages.persist import save_checkpoint
 
                     save_checkpoint(ctx)

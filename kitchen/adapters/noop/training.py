@@ -70,7 +70,8 @@ class NoopSamplingClient:
 
     def sample(self, prompt: list[int], num_samples: int, params: SamplingParams) -> Future[SampleResult]:
         seed = params.seed if params.seed is not None else self.seed
-        rng = random.Random(hash((seed, self.version, tuple(prompt[-16:]))))
+        digest = hashlib.blake2b(repr((seed, self.version, tuple(prompt))).encode(), digest_size=8).digest()
+        rng = random.Random(int.from_bytes(digest, "little"))
         sequences = []
         for _ in range(num_samples):
             n = rng.randint(1, max(1, params.max_tokens))
@@ -88,7 +89,9 @@ class NoopSamplingClient:
 class NoopTrainingClient:
     """Implements TrainingClient with arithmetic instead of a model."""
 
-    def __init__(self, decay: float = 0.02, initial_loss: float = 2.5, floor: float = 0.3) -> None:
+    def __init__(self, decay: float = 0.02, initial_loss: float = 2.5, floor: float = 0.3, nan_at_step: int | None = None) -> None:
+        """``nan_at_step``: fault injection, the loss of that (1-based) step is NaN."""
+        self.nan_at_step = nan_at_step
         self.decay = decay
         self.initial_loss = initial_loss
         self.floor = floor
@@ -114,6 +117,8 @@ class NoopTrainingClient:
     def _loss(self, data: list[Datum], salt: int) -> ForwardBackwardResult:
         level = self.floor + (self.initial_loss - self.floor) * math.exp(-self.progress)
         loss = level * (1.0 + 0.05 * _noise(self.seed, self.steps, salt, len(data)))
+        if self.nan_at_step is not None and self.steps + 1 >= self.nan_at_step and salt == 0:
+            loss = float("nan")
         tokens = sum(d.num_loss_tokens() for d in data)
         logprobs = [[-loss] * d.length for d in data]
         return ForwardBackwardResult(loss, logprobs, {"num_tokens": float(tokens), "num_sequences": float(len(data))})
