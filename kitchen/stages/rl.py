@@ -27,7 +27,7 @@ from kitchen.engine.context import Context
 from kitchen.engine.stage import Stage, register_stage
 from kitchen.errors import ConfigError
 from kitchen.ports.types import Datum, ForwardBackwardResult, SamplingParams
-from kitchen.stages.train import InFlight, drain, pending
+from kitchen.stages.train import drain, submit
 from kitchen.telemetry import events as ev
 
 # --------------------------------------------------------------------------- shared pieces
@@ -158,15 +158,7 @@ def submit_batch(
     has no meaningful value), and ``drop`` removes backend metrics that mean nothing.
     """
     metrics = dict(metrics or {})
-    tokens = sum(d.num_loss_tokens() for d in datums)
-    if "clock" not in ctx.state:
-        ctx.state["clock"] = {"t0": time.perf_counter(), "tokens": 0}
-    if loss_fn_config:
-        future = ctx.training.forward_backward(datums, loss_fn, loss_fn_config)
-    else:
-        future = ctx.training.forward_backward(datums, loss_fn)
-    epoch = getattr(ctx.state.get("batch"), "epoch", 0)
-    pending(ctx).append(InFlight(ctx.step + 1, epoch, tokens, _with_metrics(future, metrics, loss, drop)))
+    submit(ctx, datums, loss_fn, loss_fn_config, wrap=lambda future: _with_metrics(future, metrics, loss, drop))
     for k, v in metrics.items():
         ctx.metrics[k] = v
 

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from concurrent.futures import Future
+from typing import Callable
 
 from kitchen.engine.context import Context
 from kitchen.engine.stage import Stage, register_stage
@@ -26,8 +27,9 @@ from kitchen.telemetry import events as ev
 class InFlight:
     step: int  # 1-based optimizer step number
     epoch: int
-    tokens: int
+    tokens: int  # trained (nonzero-weight) tokens
     forward_backward: Future
+    input_tokens: int = 0  # every token the model processed; throughput counts these
     optim: Future | None = None
     lr: float = 0.0
 
@@ -61,7 +63,7 @@ def finish(ctx: Context, item: InFlight) -> None:
         raise TrainingDiverged(f"The loss became {result.loss} at step {item.step}. Training stopped. {kept}")
     now = time.perf_counter()
     clock = ctx.state.setdefault("clock", {"t0": now, "tokens": 0})
-    clock["tokens"] += item.tokens
+    clock["tokens"] += item.input_tokens or item.tokens
     elapsed = max(now - clock["t0"], 1e-9)
     metrics = {
         "step": item.step,
@@ -91,16 +93,33 @@ def drain(ctx: Context) -> None:
         finish(ctx, queue.popleft())
 
 
+def submit(ctx: Context, datums: list, loss_fn: str = "cross_entropy", loss_fn_config: dict | None = None,
+           wrap: Callable[[Future], Future] | None = None) -> InFlight:
+    """Send one step's forward_backward and queue it for ``optim_step`` / ``log_step``.
+
+    ``wrap`` lets a workflow post-process the result (e.g. DPO replaces the surrogate loss).
+    """
+    if "clock" not in ctx.state:  # throughput counts from the first submitted step
+        ctx.state["clock"] = {"t0": time.perf_counter(), "tokens": 0}
+    if loss_fn_config:
+        future = ctx.training.forward_backward(datums, loss_fn, loss_fn_config)
+    else:
+        future = ctx.training.forward_backward(datums, loss_fn)
+    item = InFlight(
+        step=ctx.step + 1,
+        epoch=getattr(ctx.state.get("batch"), "epoch", 0),
+        tokens=sum(d.num_loss_tokens() for d in datums),
+        forward_backward=wrap(future) if wrap else future,
+        input_tokens=sum(d.length for d in datums),
+    )
+    pending(ctx).append(item)
+    return item
+
+
 @register_stage("forward_backward")
 class ForwardBackward(Stage):
     def execute(self, ctx: Context) -> None:
-        batch = ctx.state["batch_data"]
-        tokens = sum(d.num_loss_tokens() for d in batch)
-        if "clock" not in ctx.state:  # throughput counts from the first submitted step
-            now = time.perf_counter()
-            ctx.state["clock"] = {"t0": now, "tokens": 0}
-        future = ctx.training.forward_backward(batch, ctx.state.get("loss_fn", "cross_entropy"))
-        pending(ctx).append(InFlight(ctx.step + 1, ctx.state["batch"].epoch, tokens, future))
+        submit(ctx, ctx.state["batch_data"])
 
 
 @register_stage("optim_step")

@@ -50,6 +50,8 @@ from kitchen.telemetry.events import (
 # training.step keys that have their own column; any other numeric key is an "extra" metric.
 _STEP_KEYS = frozenset({"step", "total_steps", "epoch", "loss", "lr", "tokens", "tokens_per_s", "elapsed_s"})
 _MAX_EXTRAS = 4
+# Backend bookkeeping (token/sequence counts, "loss:sum"-style keys) stays in metrics.jsonl only.
+_BOOKKEEPING = ("num_", "time/", "input_tokens")
 _LIVE_UPDATE_S = 0.1  # at most ~10 progress updates per second
 
 
@@ -351,7 +353,7 @@ class ConsoleSink:
     def _extras(self, d: Mapping[str, Any]) -> list[tuple[str, str]]:
         out = []
         for k, v in d.items():
-            if k in _STEP_KEYS or _num(v) is None:
+            if k in _STEP_KEYS or _num(v) is None or ":" in k or k.startswith(_BOOKKEEPING):
                 continue
             out.append((k, fmt_num(v)))
             if len(out) >= _MAX_EXTRAS:

@@ -45,6 +45,13 @@ from kitchen.ports.types import (
 from kitchen.train.losses import REQUIRED_INPUTS, check_loss_fn, compute_loss
 from kitchen.train.seeding import get_rng_state, seed_everything, set_rng_state
 
+
+def _quiet_transformers() -> None:
+    """transformers' own tqdm bars (loading/writing shards) would tear the kitchen's console output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
 ATTN_HINTS = ("attn", "attention")
 MLP_HINTS = ("mlp", "feed_forward", "ffn")
 UNEMBED_NAMES = ("lm_head", "embed_out", "output")
@@ -512,6 +519,7 @@ class LocalTrainingClient:
     def save_weights(self, path: str) -> str:
         """Write ``path/`` (merged model + tokenizer, plain transformers) and ``path/adapter/``."""
         self._require_session()
+        _quiet_transformers()
         final = Path(path).expanduser()
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
