@@ -79,7 +79,35 @@ def main() -> int:
         same = all(abs(a - b) <= 1e-9 * max(1.0, abs(a)) for a, b in zip(u_losses, p_losses))
         print(f"{'speedup':>24}: {p_rate / u_rate:.2f}x (goal >= 1.8x) at {args.latency_ms:g} ms latency per call;"
               f" identical losses: {same}")
+        print()
+        print(f"kitchen supervised workflow (kitchen run adapters=tinker), {args.steps} steps, same server:")
+        rates = {}
+        for depth in (0, args.depth):
+            rate, losses = run_workflow(srv.base_url, args.steps, depth)
+            rates[depth] = (rate, losses)
+            print(f"{f'pipeline_depth={depth}':>24}: {rate:6.2f} steps/s")
+        (r0, l0), (r1, l1) = rates[0], rates[args.depth]
+        print(f"{'speedup':>24}: {r1 / r0:.2f}x (goal >= 1.8x); identical losses: {l0 == l1}")
     return 0
+
+
+def run_workflow(base_url: str, steps: int, depth: int) -> tuple[float, list[float]]:
+    """One `kitchen run` through the real CLI; steps/s from its metrics.jsonl."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "kitchen.cli", "run", "recipe=sl_basic", "adapters=tinker", "model=noop",
+               f"max_steps={steps}", "~test_dataset", "num_preview_samples=0", "save_every=0", "telemetry=jsonl",
+               f"pipeline_depth={depth}", f"run_dir={tmp}/run"]
+        env = {**os.environ, "TINKER_BASE_URL": base_url}
+        subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+        rows = [json.loads(line) for line in open(f"{tmp}/run/metrics.jsonl") if line.strip()]
+    rows = [r for r in rows if r.get("split") is None]
+    first, last = rows[0], rows[-1]
+    # elapsed_s counts from the first submission; use steps 1..N like the client-level loop
+    return len(rows) / last["elapsed_s"], [r["loss"] for r in rows]
 
 
 if __name__ == "__main__":
