@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kitchen.engine.context import Context
 from kitchen.engine.stage import Stage, register_stage
-from kitchen.errors import ConfigError
+from kitchen.errors import ConfigError, DataError
 from kitchen.telemetry import events as ev
 
 
@@ -26,6 +26,32 @@ class LoadDataset(Stage):
         ctx.emit(ev.RUN_INFO, message=f"dataset: {len(ctx.state['train_rows'])} train rows, {len(ctx.state['test_rows'])} test rows")
 
 
+def tokenize_splits(ctx: Context, cached, noun: str) -> None:
+    """Render the train and test rows with ``cached`` (a token_cache function), count and warn.
+
+    Sets ``ctx.state["train_data"]`` / ``["test_data"]``; an empty training set is a DataError.
+    """
+    renderer, tokenizer, spec = ctx.state["renderer"], ctx.state["tokenizer"], ctx.spec
+    for split, source, rows_key in (("train", spec.dataset, "train_rows"), ("test", spec.test_dataset, "test_rows")):
+        if not source:
+            ctx.state[f"{split}_data"] = []
+            continue
+        rows = ctx.state[rows_key]
+        data, stats, hit = cached(source, lambda rows=rows: rows, tokenizer, renderer)
+        ctx.state[f"{split}_data"] = data
+        ctx.metadata[f"{split}_data_stats"] = stats
+        ctx.emit(ev.RUN_INFO, message=f"{split}: {len(data)} {noun} tokenized" + (" (from cache)" if hit else ""))
+        if stats.truncated or stats.dropped_empty:
+            ctx.emit(
+                ev.RUN_WARNING,
+                message=f"{split}: {stats.truncated} of {len(rows)} {noun} were longer than max_length={spec.max_length} "
+                f"and were truncated; {stats.dropped_empty} had nothing left to train on and were dropped. "
+                "Raise max_length to keep them.",
+            )
+    if not ctx.state["train_data"]:
+        raise DataError(f"No trainable {noun} in {spec.dataset}: every row was empty after rendering with max_length={spec.max_length}.")
+
+
 @register_stage("tokenize_dataset")
 class TokenizeDataset(Stage):
     """Render chat rows into Datums once; the token cache makes a second run free."""
@@ -33,28 +59,7 @@ class TokenizeDataset(Stage):
     def execute(self, ctx: Context) -> None:
         from kitchen.train.token_cache import cached_sft_data
 
-        renderer, tokenizer = ctx.state["renderer"], ctx.state["tokenizer"]
-        spec = ctx.spec
-        for split, source, rows_key in (("train", spec.dataset, "train_rows"), ("test", spec.test_dataset, "test_rows")):
-            if not source:
-                ctx.state[f"{split}_data"] = []
-                continue
-            rows = ctx.state[rows_key]
-            datums, stats, hit = cached_sft_data(source, lambda rows=rows: rows, tokenizer, renderer)
-            ctx.state[f"{split}_data"] = datums
-            ctx.metadata[f"{split}_data_stats"] = stats
-            ctx.emit(ev.RUN_INFO, message=f"{split}: {len(datums)} examples tokenized" + (" (from cache)" if hit else ""))
-            truncated, dropped = stats.truncated, stats.dropped_empty
-            if truncated or dropped:
-                ctx.emit(
-                    ev.RUN_WARNING,
-                    message=f"{split}: {truncated} of {len(rows)} examples were longer than max_length={spec.max_length} and were truncated; "
-                    f"{dropped} had no trained tokens left and were dropped. Raise max_length to keep them.",
-                )
-        if not ctx.state["train_data"]:
-            from kitchen.errors import DataError
-
-            raise DataError(f"No trainable examples in {spec.dataset}: every row was empty after rendering with max_length={spec.max_length}.")
+        tokenize_splits(ctx, cached_sft_data, "examples")
 
 
 @register_stage("render_batch")

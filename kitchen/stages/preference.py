@@ -24,8 +24,9 @@ from typing import Sequence
 
 from kitchen.engine.context import Context
 from kitchen.engine.stage import Stage, register_stage
-from kitchen.errors import ConfigError, DataError
+from kitchen.errors import ConfigError
 from kitchen.ports.types import Datum
+from kitchen.stages.data import tokenize_splits
 from kitchen.stages.rl import full_sequence, greedy_previews
 from kitchen.stages.train import drain
 from kitchen.telemetry import events as ev
@@ -91,24 +92,8 @@ class TokenizePreferences(Stage):
     def execute(self, ctx: Context) -> None:
         from kitchen.train.token_cache import cached_preference_data
 
-        renderer, tokenizer, spec = ctx.state["renderer"], ctx.state["tokenizer"], ctx.spec
-        for split, source, rows_key in (("train", spec.dataset, "train_rows"), ("test", spec.test_dataset, "test_rows")):
-            if not source:
-                ctx.state[f"{split}_data"] = []
-                continue
-            rows = ctx.state[rows_key]
-            pairs, stats, hit = cached_preference_data(source, lambda rows=rows: rows, tokenizer, renderer)
-            ctx.state[f"{split}_data"] = pairs
-            ctx.metadata[f"{split}_data_stats"] = stats
-            ctx.emit(ev.RUN_INFO, message=f"{split}: {len(pairs)} preference pairs tokenized" + (" (from cache)" if hit else ""))
-            if stats.truncated or stats.dropped_empty:
-                ctx.emit(
-                    ev.RUN_WARNING,
-                    message=f"{split}: {stats.truncated} of {len(rows)} pairs were longer than max_length={spec.max_length} and were truncated; "
-                    f"{stats.dropped_empty} had no completion left and were dropped. Raise max_length to keep them.",
-                )
-        if not ctx.state["train_data"]:
-            raise DataError(f"No trainable preference pairs in {spec.dataset} after rendering with max_length={spec.max_length}.")
+        tokenize_splits(ctx, cached_preference_data, "preference pairs")
+        spec = ctx.spec
         test_rows = ctx.state.get("test_rows") or ctx.state.get("train_rows") or []
         ctx.state["preview_prompts"] = [
             [{"role": "user", "content": r["prompt"]}] if isinstance(r.get("prompt"), str) else list(r["prompt"])
