@@ -79,3 +79,31 @@ def test_resume_on_tinker_continues_exactly(kitchen, server, tmp_path):
     a, b = step_losses(run_dir), step_losses(ref)
     for step in range(1, 7):
         assert a[step] == pytest.approx(b[step], rel=1e-5), step
+
+
+@pytest.mark.parametrize(
+    ("recipe", "metric"),
+    [("rl_basic", "reward_mean"), ("dpo_basic", "dpo_accuracy")],
+)
+def test_post_training_recipes_run_on_tinker(kitchen, server, tmp_path, recipe, metric):
+    run_dir = tmp_path / recipe
+    r = kitchen("run", f"recipe={recipe}", "adapters=tinker", "model=tiny-llama", "max_steps=2", "batch_size=4",
+                "group_size=2", "groups_per_batch=2", "max_tokens=8", "eval_max_examples=4", "num_preview_samples=1",
+                "save_every=0", "telemetry=jsonl", f"run_dir={run_dir}", env=tinker_env(server))
+    assert r.code == 0, r
+    rows = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m.get("split") is None]
+    assert [m["step"] for m in rows] == [1, 2] and all(metric in m for m in rows)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+
+
+def test_distillation_on_tinker_with_a_run_dir_teacher(kitchen, server, tmp_path):
+    teacher = tmp_path / "teacher"
+    assert kitchen("run", "recipe=sl_basic", "adapters=local", "model=tiny-llama", "max_steps=3", "batch_size=4",
+                   "~test_dataset", "num_preview_samples=0", "telemetry=jsonl", f"run_dir={teacher}").code == 0
+    run_dir = tmp_path / "distill"
+    r = kitchen("run", "recipe=distill_basic", "adapters=tinker", "model=tiny-llama", f"teacher={teacher}",
+                "max_steps=2", "group_size=2", "groups_per_batch=2", "max_tokens=8", "eval_max_examples=2",
+                "num_preview_samples=0", "save_every=0", "telemetry=jsonl", f"run_dir={run_dir}", env=tinker_env(server))
+    assert r.code == 0, r
+    rows = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m.get("split") is None]
+    assert [m["step"] for m in rows] == [1, 2] and all("teacher_kl" in m for m in rows)
