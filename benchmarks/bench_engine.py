@@ -41,7 +41,7 @@ def kitchen_loop(steps: int, batch_size: int, run_dir: Path) -> tuple[float, lis
     from kitchen.config.compose import compose, to_container
 
     cfg = compose([
-        "adapters=noop", f"max_steps={steps}", "epochs=100000", f"batch_size={batch_size}", "~test_dataset",
+        "adapters=noop", f"max_steps={steps}", f"batch_size={batch_size}", "~test_dataset",
         "num_preview_samples=0", "save_every=0", "eval_every=0", f"run_dir={run_dir}", "pipeline_depth=1",
     ])
     spec, _ = spec_from_config(to_container(cfg))

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, read_jsonl, step_losses
 
 TINY = ("recipe=sl_basic", "adapters=local", "model=tiny-llama", "batch_size=4", "~test_dataset", "num_preview_samples=0",
-        "telemetry=jsonl", "lr_schedule=cosine", "warmup_steps=3", "lora_dropout=0.1", "epochs=3")
+        "telemetry=jsonl", "lr_schedule=cosine", "warmup_steps=3", "lora_dropout=0.1")
 
 
 def start(*args: str) -> subprocess.Popen:

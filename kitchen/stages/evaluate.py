@@ -43,7 +43,6 @@ class Evaluate(Stage):
         history = ctx.state.setdefault("eval_history", [])
         history.append((ctx.step, nll))
         ctx.metrics["test_nll"] = nll
-        ctx.metrics.setdefault("initial_test_nll", nll)
         ctx.emit(ev.EVAL_RESULT, step=ctx.step, split="test", metrics={"test_nll": nll})
         ctx.emit(ev.EVAL_STOP, step=ctx.step, duration_s=time.perf_counter() - t0)
 

@@ -42,8 +42,8 @@ class BatchPlan:
 
     @property
     def total_steps(self) -> int:
-        total = self.steps_per_epoch * self.epochs
-        return min(total, self.max_steps) if self.max_steps else total
+        """``max_steps`` when set (it overrides ``epochs``, cycling the data as needed), else whole epochs."""
+        return self.max_steps if self.max_steps else self.steps_per_epoch * self.epochs
 
     def order(self, epoch: int) -> tuple[int, ...]:
         return _epoch_order(self.seed, epoch, self.num_examples)
