@@ -154,3 +154,16 @@ def test_kitchen_help_does_not_import_torch():
     code = "import sys, kitchen.cli, kitchen.cli_views, kitchen.config.compose, kitchen.app; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_read_only_commands_never_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    for args in (["recipes"], ["describe", "sl_basic"], ["validate", "adapters=noop", f"run_dir={tmp_path / 'v'}"],
+                 ["run", "--cfg"]):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "kitchen.cli", *args],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+        assert "torch" not in imported, args
