@@ -134,6 +134,18 @@ def _find_runs(roots: Iterable[Path]) -> list[Path]:
     return sorted(set(found))
 
 
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return True  # unknown: trust the recorded status
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _duration(seconds: Any) -> str:
     if not isinstance(seconds, (int, float)):
         return "-"
@@ -154,7 +166,9 @@ def print_runs(roots: Iterable[Path]) -> None:
         count += 1
         metrics = info.get("final_metrics") or {}
         status = info.get("status", "?")
-        color = {"completed": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}.get(status, "white")
+        if status == "running" and not _alive(info.get("pid")):
+            status = "killed"  # it never recorded an ending; resume=true continues from its last checkpoint
+        color = {"completed": "green", "failed": "red", "interrupted": "yellow", "killed": "yellow", "running": "cyan"}.get(status, "white")
         steps = f"{info.get('step', '-')}/{info.get('total_steps') or '-'}"
         started = info.get("started_at")
         started_s = time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if isinstance(started, (int, float)) else "-"

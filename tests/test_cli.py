@@ -167,3 +167,9 @@ def test_read_only_commands_never_import_torch(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
         assert "torch" not in imported, args
+
+
+def test_shell_completion_script(kitchen):
+    r = kitchen("--show-completion", "bash", env={"SHELL": "/bin/bash"})
+    assert r.code == 0, r
+    assert "kitchen" in r.out and "complete" in r.out

@@ -66,6 +66,8 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(kitchen, tm
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "running"  # killed: nothing had a chance to record an ending
     assert 5 <= saved < steps
+    listing = kitchen("runs", str(run_dir))
+    assert "killed" in listing.out, listing
     r = kitchen("run", *TINY, f"max_steps={steps}", "save_every=5", f"run_dir={run_dir}", "resume=true")
     assert r.code == 0, r
     start_event = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "workflow.start"][-1]
