@@ -55,10 +55,26 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def step_losses(run_dir: Path) -> dict[int, float]:
-    """Last logged loss per step (a resumed run re-logs the steps after its checkpoint)."""
-    losses: dict[int, float] = {}
+def steps_of(run_dir: Path) -> dict[int, dict]:
+    """The last training-step row per step (a resumed run re-logs the steps after its checkpoint)."""
+    rows: dict[int, dict] = {}
     for row in read_jsonl(run_dir / "metrics.jsonl"):
-        if "loss" in row and "step" in row and row.get("split") is None:
-            losses[row["step"]] = row["loss"]
-    return losses
+        if row.get("split") is None and "step" in row:
+            rows[row["step"]] = row
+    return rows
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    return {step: row["loss"] for step, row in steps_of(run_dir).items() if "loss" in row}
+
+
+def evals_of(run_dir: Path) -> list[dict]:
+    return [row for row in read_jsonl(run_dir / "metrics.jsonl") if row.get("split") == "test"]
+
+
+def assert_completed(run_dir: Path, steps: int) -> dict:
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed", info.get("error")
+    assert info["step"] == steps
+    assert (run_dir / "final").is_dir()
+    return info

@@ -12,25 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_jsonl, run_kitchen
+from conftest import assert_completed, evals_of, read_jsonl, run_kitchen, steps_of
 
 FAST = ("eval_max_examples=3", "num_preview_samples=1", "max_tokens=12", "preview_max_tokens=8", "telemetry=jsonl")
 
 
-def steps_of(run_dir: Path) -> dict[int, dict]:
-    rows: dict[int, dict] = {}
-    for row in read_jsonl(run_dir / "metrics.jsonl"):
-        if row.get("split") is None and "step" in row:
-            rows[row["step"]] = row
-    return rows
 
 
-def assert_completed(run_dir: Path, steps: int) -> dict:
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "completed", info.get("error")
-    assert info["step"] == steps
-    assert (run_dir / "final").is_dir()
-    return info
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_jsonl, run_kitchen
+from conftest import assert_completed, evals_of, read_jsonl, run_kitchen, steps_of
 
 DPO_STEP_METRICS = ("dpo_loss", "dpo_accuracy", "dpo_margin", "chosen_reward", "rejected_reward", "ref_logp_chosen", "policy_logp_chosen")
 # constant lr: a run stopped at step 2 and resumed to 4 must match one that ran 4 steps straight
@@ -16,23 +16,10 @@ TINY = ("recipe=dpo_basic", "adapters=local", "model=tiny-llama", "learning_rate
         "batch_size=4", "eval_max_examples=4", "num_preview_samples=0", "telemetry=jsonl", "max_length=128")
 
 
-def steps_of(run_dir: Path) -> dict[int, dict]:
-    rows: dict[int, dict] = {}
-    for row in read_jsonl(run_dir / "metrics.jsonl"):
-        if row.get("split") is None and "step" in row:
-            rows[row["step"]] = row
-    return rows
 
 
-def evals_of(run_dir: Path) -> list[dict]:
-    return [row for row in read_jsonl(run_dir / "metrics.jsonl") if row.get("split") == "test"]
 
 
-def assert_completed(run_dir: Path, steps: int) -> None:
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "completed", info.get("error")
-    assert info["step"] == steps
-    assert (run_dir / "final").is_dir()
 
 
 @pytest.fixture(scope="module")

@@ -8,31 +8,16 @@ from pathlib import Path
 import pytest
 
 from kitchen.rundir import RunDir
-from tests.conftest import read_jsonl, run_kitchen
+from conftest import assert_completed, evals_of, read_jsonl, run_kitchen, steps_of
 
 RL_STEP_METRICS = ("reward_mean", "accuracy", "entropy", "sampled_tokens", "reward_std", "frac_degenerate_groups")
 FAST = ("eval_max_examples=4", "num_preview_samples=1", "telemetry=jsonl")
 
 
-def steps_of(run_dir: Path) -> dict[int, dict]:
-    """The last training.step row per step (a resumed run re-logs nothing it kept)."""
-    rows: dict[int, dict] = {}
-    for row in read_jsonl(run_dir / "metrics.jsonl"):
-        if row.get("split") is None and "step" in row:
-            rows[row["step"]] = row
-    return rows
 
 
-def evals_of(run_dir: Path) -> list[dict]:
-    return [row for row in read_jsonl(run_dir / "metrics.jsonl") if row.get("split") == "test"]
 
 
-def assert_completed(run_dir: Path, steps: int) -> dict:
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "completed", info.get("error")
-    assert info["step"] == steps
-    assert (run_dir / "final").is_dir()
-    return info
 
 
 def test_rl_basic_on_tiny_local_model_ppo_with_kl(tmp_path: Path) -> None:

@@ -360,20 +360,24 @@ class ConsoleSink:
                 break
         return out
 
-    def _step_line(self, d: Mapping[str, Any]) -> str:
-        total = self._total
-        parts = [f"step {d.get('step')}/{total}" if total else f"step {d.get('step')}"]
-        parts.append(f"loss {fmt_num(d.get('loss'))}")
+    def _stats(self, d: Mapping[str, Any]) -> list[str]:
+        """loss, lr, tok/s, extra metrics and ETA of one training.step, as "name value" items."""
+        stats = [f"loss {fmt_num(d.get('loss'))}"]
         if d.get("lr") is not None:
-            parts.append(f"lr {fmt_lr(d.get('lr'))}")
+            stats.append(f"lr {fmt_lr(d.get('lr'))}")
         tps = _num(d.get("tokens_per_s"))
         if tps is not None and math.isfinite(tps):
-            parts.append(f"tok/s {tps:.0f}")
-        parts.extend(f"{k} {v}" for k, v in self._extras(d))
+            stats.append(f"tok/s {tps:.0f}")
+        stats.extend(f"{k} {v}" for k, v in self._extras(d))
         eta = self._eta(d)
         if eta is not None:
-            parts.append(f"eta {fmt_duration(eta)}")
-        return " ".join(parts)
+            stats.append(f"eta {fmt_duration(eta)}")
+        return stats
+
+    def _step_line(self, d: Mapping[str, Any]) -> str:
+        total = self._total
+        head = f"step {d.get('step')}/{total}" if total else f"step {d.get('step')}"
+        return " ".join([head, *self._stats(d)])
 
     # -------------------------------------------------------------------------- live
 
@@ -401,16 +405,7 @@ class ConsoleSink:
         assert self._progress is not None
         self._updated_at = now
         self._pending = False
-        stats = [f"loss {fmt_num(d.get('loss'))}"]
-        if d.get("lr") is not None:
-            stats.append(f"lr {fmt_lr(d.get('lr'))}")
-        tps = _num(d.get("tokens_per_s"))
-        if tps is not None and math.isfinite(tps):
-            stats.append(f"{tps:.0f} tok/s")
-        stats.extend(f"{k} {v}" for k, v in self._extras(d))
-        eta = self._eta(d)
-        if eta is not None:
-            stats.append(f"eta {fmt_duration(eta)}")
+        stats = self._stats(d)
         step = _num(d.get("step"))
         self._progress.update(
             self._task,
