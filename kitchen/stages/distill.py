@@ -34,7 +34,7 @@ from kitchen.stages.rl import (
     sample_params,
     sampling_seed,
 )
-from kitchen.stages.train import drain
+from kitchen.stages.train import drain, outside_training
 from kitchen.telemetry import events as ev
 
 DEFAULT_TEACHER = "smollm2-135m-instruct"
@@ -238,6 +238,7 @@ def _emit_rollouts(ctx: Context) -> None:
 class DistillEvaluate(Stage):
     """Held-out reverse KL to the teacher: the student samples one completion per test prompt (eval_teacher_kl)."""
 
+    @outside_training
     def execute(self, ctx: Context) -> None:
         from kitchen.train.distill import teacher_kl
         from kitchen.train.rl import completion_logprobs

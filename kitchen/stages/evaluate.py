@@ -7,7 +7,7 @@ import time
 from kitchen.engine.context import Context
 from kitchen.engine.stage import Stage, register_stage
 from kitchen.ports.types import SamplingParams
-from kitchen.stages.train import drain
+from kitchen.stages.train import drain, outside_training
 from kitchen.telemetry import events as ev
 
 
@@ -27,6 +27,7 @@ def weighted_nll(results_and_batches) -> float:
 class Evaluate(Stage):
     """Test NLL over up to ``eval_max_examples`` held-out examples (skipped if already done at this step)."""
 
+    @outside_training
     def execute(self, ctx: Context) -> None:
         data = ctx.state.get("test_data") or []
         if not data or ctx.state.get("last_eval_step") == ctx.step:
@@ -51,6 +52,7 @@ class Evaluate(Stage):
 class Preview(Stage):
     """Greedy completions for the first few test prompts, tagged 'before' or 'after'."""
 
+    @outside_training
     def execute(self, ctx: Context) -> None:
         n = ctx.spec.num_preview_samples
         rows = (ctx.state.get("test_rows") or ctx.state.get("train_rows") or [])[:n]

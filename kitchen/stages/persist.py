@@ -7,7 +7,7 @@ import time
 from kitchen.engine.context import Context
 from kitchen.engine.stage import Stage, register_stage
 from kitchen.rundir import RunDir
-from kitchen.stages.train import drain
+from kitchen.stages.train import drain, outside_training
 from kitchen.telemetry import events as ev
 
 
@@ -27,6 +27,7 @@ def save_checkpoint(ctx: Context) -> None:
 
 @register_stage("checkpoint")
 class Checkpoint(Stage):
+    @outside_training
     def execute(self, ctx: Context) -> None:
         save_checkpoint(ctx)
 

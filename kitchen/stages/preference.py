@@ -28,7 +28,7 @@ from kitchen.errors import ConfigError
 from kitchen.ports.types import Datum
 from kitchen.stages.data import tokenize_splits
 from kitchen.stages.rl import full_sequence, greedy_previews
-from kitchen.stages.train import drain
+from kitchen.stages.train import drain, outside_training
 from kitchen.telemetry import events as ev
 
 # The cross_entropy surrogate's own numbers (its "loss" divides by a weight sum of ~0).
@@ -165,6 +165,7 @@ class DPOSetup(Stage):
 class DPOEvaluate(Stage):
     """Held-out DPO loss / accuracy / margin (eval.result); tag= also previews a few greedy replies."""
 
+    @outside_training
     def execute(self, ctx: Context) -> None:
         pairs = (ctx.state.get("test_data") or [])[: ctx.spec.eval_max_examples]
         drain(ctx)

@@ -27,7 +27,7 @@ from kitchen.engine.context import Context
 from kitchen.engine.stage import Stage, register_stage
 from kitchen.errors import ConfigError
 from kitchen.ports.types import Datum, ForwardBackwardResult, SamplingParams
-from kitchen.stages.train import drain, submit
+from kitchen.stages.train import drain, outside_training, submit
 from kitchen.telemetry import events as ev
 
 # --------------------------------------------------------------------------- shared pieces
@@ -346,6 +346,7 @@ class RLAdvantages(Stage):
 class RLEvaluate(Stage):
     """Greedy accuracy on the env's held-out prompts (eval.result eval_accuracy); tag= also previews a few."""
 
+    @outside_training
     def execute(self, ctx: Context) -> None:
         problems = ctx.state.get("eval_problems") or []
         if not problems:

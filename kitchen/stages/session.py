@@ -38,7 +38,8 @@ class InitSession(Stage):
         tokenizer = client.get_tokenizer()
         ctx.state["tokenizer"] = tokenizer
         ctx.state["renderer"] = build_renderer(ctx.spec.renderer, tokenizer, ctx.spec.train_on_what, ctx.spec.max_length)
-        summary = ", ".join(f"{k}={v}" for k, v in facts.items() if k not in ("backend",))
+        shown = ("model", "device", "dtype", "threads", "lora_rank", "trainable_params", "total_params", "load_seconds")
+        summary = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items() if k in shown)
         ctx.emit(ev.RUN_INFO, message=f"session: {summary}")
 
 

@@ -9,12 +9,14 @@ Anything that needs the weights settled (evaluation, checkpoints) calls ``drain`
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import deque
 from dataclasses import dataclass
 from concurrent.futures import Future
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from kitchen.engine.context import Context
 from kitchen.engine.stage import Stage, register_stage
@@ -32,6 +34,30 @@ class InFlight:
     input_tokens: int = 0  # every token the model processed; throughput counts these
     optim: Future | None = None
     lr: float = 0.0
+
+
+@contextmanager
+def clock_paused(ctx: Context) -> Iterator[None]:
+    """Evaluation, previews and checkpoints are not training: keep them out of tokens/s."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        clock = ctx.state.get("clock")
+        if clock is not None:
+            clock["paused"] = clock.get("paused", 0.0) + time.perf_counter() - t0
+
+
+def outside_training(execute: Callable) -> Callable:
+    """Decorate a stage's ``execute``: settle in-flight steps, then keep the rest out of tokens/s."""
+
+    @functools.wraps(execute)
+    def wrapper(self: Stage, ctx: Context) -> None:
+        drain(ctx)
+        with clock_paused(ctx):
+            execute(self, ctx)
+
+    return wrapper
 
 
 def pending(ctx: Context) -> deque[InFlight]:
@@ -64,7 +90,7 @@ def finish(ctx: Context, item: InFlight) -> None:
     now = time.perf_counter()
     clock = ctx.state.setdefault("clock", {"t0": now, "tokens": 0})
     clock["tokens"] += item.input_tokens or item.tokens
-    elapsed = max(now - clock["t0"], 1e-9)
+    elapsed = max(now - clock["t0"] - clock.get("paused", 0.0), 1e-9)
     metrics = {
         "step": item.step,
         "total_steps": ctx.state["total_steps"],

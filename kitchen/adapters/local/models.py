@@ -302,6 +302,10 @@ def convert_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None, *, quie
 def _load_dir(path: str, dtype, name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a local safetensors load takes seconds: no per-tensor bar
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
@@ -309,6 +313,9 @@ def _load_dir(path: str, dtype, name: str):
         raise
     except (OSError, ValueError) as e:
         raise BackendError(f"Could not load model '{name}' from {path}: {e}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model, tokenizer
 
 
