@@ -15,7 +15,13 @@ from rich.tree import Tree
 from kitchen.config.spec import RunSpec, describe_fields
 from kitchen.engine.ir import ConditionalNode, LoopNode, Node, ParallelNode, StageNode
 
-console = Console(highlight=False)
+def _console() -> Console:
+    """Terminal width on a terminal; 140 columns when piped, so tables stay readable in logs."""
+    probe = Console()
+    return Console(highlight=False, width=None if probe.is_terminal or os.environ.get("COLUMNS") else 140)
+
+
+console = _console()
 
 
 def stage_tree(nodes: Iterable[Node], root: Tree) -> Tree:
@@ -155,8 +161,9 @@ def _duration(seconds: Any) -> str:
 
 def print_runs(roots: Iterable[Path]) -> None:
     table = Table(title="runs")
-    for col in ("dir", "recipe", "status", "steps", "final loss", "test nll", "duration", "started"):
-        table.add_column(col, overflow="fold")
+    table.add_column("dir", overflow="fold")
+    for col in ("recipe", "status", "steps", "final loss", "test nll", "duration", "started"):
+        table.add_column(col, no_wrap=True)
     count = 0
     for path in _find_runs(roots):
         try:
