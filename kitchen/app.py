@@ -136,23 +136,20 @@ def execute(spec: RunSpec) -> RunResult:
     workflow = get_workflow(spec.workflow.name)
     rundir = RunDir(Path(spec.run_dir))
     mode = rundir.check_can_start(resume=spec.resume, overwrite=spec.overwrite, recipe=spec.recipe)
+    # With no checkpoint yet, a resume starts from step 0 in the same folder.
     resume_record = rundir.last_checkpoint() if mode == "resume" else None
     previous = rundir.read_info() if mode == "resume" else None
-    if mode == "resume" and resume_record is None and previous and previous.get("status") != "completed":
-        pass  # nothing was checkpointed: a resume starts from step 0 in the same folder
     adapters = build_adapters(spec)  # a missing API key fails here, before any file is written
+    ctx = Context(spec=spec, adapters=adapters, bus=EventBus(), run_dir=rundir.path)
+    ctx.state["resume_record"] = resume_record
+    runner = Runner(workflow)
+    runner.validate(ctx)  # bad data fails here too: nothing has been written or moved yet
 
     rundir.path.mkdir(parents=True, exist_ok=True)
-    if mode == "overwrite":
-        moved = rundir.move_aside()
-    bus = build_bus(spec, rundir.path)
-    ctx = Context(spec=spec, adapters=adapters, bus=bus, run_dir=rundir.path)
-    ctx.state["resume_record"] = resume_record
-    if mode == "overwrite":
+    moved = rundir.move_aside() if mode == "overwrite" else None
+    bus = ctx.bus = build_bus(spec, rundir.path)
+    if moved is not None:
         ctx.emit(ev.RUN_INFO, message=f"the previous run was moved to {moved}")
-
-    runner = Runner(workflow)
-    runner.validate(ctx)
     write_config(rundir, spec.model_dump(mode="json"))  # the complete validated spec, defaults included
     started = time.time()
     info: dict[str, Any] = dict(previous or {})
