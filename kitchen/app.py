@@ -135,7 +135,7 @@ def execute(spec: RunSpec) -> RunResult:
 
     workflow = get_workflow(spec.workflow.name)
     rundir = RunDir(Path(spec.run_dir))
-    mode = rundir.check_can_start(resume=spec.resume, overwrite=spec.overwrite, recipe=spec.recipe)
+    mode = rundir.check_can_start(resume=spec.resume, overwrite=spec.overwrite)
     # With no checkpoint yet, a resume starts from step 0 in the same folder.
     resume_record = rundir.last_checkpoint() if mode == "resume" else None
     previous = rundir.read_info() if mode == "resume" else None

@@ -102,7 +102,7 @@ class RunDir:
 
     # -- safety ---------------------------------------------------------------------
 
-    def check_can_start(self, *, resume: bool, overwrite: bool, recipe: str) -> str:
+    def check_can_start(self, *, resume: bool, overwrite: bool) -> str:
         """Decide how to treat what is already in the folder: 'fresh', 'resume' or 'overwrite'.
 
         Refuses to silently reuse a folder holding a run: a finished run needs
