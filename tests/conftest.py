@@ -23,6 +23,27 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+SERVE_KEY = "tml-test-serve-key"
+
+
+@pytest.fixture(scope="module")
+def local_server():
+    """`kitchen serve` on the tiny local backend, on a free loopback port (one per test module)."""
+    from kitchen.serve.testing import serve_subprocess
+
+    with serve_subprocess(SERVE_KEY, "local") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def noop_server():
+    """`kitchen serve` on the noop backend (fast; for protocol-level tests)."""
+    from kitchen.serve.testing import serve_subprocess
+
+    with serve_subprocess(SERVE_KEY, "noop") as srv:
+        yield srv
+
+
 class Result:
     def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
         self.code = proc.returncode

@@ -8,21 +8,7 @@ import httpx
 import pytest
 
 from kitchen.serve.faults import FaultPlan, FaultSpecError
-from kitchen.serve.testing import serve_subprocess
-
-KEY = "tml-test-serve-key"
-
-
-@pytest.fixture(scope="module")
-def local_server():
-    with serve_subprocess(KEY, "local") as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def noop_server():
-    with serve_subprocess(KEY, "noop") as srv:
-        yield srv
+from conftest import SERVE_KEY as KEY
 
 
 @pytest.fixture

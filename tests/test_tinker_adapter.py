@@ -10,9 +10,9 @@ import pytest
 from kitchen.adapters.tinker import TinkerTrainingClient, call_with_retries
 from kitchen.errors import BackendError
 from kitchen.ports.types import AdamParams, Datum, LoraConfig, SamplingParams, SessionConfig
+from conftest import SERVE_KEY as KEY
 from kitchen.serve.testing import serve_subprocess
 
-KEY = "tml-test-adapter-key"
 TINY = SessionConfig(base_model="tiny-llama", lora=LoraConfig(rank=8), seed=0)
 NOOP = SessionConfig(base_model="noop", lora=LoraConfig(rank=4), seed=0)
 ADAM = AdamParams(learning_rate=1e-2)
@@ -24,18 +24,6 @@ def tinker_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))  # no stored tinker credentials
     monkeypatch.delenv("TINKER_CREDENTIAL_CMD", raising=False)
     monkeypatch.delenv("TINKER_BASE_URL", raising=False)
-
-
-@pytest.fixture(scope="module")
-def local_server():
-    with serve_subprocess(KEY, "local") as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def noop_server():
-    with serve_subprocess(KEY, "noop") as srv:
-        yield srv
 
 
 def batches(tokenizer, n: int = 6) -> list[list[Datum]]:
