@@ -37,14 +37,13 @@ def bare_loop(datums, steps: int, batch_size: int) -> float:
 
 
 def kitchen_loop(steps: int, batch_size: int, run_dir: Path) -> tuple[float, list]:
-    from kitchen.app import execute, spec_from_config
-    from kitchen.config.compose import compose, to_container
+    from kitchen.app import execute
+    from kitchen.preflight import compose_spec
 
-    cfg = compose([
+    spec, _, _, _ = compose_spec([
         "adapters=noop", f"max_steps={steps}", f"batch_size={batch_size}", "~test_dataset",
         "num_preview_samples=0", "save_every=0", "eval_every=0", f"run_dir={run_dir}", "pipeline_depth=1",
     ])
-    spec, _ = spec_from_config(to_container(cfg))
     import kitchen.app as app
 
     marks: dict[str, float] = {}

@@ -1,0 +1,74 @@
+"""Crucible Kitchen: post-training from YAML recipes, from the command line or from Python.
+
+The Python facade does what the CLI does, through the same preflight::
+
+    import kitchen
+
+    kitchen.recipes()                                   # {name: Recipe}
+    kitchen.describe("sl_basic")                        # the recipe's workflow, keys and stage tree
+    kitchen.validate("sl_basic", overrides=["adapters=noop"])
+    result = kitchen.run("sl_basic", overrides=["adapters=noop", "max_steps=20"])
+    result.status, result.run_dir, result.step, result.metrics
+
+A mistake in the input raises :class:`kitchen.errors.KitchenError` (ConfigError,
+DataError, ...) carrying the same one-paragraph message the CLI prints. Importing
+``kitchen`` is cheap: nothing heavy loads until a function is called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from kitchen.app import RunResult
+    from kitchen.config.recipes import Recipe
+    from kitchen.config.spec import RunSpec
+    from kitchen.engine.ir import Workflow
+
+__all__ = ["Description", "describe", "recipes", "run", "validate"]
+
+
+def _overrides(recipe: str | None, overrides: Sequence[str]) -> list[str]:
+    return ([f"recipe={recipe}"] if recipe else []) + [str(o) for o in overrides]
+
+
+def run(recipe: str | None = None, overrides: Sequence[str] = (), recipes_dir: Sequence[str] = ()) -> "RunResult":
+    """Run a recipe to the end; returns its status, run dir, step and final metrics."""
+    from kitchen.app import execute_prepared
+    from kitchen.preflight import compose_spec, preflight
+
+    spec, workflow, _, _ = compose_spec(_overrides(recipe, overrides), recipes_dir)
+    return execute_prepared(preflight(spec, workflow))
+
+
+def validate(recipe: str | None = None, overrides: Sequence[str] = (), recipes_dir: Sequence[str] = ()) -> "RunSpec":
+    """Everything `kitchen run` checks before its first step; returns the validated spec."""
+    from kitchen.preflight import compose_spec, preflight
+
+    spec, workflow, _, _ = compose_spec(_overrides(recipe, overrides), recipes_dir)
+    return preflight(spec, workflow).spec
+
+
+def recipes(recipes_dir: Sequence[str] = ()) -> dict[str, "Recipe"]:
+    """Every recipe by name: bundled, from installed plugins, and from ``recipes_dir``."""
+    from kitchen.config.recipes import discover
+
+    return discover(recipes_dir)
+
+
+@dataclass
+class Description:
+    recipe: "Recipe"
+    workflow: "Workflow"
+    spec: "RunSpec"
+    keys: list[tuple[str, str, Any, str]]  # (name, type, default, description) of the workflow's schema
+
+
+def describe(name: str, recipes_dir: Sequence[str] = ()) -> Description:
+    """A recipe's workflow, its composed spec, and every key of the workflow's schema."""
+    from kitchen.config.spec import describe_fields
+    from kitchen.preflight import compose_spec
+
+    spec, workflow, _, found = compose_spec([f"recipe={name}"], recipes_dir)
+    return Description(found[name], workflow, spec, describe_fields(workflow.config))

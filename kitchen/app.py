@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from kitchen.config.spec import RunSpec
-from kitchen.engine.context import Adapters, Context
+from kitchen.engine.context import Context
 from kitchen.engine.runner import Runner, StopRun
 from kitchen.errors import BackendError, ConfigError, KitchenError
+from kitchen.preflight import Prepared, preflight
 from kitchen.rundir import RunDir
 from kitchen.telemetry import events as ev
 from kitchen.telemetry.events import EventBus
@@ -42,38 +43,23 @@ class RunResult:
         return {"completed": EXIT_OK, "interrupted": EXIT_INTERRUPTED}.get(self.status, EXIT_ERROR)
 
 
-def build_adapters(spec: RunSpec) -> Adapters:
-    """Instantiate each port's ``_target_``; an import or argument problem is a ConfigError."""
+def build_training(spec: RunSpec) -> Any:
+    """The training adapter (``adapters.training._target_``); a problem is a ConfigError naming it."""
+    from kitchen.config.instantiate import build
 
-    def make(port: str, node: dict[str, Any]) -> Any:
-        from hydra.utils import instantiate
-
-        try:
-            return instantiate(node, _convert_="all")
-        except KitchenError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            cause = exc.__cause__ or exc
-            if isinstance(cause, KitchenError):
-                raise cause from None
-            raise ConfigError(
-                f"adapters={spec.adapters.name}: could not build the {port} adapter '{node.get('_target_')}': "
-                f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
-            ) from None
-
-    return Adapters(training=make("training", spec.adapters.training), dataset_store=make("dataset_store", spec.adapters.dataset_store))
+    try:
+        return build("adapters", dict(spec.adapters.training))
+    except ConfigError as exc:
+        raise ConfigError(f"adapters={spec.adapters.name}: {exc.render()}") from None
 
 
 def build_bus(spec: RunSpec, run_dir: Path) -> EventBus:
+    """Every sink of ``telemetry.sinks``, built the one way (short name or ``_target_``)."""
+    from kitchen.config.instantiate import build
+
     bus = EventBus()
-    if "console" in spec.telemetry.sinks:
-        from kitchen.telemetry.console import ConsoleSink
-
-        bus.subscribe(ConsoleSink())
-    if "jsonl" in spec.telemetry.sinks:
-        from kitchen.telemetry.jsonl import JsonlSink
-
-        bus.subscribe(JsonlSink(run_dir))
+    for entry in spec.telemetry.sinks:
+        bus.subscribe(build("sinks", entry, run_dir=run_dir))
     return bus
 
 
@@ -130,20 +116,21 @@ class _GracefulStop:
 
 
 def execute(spec: RunSpec) -> RunResult:
-    """Run ``spec`` to completion. Raises KitchenError for problems the user can fix."""
+    """Preflight ``spec``, then run it to completion. Raises KitchenError for problems the user can fix."""
     from kitchen.workflows import get_workflow
 
-    workflow = get_workflow(spec.workflow.name)
+    return execute_prepared(preflight(spec, get_workflow(spec.workflow.name)))
+
+
+def execute_prepared(prepared: "Prepared") -> RunResult:
+    """Run a spec that passed preflight. Nothing is written until the training adapter is built."""
+    spec, workflow, ctx, mode = prepared.spec, prepared.workflow, prepared.ctx, prepared.mode
     rundir = RunDir(Path(spec.run_dir))
-    mode = rundir.check_can_start(resume=spec.resume, overwrite=spec.overwrite)
-    # With no checkpoint yet, a resume starts from step 0 in the same folder.
-    resume_record = rundir.last_checkpoint() if mode == "resume" else None
+    resume_record = ctx.progress.resume_from  # with no checkpoint yet, a resume starts from step 0 in the same folder
     previous = rundir.read_info() if mode == "resume" else None
-    adapters = build_adapters(spec)  # a missing API key fails here, before any file is written
-    ctx = Context(spec=spec, adapters=adapters, bus=EventBus(), run_dir=rundir.path)
-    ctx.state["resume_record"] = resume_record
+    adapters = ctx.adapters
+    adapters.training = build_training(spec)  # a backend that refuses the job fails here, before any file is written
     runner = Runner(workflow)
-    runner.validate(ctx)  # bad data fails here too: nothing has been written or moved yet
 
     rundir.path.mkdir(parents=True, exist_ok=True)
     moved = rundir.move_aside() if mode == "overwrite" else None
@@ -183,7 +170,7 @@ def execute(spec: RunSpec) -> RunResult:
             except (StopRun, KeyboardInterrupt):
                 status = "interrupted"
                 if ctx.step > 0:
-                    from kitchen.stages.persist import save_checkpoint
+                    from kitchen.stages.checkpoint import save_checkpoint
 
                     save_checkpoint(ctx)
     except KitchenError as exc:
@@ -196,7 +183,8 @@ def execute(spec: RunSpec) -> RunResult:
         ended = time.time()
         final = {k: v for k, v in ctx.metrics.items() if isinstance(v, (int, float))}
         info.update(status=status, ended_at=ended, duration_s=ended - started, step=ctx.step,
-                    total_steps=ctx.state.get("total_steps"), final_metrics=final, error=error,
+                    total_steps=ctx.progress.total_steps, final_metrics=final, error=error,
+                    eval_history=ctx.metadata.get("eval_history", []),
                     data_stats={k: v.to_dict() for k, v in ctx.metadata.items() if k.endswith("_data_stats") and hasattr(v, "to_dict")})
         rundir.write_info(info)
         ctx.emit(ev.WORKFLOW_STOP, status=status, step=ctx.step, duration_s=ended - started, final_metrics=final, run_dir=str(rundir.path))
@@ -208,22 +196,6 @@ def execute(spec: RunSpec) -> RunResult:
     if raised is not None:
         raise raised
     return RunResult(status=status, run_dir=str(rundir.path), step=ctx.step, metrics=final)
-
-
-def spec_from_config(cfg: Any) -> tuple[RunSpec, dict[str, Any]]:
-    from kitchen.config.compose import describe_source, to_container
-
-    data = to_container(cfg) if not isinstance(cfg, dict) else cfg
-    return RunSpec.from_config(data, source=describe_source(data.get("recipe"))), data
-
-
-def hydra_task(cfg: Any) -> dict[str, Any]:
-    """The task function Hydra calls for ``kitchen run`` (single run)."""
-    try:
-        spec, _ = spec_from_config(cfg)
-        return vars(execute(spec))
-    except KitchenError as exc:  # handed back to the CLI, which prints it as one paragraph
-        return {"status": "failed", "user_error": exc}
 
 
 def hydra_sweep_task(cfg: Any) -> dict[str, Any]:
@@ -238,9 +210,11 @@ def hydra_sweep_task(cfg: Any) -> dict[str, Any]:
         run_dir = HydraConfig.get().runtime.output_dir
         from kitchen.config.compose import to_container
 
+        from kitchen.preflight import build_spec
+
         data = to_container(cfg)
         data["run_dir"] = run_dir
-        spec, _ = spec_from_config(data)
+        spec, _ = build_spec(data)
         return vars(execute(spec))
     except KitchenError as exc:
         return {"status": "failed", "run_dir": run_dir, "error": exc.render(), "metrics": {}}
@@ -251,4 +225,4 @@ def hydra_sweep_task(cfg: Any) -> dict[str, Any]:
                 "traceback": traceback.format_exc(), "metrics": {}}
 
 
-__all__ = ["BackendError", "RunResult", "execute", "hydra_sweep_task", "hydra_task"]
+__all__ = ["BackendError", "RunResult", "execute", "execute_prepared", "hydra_sweep_task"]

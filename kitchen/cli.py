@@ -66,18 +66,6 @@ def main_callback(debug: bool = typer.Option(False, "--debug", help="Show traceb
         _STATE["debug"] = True
 
 
-def _compose_spec(overrides: list[str], recipes_dir: list[str]):
-    from kitchen.config.compose import compose, setup, to_container
-    from kitchen.config.spec import RunSpec
-
-    found = setup(recipes_dir)
-    cfg = compose(overrides, found=found)
-    data = to_container(cfg)
-    from kitchen.config.compose import describe_source
-
-    return RunSpec.from_config(data, source=describe_source(data.get("recipe"))), data, found
-
-
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @_guard
 def run(
@@ -89,30 +77,35 @@ def run(
     """Run a recipe: `kitchen run recipe=sl_basic adapters=local learning_rate=3e-4`."""
     overrides = list(overrides or [])
     recipes_dir = list(recipes_dir or [])
-    if cfg:
-        spec, data, _ = _compose_spec(overrides, recipes_dir)
-        from kitchen.cli_views import print_plan
+    from kitchen.preflight import compose_spec
 
-        print_plan(spec, data)
-        return
     if multirun:
         _run_sweep(overrides, recipes_dir)
         return
-    from kitchen.app import hydra_task
-    from kitchen.config.compose import launch
+    spec, workflow, data, _ = compose_spec(overrides, recipes_dir)
+    if cfg:
+        from kitchen.cli_views import print_plan
 
-    result = launch(overrides, hydra_task, multirun=False, recipe_dirs=recipes_dir)
-    value = result.return_value
-    if value.get("user_error") is not None:
-        raise value["user_error"]
-    raise typer.Exit({"completed": 0, "interrupted": 130}.get(value.get("status"), 1))
+        print_plan(spec, workflow, data)
+        return
+    from kitchen.app import execute_prepared
+    from kitchen.preflight import preflight
+
+    result = execute_prepared(preflight(spec, workflow))
+    raise typer.Exit(result.exit_code)
 
 
 def _run_sweep(overrides: list[str], recipes_dir: list[str]) -> None:
+    """A Hydra multirun. Every job the basic sweeper would launch is preflighted first, so a
+    bad value fails before Hydra creates the sweep directory."""
     from kitchen.app import hydra_sweep_task
     from kitchen.cli_views import print_sweep_summary
-    from kitchen.config.compose import launch
+    from kitchen.config.compose import expand_sweep, launch
+    from kitchen.preflight import compose_spec, preflight
 
+    for job_overrides in expand_sweep(overrides):
+        spec, workflow, _, _ = compose_spec(job_overrides, recipes_dir)
+        preflight(spec, workflow, check_run_dir=False)  # Hydra gives each job a fresh sweep subdir
     returns = launch(overrides, hydra_sweep_task, multirun=True, recipe_dirs=recipes_dir)
     jobs = [job for batch in (returns or []) for job in batch]
     failed = print_sweep_summary(jobs)
@@ -130,9 +123,9 @@ def resume(
     from omegaconf import OmegaConf
 
     from kitchen.app import execute
-    from kitchen.config.compose import to_container
-    from kitchen.config.spec import RunSpec
+    from kitchen.config.compose import setup, to_container
     from kitchen.errors import RunDirError
+    from kitchen.preflight import build_spec
 
     config = run_dir / "config.yaml"
     if not config.exists():
@@ -141,7 +134,8 @@ def resume(
     merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides or [])))
     data = to_container(merged)
     data.update(run_dir=str(run_dir), resume=True, overwrite=False)
-    spec = RunSpec.from_config(data, source=str(config))
+    setup()  # plugins' workflows by name
+    spec, _ = build_spec(data, source=str(config))
     result = execute(spec)
     raise typer.Exit(result.exit_code)
 
@@ -165,19 +159,21 @@ def describe(
 ) -> None:
     """Show a recipe's hyperparameters (type, default, recipe value) and its workflow's stage tree."""
     from kitchen.cli_views import print_describe
+    from kitchen.preflight import compose_spec
 
-    spec, data, found = _compose_spec([f"recipe={name}"], recipes_dir or [])
-    print_describe(found[name], spec, all_keys)
+    spec, workflow, _, found = compose_spec([f"recipe={name}"], recipes_dir or [])
+    print_describe(found[name], spec, workflow, all_keys)
 
 
 @app.command()
 @_guard
 def validate(overrides: Optional[List[str]] = OverridesArg, recipes_dir: Optional[List[str]] = RecipesDirOpt) -> None:
-    """Check a run's config, data files, run dir and credentials without starting it."""
-    from kitchen.cli_views import validate_run
+    """Check a run's config, data, model, run dir and credentials, as `kitchen run` would, without starting it."""
+    from kitchen.cli_views import print_validated
+    from kitchen.preflight import compose_spec, preflight
 
-    spec, data, _ = _compose_spec(list(overrides or []), recipes_dir or [])
-    validate_run(spec)
+    spec, workflow, _, _ = compose_spec(list(overrides or []), recipes_dir or [])
+    print_validated(preflight(spec, workflow))
 
 
 @app.command()

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from kitchen.config.spec import RunSpec, describe_fields
-from kitchen.engine.ir import ConditionalNode, LoopNode, Node, ParallelNode, StageNode
+from kitchen.config.spec import STRUCTURAL_KEYS, RunSpec, describe_fields, own_keys
+from kitchen.engine.ir import ConditionalNode, LoopNode, Node, ParallelNode, StageNode, Workflow
 
 def _console() -> Console:
     """Terminal width on a terminal; 140 columns when piped, so tables stay readable in logs."""
@@ -24,32 +24,47 @@ def _console() -> Console:
 console = _console()
 
 
-def stage_tree(nodes: Iterable[Node], root: Tree) -> Tree:
+def _options(stage: Any) -> str:
+    """A dataclass stage's options that differ from their defaults, as ``(tag=before)``."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(stage):
+        return ""
+    shown = [f"{f.name}={getattr(stage, f.name)}" for f in dataclasses.fields(stage)
+             if f.default is not dataclasses.MISSING and getattr(stage, f.name) != f.default and not callable(getattr(stage, f.name))]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
+def stage_tree(nodes: Iterable[Node], root: Tree, described: set | None = None) -> Tree:
+    """The workflow as a tree; each stage's one-line description is shown where it first appears."""
+    described = set() if described is None else described
     for node in nodes:
         if isinstance(node, StageNode):
-            root.add(f"[cyan]{node.title}[/]")
+            kind = type(node.stage) if not hasattr(node.stage, "fn") else node.stage.fn
+            about = node.stage.description.replace("``", "`") if kind not in described else ""
+            described.add(kind)
+            title = node.title if node.label else node.title + _options(node.stage)
+            root.add(f"[cyan]{title}[/]" + (f" [dim]{about}[/]" if about else ""))
         elif isinstance(node, LoopNode):
-            stage_tree(node.body, root.add(f"[magenta]loop[/] {node.name}"))
+            stage_tree(node.body, root.add(f"[magenta]loop[/] {node.name}"), described)
         elif isinstance(node, ConditionalNode):
             branch = root.add(f"[yellow]when[/] {node.label}")
-            stage_tree(node.then, branch)
+            stage_tree(node.then, branch, described)
             if node.otherwise:
-                stage_tree(node.otherwise, root.add("[yellow]otherwise[/]"))
+                stage_tree(node.otherwise, root.add("[yellow]otherwise[/]"), described)
         elif isinstance(node, ParallelNode):
             par = root.add(f"[green]parallel[/] {node.label} (max {node.max_concurrency})")
             for i, branch in enumerate(node.branches):
-                stage_tree(branch, par.add(f"branch {i + 1}"))
+                stage_tree(branch, par.add(f"branch {i + 1}"), described)
     return root
 
 
-def print_plan(spec: RunSpec, data: dict[str, Any]) -> None:
+def print_plan(spec: RunSpec, workflow: Workflow, data: dict[str, Any]) -> None:
     import yaml
     from rich.syntax import Syntax
 
     from kitchen.telemetry.jsonl import redact
-    from kitchen.workflows import get_workflow
 
-    workflow = get_workflow(spec.workflow.name)
     console.rule(f"run spec: recipe {spec.recipe}")
     console.print(Syntax(yaml.safe_dump(redact(data), sort_keys=False), "yaml", background_color="default"))
     console.rule(f"stage plan: workflow {workflow.name}")
@@ -57,13 +72,17 @@ def print_plan(spec: RunSpec, data: dict[str, Any]) -> None:
 
 
 def print_recipes(found: dict[str, Any]) -> None:
+    from kitchen.plugins import catalog
+
     table = Table(title="recipes", show_lines=False)
-    for col in ("name", "workflow", "adapters", "description"):
+    for col in ("name", "workflow", "adapters", "from", "description"):
         table.add_column(col, overflow="fold")
-    bundled = str(Path(__file__).resolve().parent.parent)
+    workflows = catalog()
     for name, recipe in sorted(found.items()):
-        where = "" if str(recipe.path.resolve()).startswith(bundled) else f" [dim]({recipe.path})[/]"
-        table.add_row(name, recipe.workflow, recipe.adapters, recipe.description + where)
+        source = recipe.source if recipe.source != "kitchen" else "kitchen"
+        wf_source = workflows.source("workflows", recipe.workflow)
+        workflow = recipe.workflow + (f" [dim]({wf_source})[/]" if wf_source not in ("kitchen", "?") else "")
+        table.add_row(name, workflow, recipe.adapters, source, recipe.description)
     console.print(table)
 
 
@@ -75,24 +94,22 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def print_describe(recipe: Any, spec: RunSpec, all_keys: bool) -> None:
-    from kitchen.workflows import get_workflow
-
-    workflow = get_workflow(spec.workflow.name)
-    console.print(f"[bold]{recipe.name}[/] ({recipe.path})")
+def print_describe(recipe: Any, spec: RunSpec, workflow: Workflow, all_keys: bool) -> None:
+    console.print(f"[bold]{recipe.name}[/] ({recipe.path}" + (f", from {recipe.source}" if recipe.source != "kitchen" else "") + ")")
     if recipe.description:
         console.print(recipe.description)
     for line in recipe.header:
         console.print(f"[dim]{line}[/]")
-    console.print(f"workflow: [cyan]{workflow.name}[/]   adapters: [cyan]{spec.adapters.name}[/]")
+    from_where = f" (from {workflow.source})" if workflow.source != "kitchen" else ""
+    console.print(f"workflow: [cyan]{workflow.name}[/]{from_where}   adapters: [cyan]{spec.adapters.name}[/]")
     set_by_recipe = {k for k in recipe.body if k != "defaults"}
-    shown = set(workflow.params) | set_by_recipe
-    table = Table(title="hyperparameters (override with key=value)")
+    shown = set(own_keys(workflow.config)) | set_by_recipe
+    table = Table(title=f"hyperparameters of workflow {workflow.name} (override with key=value)")
     for col in ("key", "type", "default", "this recipe", "description"):
         table.add_column(col, overflow="fold")
     hidden = 0
-    for name, type_name, default, description in describe_fields():
-        if name in ("workflow", "adapters", "telemetry", "recipe", "description"):
+    for name, type_name, default, description in describe_fields(workflow.config):
+        if name in STRUCTURAL_KEYS:
             continue
         if not all_keys and name not in shown:
             hidden += 1
@@ -102,32 +119,21 @@ def print_describe(recipe: Any, spec: RunSpec, all_keys: bool) -> None:
         table.add_row(name, type_name, _fmt(default), mark, description)
     console.print(table)
     if hidden:
-        console.print(f"[dim]{hidden} more general keys: kitchen describe {recipe.name} --all[/]")
+        console.print(f"[dim]{hidden} more keys common to every workflow: kitchen describe {recipe.name} --all[/]")
     console.print(stage_tree(workflow.nodes, Tree(f"[bold]stage tree[/]: {workflow.description}")))
 
 
-def validate_run(spec: RunSpec) -> None:
-    """Everything that can be checked without loading a model."""
-    from kitchen.errors import BackendError
-    from kitchen.rundir import RunDir
-    from kitchen.workflows import get_workflow
+def print_validated(prepared: Any) -> None:
+    """The one line `kitchen validate` prints once preflight passed."""
+    spec, data = prepared.spec, prepared.ctx
+    from kitchen.stages.data import ChatData
 
-    workflow = get_workflow(spec.workflow.name)
-    RunDir(Path(spec.run_dir)).check_can_start(resume=spec.resume, overwrite=spec.overwrite)
-    rows: dict[str, int] = {}
-    if spec.dataset or spec.test_dataset:
-        from hydra.utils import instantiate
-
-        store = instantiate(spec.adapters.dataset_store)
-        for key in ("dataset", "test_dataset"):
-            source = getattr(spec, key)
-            if source:
-                rows[key] = len(store.load(source))
-    if spec.adapters.name == "tinker" and not os.environ.get("TINKER_API_KEY"):
-        raise BackendError("adapters=tinker needs an API key in the TINKER_API_KEY environment variable, and it is not set. Export TINKER_API_KEY=... (it is never written to the run dir).")
-    counts = ", ".join(f"{k}: {v} rows" for k, v in rows.items())
-    console.print(f"[green]ok[/]: recipe {spec.recipe}, workflow {workflow.name}, adapters {spec.adapters.name}, model {spec.model}"
-                  + (f", {counts}" if counts else "") + f"; would write to {spec.run_dir}")
+    rows = ""
+    if data.has(ChatData):
+        chat = data.use(ChatData)
+        rows = f", dataset: {len(chat.train_rows)} rows" + (f", test_dataset: {len(chat.test_rows)} rows" if chat.test_rows else "")
+    console.print(f"[green]ok[/]: recipe {spec.recipe}, workflow {prepared.workflow.name}, adapters {spec.adapters.name}, "
+                  f"model {spec.model}{rows}; would write to {spec.run_dir}")
 
 
 def _find_runs(roots: Iterable[Path]) -> list[Path]:

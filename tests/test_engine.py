@@ -1,134 +1,173 @@
-"""The engine's IR semantics: stage, loop, conditional, parallel, validate and rollback."""
+"""The engine's IR semantics: stage values, typed state, loop, conditional, parallel,
+validate, rollback, and the step pipeline."""
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from kitchen.engine.context import Adapters, Context
 from kitchen.engine.ir import Workflow, conditional, every, loop, parallel, stage
 from kitchen.engine.runner import Runner
-from kitchen.engine.stage import Stage, register_stage
+from kitchen.engine.stage import Stage
 from kitchen.errors import ConfigError
 from kitchen.telemetry import events as ev
 from kitchen.telemetry.events import EventBus
 
 
-@register_stage("test_record")
+@dataclass
+class Trace:
+    """The typed state these test stages share (what a user's own stages would do)."""
+
+    item: Any = None
+    trace: list = field(default_factory=list)
+    running: int = 0
+    peak: int = 0
+    done: list = field(default_factory=list)
+    did: list = field(default_factory=list)
+    undone: list = field(default_factory=list)
+    validated: bool = False
+
+
+@dataclass(frozen=True)
 class Record(Stage):
+    tag: str = ""
+
     def execute(self, ctx: Context) -> None:
-        ctx.state.setdefault("trace", []).append((self.options.get("tag"), ctx.state.get("item")))
+        t = ctx.use(Trace)
+        t.trace.append((self.tag, t.item))
 
 
-@register_stage("test_step")
-class Step(Stage):
-    def execute(self, ctx: Context) -> None:
-        ctx.state["step"] = ctx.state.get("step", 0) + 1
+def test_step(ctx: Context) -> None:
+    """A function is a stage too."""
+    ctx.progress.step += 1
 
 
-@register_stage("test_sleep")
+test_step.__test__ = False  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
 class Sleep(Stage):
+    tag: int = 0
     lock = threading.Lock()
 
     def execute(self, ctx: Context) -> None:
+        t = ctx.use(Trace)
         with self.lock:
-            ctx.state["running"] = ctx.state.get("running", 0) + 1
-            ctx.state["peak"] = max(ctx.state.get("peak", 0), ctx.state["running"])
+            t.running += 1
+            t.peak = max(t.peak, t.running)
         time.sleep(0.05)
         with self.lock:
-            ctx.state["running"] -= 1
-            ctx.state.setdefault("done", []).append(self.options["tag"])
+            t.running -= 1
+            t.done.append(self.tag)
 
 
-@register_stage("test_undoable")
+@dataclass(frozen=True)
 class Undoable(Stage):
+    tag: str = ""
+
     def execute(self, ctx: Context) -> None:
-        ctx.state.setdefault("did", []).append(self.options["tag"])
+        ctx.use(Trace).did.append(self.tag)
 
     def rollback(self, ctx: Context, error: BaseException) -> None:
-        ctx.state.setdefault("undone", []).append(self.options["tag"])
+        ctx.use(Trace).undone.append(self.tag)
 
 
-@register_stage("test_boom")
 class Boom(Stage):
     def execute(self, ctx: Context) -> None:
         raise RuntimeError("boom")
 
 
-@register_stage("test_picky")
 class Picky(Stage):
     def validate(self, ctx: Context) -> None:
         if ctx.spec.eval_every < 0:
             raise ConfigError("eval_every must not be negative")
-        ctx.state["validated"] = True
+        ctx.use(Trace).validated = True
 
     def execute(self, ctx: Context) -> None:
-        assert ctx.state["validated"]
+        assert ctx.use(Trace).validated
 
 
 def make_ctx(**spec) -> Context:
     return Context(spec=SimpleNamespace(**spec), adapters=Adapters(None, None), bus=EventBus(), run_dir=Path("."))
 
 
+def workflow(nodes) -> Workflow:
+    return Workflow("t", "test", tuple(nodes), config=object)  # type: ignore[arg-type]
+
+
 def run(nodes, ctx: Context) -> Context:
-    runner = Runner(Workflow("t", "test", tuple(nodes)))
+    runner = Runner(workflow(nodes))
     runner.validate(ctx)
     runner.run(ctx)
     return ctx
 
 
-def test_loop_over_state_key_and_callable_binds_the_item():
+def items(values):
+    """A loop source that binds the current item into typed state, as ``epochs``/``batches`` do."""
+
+    def source(ctx: Context):
+        for v in values:
+            ctx.use(Trace).item = v
+            yield v
+
+    return source
+
+
+def test_loop_source_binds_the_item_into_typed_state():
     ctx = make_ctx()
-    ctx.state["items"] = ["a", "b"]
-    run([loop("outer", over="items", var="item", body=[stage("test_record", tag="x")]),
-         loop("inner", over=lambda c: [1, 2, 3], var="item", body=[stage("test_record", tag="y")])], ctx)
-    assert ctx.state["trace"] == [("x", "a"), ("x", "b"), ("y", 1), ("y", 2), ("y", 3)]
+    run([loop("outer", over=items(["a", "b"]), body=[stage(Record, tag="x")]),
+         loop("inner", over=items([1, 2, 3]), body=[stage(Record, tag="y")])], ctx)
+    assert ctx.use(Trace).trace == [("x", "a"), ("x", "b"), ("y", 1), ("y", 2), ("y", 3)]
 
 
 def test_nested_loops_and_every_n_steps():
     ctx = make_ctx(eval_every=3)
     run([loop("epoch", over=lambda c: range(2), body=[
         loop("batch", over=lambda c: range(5), body=[
-            stage("test_step"),
-            conditional(every("eval_every"), [stage("test_record", tag="eval")], [stage("test_record", tag="skip")]),
+            stage(test_step),
+            conditional(every("eval_every"), [stage(Record, tag="eval")], [stage(Record, tag="skip")]),
         ])])], ctx)
-    evals = [i for i, (tag, _) in enumerate(ctx.state["trace"]) if tag == "eval"]
+    trace = ctx.use(Trace).trace
+    evals = [i for i, (tag, _) in enumerate(trace) if tag == "eval"]
     assert ctx.step == 10 and evals == [2, 5, 8]  # steps 3, 6, 9
-    assert len(ctx.state["trace"]) == 10
+    assert len(trace) == 10
 
 
 def test_every_zero_means_never():
     ctx = make_ctx(eval_every=0)
-    run([loop("b", over=lambda c: range(4), body=[stage("test_step"), conditional(every("eval_every"), [stage("test_record", tag="e")])])], ctx)
-    assert "trace" not in ctx.state
+    run([loop("b", over=lambda c: range(4), body=[stage(test_step), conditional(every("eval_every"), [stage(Record, tag="e")])])], ctx)
+    assert not ctx.has(Trace) or not ctx.use(Trace).trace
 
 
 def test_parallel_runs_branches_concurrently_within_the_bound():
     ctx = make_ctx()
-    branches = [[stage("test_sleep", tag=i)] for i in range(6)]
+    branches = [[stage(Sleep, tag=i)] for i in range(6)]
     t0 = time.perf_counter()
     run([parallel(*branches, max_concurrency=2)], ctx)
     elapsed = time.perf_counter() - t0
-    assert sorted(ctx.state["done"]) == list(range(6))
-    assert ctx.state["peak"] == 2
+    assert sorted(ctx.use(Trace).done) == list(range(6))
+    assert ctx.use(Trace).peak == 2
     assert elapsed < 6 * 0.05  # really concurrent
 
 
 def test_parallel_branch_failure_propagates():
     with pytest.raises(RuntimeError, match="boom"):
-        run([parallel([stage("test_record", tag="ok")], [stage("test_boom")])], make_ctx())
+        run([parallel([stage(Record, tag="ok")], [stage(Boom)])], make_ctx())
 
 
 def test_validate_runs_before_anything_executes():
     ctx = make_ctx(eval_every=-1)
-    runner = Runner(Workflow("t", "test", (stage("test_record", tag="first"), stage("test_picky"))))
+    runner = Runner(workflow([stage(Record, tag="first"), stage(Picky)]))
     with pytest.raises(ConfigError, match="negative"):
         runner.validate(ctx)
-    assert "trace" not in ctx.state
+    assert not ctx.has(Trace) or not ctx.use(Trace).trace
 
 
 def test_rollback_runs_newest_first_on_failure_and_emits_stage_exception():
@@ -136,41 +175,70 @@ def test_rollback_runs_newest_first_on_failure_and_emits_stage_exception():
     seen = []
     ctx.bus.listen(lambda e: seen.append(e))
     with pytest.raises(RuntimeError):
-        run([stage("test_undoable", tag="a"), stage("test_undoable", tag="b"), stage("test_boom"), stage("test_undoable", tag="c")], ctx)
-    assert ctx.state["did"] == ["a", "b"]
-    assert ctx.state["undone"] == ["b", "a"]
+        run([stage(Undoable, tag="a"), stage(Undoable, tag="b"), stage(Boom), stage(Undoable, tag="c")], ctx)
+    assert ctx.use(Trace).did == ["a", "b"]
+    assert ctx.use(Trace).undone == ["b", "a"]
     failed = [e for e in seen if e.name == ev.STAGE_EXCEPTION]
-    assert failed and failed[0].data["stage"] == "test_boom" and failed[0].data["error"] == "boom"
+    assert failed and failed[0].data["stage"] == "boom" and failed[0].data["error"] == "boom"
 
 
 def test_stage_events_for_top_level_and_timings_for_looped_stages():
     ctx = make_ctx()
     seen = []
     ctx.bus.listen(lambda e: seen.append(e.name))
-    run([stage("test_record", tag="top"), loop("l", over=lambda c: range(3), body=[stage("test_step")])], ctx)
+    run([stage(Record, tag="top"), loop("l", over=lambda c: range(3), body=[stage(test_step)])], ctx)
     assert seen == [ev.STAGE_START, ev.STAGE_STOP]
-    assert ctx.state["stage_time"]["test_step"] > 0
+    assert ctx.progress.stage_time["test_step"] > 0
 
 
 def test_stop_request_ends_the_loop_between_steps():
     from kitchen.engine.runner import StopRun
 
-    @register_stage("test_stopper")
-    class Stopper(Stage):
-        def execute(self, ctx: Context) -> None:
-            ctx.state["step"] = ctx.state.get("step", 0) + 1
-            if ctx.step == 2:
-                ctx.stop_requested = True
+    def stopper(ctx: Context) -> None:
+        ctx.progress.step += 1
+        if ctx.step == 2:
+            ctx.stop_requested = True
 
     ctx = make_ctx()
     with pytest.raises(StopRun):
-        run([loop("b", over=lambda c: range(10), body=[stage("test_stopper")])], ctx)
+        run([loop("b", over=lambda c: range(10), body=[stage(stopper)])], ctx)
     assert ctx.step == 2
 
 
-def test_unknown_stage_is_a_config_error_with_suggestion():
-    with pytest.raises(ConfigError, match="Did you mean 'checkpoint'"):
-        Runner(Workflow("t", "test", (stage("checkpiont"),))).validate(make_ctx())
+def test_a_stage_is_a_value_never_a_name():
+    with pytest.raises(ConfigError, match="stages are values, not strings"):
+        stage("checkpoint")
+
+
+def test_stage_options_are_checked_when_the_workflow_is_built():
+    with pytest.raises(ConfigError, match=r"does not take the options \['tga'\]; it accepts: tag"):
+        stage(Record, tga="x")
+
+
+def test_a_stage_that_returns_a_step_output_is_submitted_to_the_pipeline():
+    """One StepOutput per step: the pipeline sends forward_backward + optim_step, counts the
+    step, and publishes the algorithm's own metrics with the backend's (nothing rides a Future)."""
+    from kitchen.adapters.noop import NoopTrainingClient
+    from kitchen.engine.pipeline import StepOutput
+    from kitchen.ports.types import Datum
+
+    datum = Datum([1, 2, 3], {"target_tokens": [2, 3, 4], "weights": [0.0, 1.0, 1.0]})
+
+    def train(ctx: Context) -> StepOutput:
+        return StepOutput([datum], "cross_entropy", metrics={"reward_mean": 0.5}, loss=1.25, drop_metrics=("loss:sum",))
+
+    spec = SimpleNamespace(pipeline_depth=1, learning_rate=1e-3, lr_schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
+                           beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0)
+    client = NoopTrainingClient()
+    ctx = Context(spec=spec, adapters=Adapters(client, None), bus=EventBus(), run_dir=Path("."))  # type: ignore[arg-type]
+    steps = []
+    ctx.bus.listen(lambda e: steps.append(e.data) if e.name == ev.TRAINING_STEP else None)
+    ctx.progress.total_steps = 3
+    run([loop("s", over=lambda c: range(3), body=[stage(train)])], ctx)
+    assert [s["step"] for s in steps] == [1, 2]  # depth 1: the last step is still in flight
+    ctx.pipeline.drain()
+    assert [s["step"] for s in steps] == [1, 2, 3] and ctx.step == 3
+    assert all(s["loss"] == 1.25 and s["reward_mean"] == 0.5 and "loss:sum" not in s for s in steps)
 
 
 def test_failing_sink_is_dropped_and_others_keep_receiving(caplog):

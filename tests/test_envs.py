@@ -3,13 +3,11 @@ import re
 import pytest
 
 from kitchen.train.envs import (
-    ENVS,
     ArithmeticEnv,
     Env,
     Problem,
     Score,
     is_bare_number,
-    make_env,
     parse_final_number,
 )
 
@@ -163,13 +161,16 @@ def test_large_space_uses_rejection_sampling():
     assert all(p.answer >= 0 for p in train + ev)
 
 
-def test_registry():
-    assert ENVS == {"arithmetic": ArithmeticEnv}
-    env = make_env("arithmetic", max_operand=5)
+def test_envs_are_built_by_name_or_target_through_the_one_instantiate_path():
+    from kitchen.config.instantiate import build
+    from kitchen.errors import ConfigError
+
+    env = build("envs", {"_target_": "kitchen.train.envs.ArithmeticEnv", "max_operand": 5})
     assert isinstance(env, ArithmeticEnv) and env.max_operand == 5
+    assert isinstance(build("envs", "arithmetic"), ArithmeticEnv)
     assert isinstance(env, Env)
     assert isinstance(env.initial_prompts(0, 1)[0], Problem)
-    with pytest.raises(ValueError, match="allowed: arithmetic.*Did you mean 'arithmetic'"):
-        make_env("arithmetc")
-    with pytest.raises(ValueError, match="max_operand"):
-        make_env("arithmetic", max_operandd=5)
+    with pytest.raises(ConfigError, match="Unknown env 'arithmetc'. Did you mean 'arithmetic'"):
+        build("envs", "arithmetc")
+    with pytest.raises(ConfigError, match="max_operandd"):
+        build("envs", {"_target_": "kitchen.train.envs.ArithmeticEnv", "max_operandd": 5})

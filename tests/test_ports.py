@@ -1,15 +1,9 @@
 """Every port has a noop adapter that satisfies it; the noop training backend is deterministic by seed."""
 
 from kitchen.adapters.hf_datasets import HFDatasetStore
-from kitchen.adapters.noop import (
-    NoopBlobStore,
-    NoopEmbeddingClient,
-    NoopHubClient,
-    NoopMetricsStore,
-    NoopTrainingClient,
-    NoopVectorStore,
-)
-from kitchen.ports.stores import BlobStore, DatasetStore, EmbeddingClient, HubClient, MetricsStore, VectorStore
+from kitchen.adapters.blobs import FsspecBlobStore, LocalBlobStore
+from kitchen.adapters.noop import NoopBlobStore, NoopHubClient, NoopMetricsStore, NoopTrainingClient
+from kitchen.ports.stores import BlobStore, DatasetStore, HubClient, MetricsStore
 from kitchen.ports.training import SamplingClient, TrainingClient
 from kitchen.ports.types import AdamParams, Datum, SamplingParams, SessionConfig
 
@@ -20,8 +14,7 @@ def test_noop_adapters_implement_their_ports():
     assert isinstance(NoopBlobStore(), BlobStore)
     assert isinstance(NoopHubClient(), HubClient)
     assert isinstance(NoopMetricsStore(), MetricsStore)
-    assert isinstance(NoopEmbeddingClient(), EmbeddingClient)
-    assert isinstance(NoopVectorStore(), VectorStore)
+    assert isinstance(LocalBlobStore("/tmp"), BlobStore)
     assert isinstance(HFDatasetStore(), DatasetStore)
 
 
@@ -52,13 +45,6 @@ def test_noop_sampler_depends_on_the_whole_prompt():
     assert x != y and x == sampler.sample([1] * 40 + [5], 1, params).result().sequences[0].tokens
 
 
-def test_noop_vector_store_and_embeddings_find_the_nearest_text():
-    emb, store = NoopEmbeddingClient(), NoopVectorStore()
-    texts = ["tomato soup", "pancakes", "risotto"]
-    store.add(texts, emb.embed(texts))
-    assert store.query(emb.embed(["pancakes"])[0], k=1)[0][0] == "pancakes"
-
-
 def test_noop_blob_and_metrics_stores_round_trip():
     blobs = NoopBlobStore()
     blobs.put("a/b", b"x")
@@ -66,3 +52,25 @@ def test_noop_blob_and_metrics_stores_round_trip():
     metrics = NoopMetricsStore()
     metrics.record(1, {"loss": 2.0})
     assert metrics.read() == [{"step": 1, "loss": 2.0}]
+
+
+def test_local_and_fsspec_blob_stores_round_trip_files(tmp_path):
+    """The two real BlobStores: a plain folder, and fsspec (here its in-memory filesystem)."""
+    src = tmp_path / "weights.bin"
+    src.write_bytes(b"\x00\x01" * 1000)
+    for store in (LocalBlobStore(tmp_path / "bucket"), FsspecBlobStore("memory://kitchen-test-bucket")):
+        url = store.put_file(src, "run/checkpoints/step_000002/weights.bin")
+        assert url.endswith("run/checkpoints/step_000002/weights.bin")
+        store.put("run/index.jsonl", b"{}\n")
+        assert store.exists("run/index.jsonl") and not store.exists("run/nope")
+        assert store.list("run/") == ["run/checkpoints/step_000002/weights.bin", "run/index.jsonl"]
+        out = tmp_path / "back.bin"
+        store.get_file("run/checkpoints/step_000002/weights.bin", out)
+        assert out.read_bytes() == src.read_bytes() and store.get("run/index.jsonl") == b"{}\n"
+
+
+def test_local_blob_store_refuses_keys_outside_its_root(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="outside"):
+        LocalBlobStore(tmp_path / "bucket").put("../escape", b"x")

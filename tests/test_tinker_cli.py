@@ -82,13 +82,14 @@ def test_resume_on_tinker_continues_exactly(kitchen, server, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("recipe", "metric"),
-    [("rl_basic", "reward_mean"), ("dpo_basic", "dpo_accuracy")],
+    ("recipe", "metric", "own"),
+    [("rl_basic", "reward_mean", ("group_size=2", "groups_per_batch=2", "max_tokens=8")),
+     ("dpo_basic", "dpo_accuracy", ("batch_size=4",))],
 )
-def test_post_training_recipes_run_on_tinker(kitchen, server, tmp_path, recipe, metric):
+def test_post_training_recipes_run_on_tinker(kitchen, server, tmp_path, recipe, metric, own):
     run_dir = tmp_path / recipe
-    r = kitchen("run", f"recipe={recipe}", "adapters=tinker", "model=tiny-llama", "max_steps=2", "batch_size=4",
-                "group_size=2", "groups_per_batch=2", "max_tokens=8", "eval_max_examples=4", "num_preview_samples=1",
+    r = kitchen("run", f"recipe={recipe}", "adapters=tinker", "model=tiny-llama", "max_steps=2", *own,
+                "eval_max_examples=4", "num_preview_samples=1",
                 "save_every=0", "telemetry=jsonl", f"run_dir={run_dir}", env=tinker_env(server))
     assert r.code == 0, r
     rows = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m.get("split") is None]

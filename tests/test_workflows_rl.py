@@ -74,5 +74,5 @@ def test_rl_requires_max_steps(tmp_path: Path) -> None:
 def test_describe_shows_the_rollout_lanes() -> None:
     r = run_kitchen("describe", "rl_basic")
     assert r.code == 0, r
-    for text in ("parallel rollouts", "rollout (lane 1/4)", "advantages + datums", "forward_backward", "evaluate (after)"):
+    for text in ("parallel rollouts", "rollout (lane 1/4)", "rl_step", "forward_backward + optim_step", "evaluate (tag=after)"):
         assert text in r.out

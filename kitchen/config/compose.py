@@ -32,6 +32,7 @@ def register_resolvers() -> None:
 
 
 _FOUND: dict[str, recipes_mod.Recipe] = {}
+_BROKEN_WORKFLOWS: dict[str, str] = {}  # workflow name -> why it could not be loaded
 
 
 def describe_source(recipe_name: str | None) -> str:
@@ -43,6 +44,10 @@ def describe_source(recipe_name: str | None) -> str:
 
 
 def group_options(group: str) -> list[str]:
+    if group == "workflow":
+        from kitchen.workflows import workflow_names
+
+        return workflow_names()
     folder = recipes_mod.bundled_conf_dir() / group
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
@@ -58,6 +63,7 @@ def setup(recipe_dirs: Iterable[str | os.PathLike[str]] = ()) -> dict[str, recip
     cs = ConfigStore.instance()
     cs.store(name=PRIMARY, node=primary_node())
     cs.store(name="kitchen_defaults", node=OmegaConf.create(spec_defaults()))
+    store_workflows(cs)
     for recipe in found.values():
         body = dict(recipe.body)
         body["recipe"] = recipe.name
@@ -70,17 +76,46 @@ def primary_node() -> dict[str, Any]:
     return {"defaults": ["kitchen_defaults", "config", "_self_"], "hydra": {"searchpath": [f"file://{conf}"]}}
 
 
-def spec_defaults() -> dict[str, Any]:
-    """Every optional RunSpec field at its default, composed first, so any hyperparameter
-    can be overridden as ``key=value`` without Hydra's ``+`` and shows up in ``--cfg``."""
+def spec_defaults(model: Any = None, only: Iterable[str] | None = None) -> dict[str, Any]:
+    """Optional fields of ``model`` (default: the common RunSpec) at their defaults.
+
+    Composed before the recipe, so any hyperparameter of the chosen workflow can be
+    overridden as ``key=value`` without Hydra's ``+`` and shows up in ``--cfg``; a key of
+    another workflow is not in the composed config, so overriding it is an error.
+    """
     from kitchen.config.spec import RunSpec
 
+    model = model or RunSpec
     skip = {"workflow", "adapters", "telemetry"}
+    keep = set(only) if only is not None else None
     return {
         name: field.get_default(call_default_factory=True)
-        for name, field in RunSpec.model_fields.items()
-        if name not in skip and not field.is_required()
+        for name, field in model.model_fields.items()
+        if name not in skip and not field.is_required() and (keep is None or name in keep)
     }
+
+
+def store_workflows(cs: Any) -> None:
+    """Each known workflow becomes a ``workflow`` group option carrying its own keys' defaults.
+
+    A plugin workflow that fails to load is one warning naming its package; choosing it
+    later reports why.
+    """
+    from kitchen.config.spec import own_keys
+    from kitchen.errors import KitchenError
+    from kitchen.plugins import warn_once
+    from kitchen.workflows import get_workflow, workflow_names
+
+    _BROKEN_WORKFLOWS.clear()
+    for name in workflow_names():
+        try:
+            workflow = get_workflow(name)
+        except KitchenError as exc:
+            _BROKEN_WORKFLOWS[name] = exc.render()
+            warn_once(exc.render())
+            continue
+        node = {"workflow": {"name": name}, **spec_defaults(workflow.config, own_keys(workflow.config))}
+        cs.store(group="workflow", name=name, package="_global_", node=OmegaConf.create(node))
 
 
 def compose(overrides: list[str], recipe_dirs: Iterable[str] = (), *, found: dict | None = None) -> DictConfig:
@@ -140,12 +175,92 @@ def launch(
         raise
 
 
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """Compositions that together try every swept value once: the base (first value of
+    each sweep) plus one composition per other value, varying one key at a time.
+
+    Preflighting these catches a bad value of any single key before Hydra creates the
+    sweep directory, at a cost linear (not exponential) in the values. ``hydra.*`` and
+    ``hydra/...`` overrides and non-discrete sweeps (Optuna's ``interval(...)``) are left
+    to Hydra.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as exc:  # noqa: BLE001
+        raise translate(exc, overrides, _FOUND) from None
+    fixed: list[str] = []
+    swept: list[list[str]] = []
+    for o in parsed:
+        key = o.get_key_element()
+        if key.lstrip("+~").startswith("hydra"):
+            continue
+        if not o.is_sweep_override():
+            fixed.append(o.input_line)
+        elif o.is_discrete_sweep():
+            swept.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+    base = fixed + [values[0] for values in swept]
+    jobs = [base]
+    for i, values in enumerate(swept):
+        for value in values[1:]:
+            jobs.append(fixed + [v[0] if j != i else value for j, v in enumerate(swept)])
+    return jobs
+
+
 def _recipe_choosing(group: str, choice: str, found: dict[str, recipes_mod.Recipe]) -> recipes_mod.Recipe | None:
     """The recipe whose defaults list picks ``group: choice`` (for naming the culprit file)."""
     for recipe in found.values():
         if getattr(recipe, group, None) == choice:
             return recipe
     return None
+
+
+def current_workflow(overrides: list[str], found: dict[str, recipes_mod.Recipe]) -> str:
+    """The workflow a composition picks (from overrides, else the recipe), for messages."""
+    chosen = {o.split("=", 1)[0].lstrip("+~").removeprefix("override ").strip("/"): o.split("=", 1)[1]
+              for o in overrides if "=" in o}
+    if "workflow" in chosen:
+        return chosen["workflow"]
+    recipe = found.get(chosen.get("recipe", "sl_basic"))
+    return recipe.workflow if recipe else "supervised"
+
+
+def key_owners_message(key: str, workflow: str, found: dict[str, recipes_mod.Recipe], where: str) -> str | None:
+    """'Key X belongs to workflow W (recipes ...)' when another workflow's schema has ``key``."""
+    from kitchen.workflows import workflow_for_key
+
+    owners = [(w, src) for w, src in workflow_for_key(key.split(".")[0]) if w != workflow]
+    if not owners:
+        return None
+    names = ", ".join(f"'{w}'" + (f" (from {src})" if src != "kitchen" else "") for w, src in owners)
+    recipes = sorted(r.name for r in found.values() if r.workflow in {w for w, _ in owners})
+    uses = f" Recipes using it: {', '.join(recipes)}." if recipes else ""
+    return (f"key '{key}' {where} belongs to the {names} workflow, not to '{workflow}', which this run uses.{uses} "
+            f"Run `kitchen describe RECIPE` to see the keys of a recipe's workflow")
+
+
+def every_key() -> list[str]:
+    """Every key of every known workflow's schema (did-you-mean spans them all)."""
+    from kitchen.workflows import get_workflow, workflow_names
+
+    keys: set[str] = set()
+    for name in workflow_names():
+        try:
+            keys.update(get_workflow(name).config.model_fields)
+        except ConfigError:
+            continue
+    return sorted(keys)
+
+
+def unknown_key_message(key: str, workflow: str, found: dict[str, recipes_mod.Recipe], where: str) -> str:
+    """One paragraph for a key the chosen workflow does not have: whose key it is, or a did-you-mean."""
+    owner = key_owners_message(key, workflow, found, where)
+    if owner:
+        return owner[0].upper() + owner[1:] + "."
+    return (f"Unknown key '{key}' {where}.{did_you_mean(key.split('.')[-1], every_key())} "
+            f"Run `kitchen describe RECIPE` to see every hyperparameter of a recipe's workflow; a custom stage's keys "
+            f"belong in its workflow's config schema.")
 
 
 def _is_hydra_error(exc: BaseException) -> bool:
@@ -166,6 +281,8 @@ def translate(exc: BaseException, overrides: list[str], found: dict[str, recipes
         group, choice = missing.group(1), missing.group(2)
         options = sorted(found) if group == "recipe" else group_options(group)
         from_cli = any(o.split("=", 1)[0].lstrip("+~") == group and o.endswith(f"={choice}") for o in overrides)
+        if group == "workflow" and choice in _BROKEN_WORKFLOWS:
+            return ConfigError(_BROKEN_WORKFLOWS[choice])
         if group == "recipe":
             return ConfigError(
                 f"Unknown recipe '{choice}'.{did_you_mean(choice, options)} Available recipes: {', '.join(options)}. "
@@ -183,14 +300,7 @@ def translate(exc: BaseException, overrides: list[str], found: dict[str, recipes
         )
     not_in = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
     if not_in:
-        key = not_in.group(1)
-        from kitchen.config.spec import RunSpec
-
-        hint = did_you_mean(key.split(".")[-1], list(RunSpec.model_fields))
-        return ConfigError(
-            f"Unknown key '{key}' on the command line.{hint} "
-            "Run `kitchen describe RECIPE` to see every hyperparameter; use +key=value only to add keys a custom stage reads."
-        )
+        return ConfigError(unknown_key_message(not_in.group(1), current_workflow(overrides, found), found, "on the command line"))
     if type(exc).__name__ == "OverrideParseException" or "Error parsing override" in text:
         return ConfigError(f"Could not parse the command-line overrides: {_first_line(exc)} Use key=value, group=choice, +key=value or ~key.")
     for recipe in found.values():

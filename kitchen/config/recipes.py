@@ -44,6 +44,7 @@ class Recipe:
     workflow: str = "supervised"
     adapters: str = "local"
     header: list[str] = field(default_factory=list)
+    source: str = "kitchen"  # kitchen, a plugin package, or the user directory it came from
 
 
 def recipe_dirs(extra: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
@@ -102,11 +103,29 @@ def load_recipe(path: Path) -> Recipe:
 
 
 def discover(extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> dict[str, Recipe]:
+    """Every recipe by name: bundled, then installed plugins', then KITCHEN_RECIPES_PATH and --recipes-dir.
+
+    A later directory's recipe shadows an earlier one of the same name (a user may
+    override a bundled recipe); two plugins giving the same name is an error naming both.
+    """
+    from kitchen.plugins import plugin_recipe_dirs
+
+    dirs = recipe_dirs(extra_dirs)
+    plugins = plugin_recipe_dirs()
+    from_plugins = {source for source, _ in plugins}
+    sources: list[tuple[str, Path]] = [("kitchen", dirs[0])] + plugins + [(str(d), d) for d in dirs[1:]]
     found: dict[str, Recipe] = {}
-    for directory in recipe_dirs(extra_dirs):
+    for source, directory in sources:
         if not directory.is_dir():
             continue
         for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
             recipe = load_recipe(path)
+            recipe.source = source
+            earlier = found.get(recipe.name)
+            if earlier is not None and {earlier.source, source} <= from_plugins and earlier.source != source:
+                raise ConfigError(
+                    f"Two plugins provide the recipe '{recipe.name}': {earlier.source} ({earlier.path}) and {source} ({path}). "
+                    "Uninstall one, or copy the one you want into a --recipes-dir under another name."
+                )
             found[recipe.name] = recipe
     return found

@@ -7,7 +7,7 @@ key, with a did-you-mean for unknown keys.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -28,6 +28,9 @@ class AdaptersSpec(_Strict):
     name: str = Field(description="the adapters choice, e.g. local, noop, tinker")
     training: dict[str, Any] = Field(description="TrainingClient: _target_ plus constructor arguments")
     dataset_store: dict[str, Any] = Field(description="DatasetStore: _target_ plus constructor arguments")
+    preflight: Optional[str] = Field(
+        None, description="module:function checking a session before the run (credentials, model resolution); "
+        "it must not load weights or import heavy SDKs")
 
     @field_validator("training", "dataset_store")
     @classmethod
@@ -39,12 +42,17 @@ class AdaptersSpec(_Strict):
 
 class TelemetrySpec(_Strict):
     name: str = "default"
-    sinks: list[Literal["console", "jsonl"]] = Field(default_factory=lambda: ["console", "jsonl"])
-    console_every_s: float = Field(2.0, ge=0, description="plain-output throttle when stdout is not a TTY")
+    sinks: list[Union[str, dict[str, Any]]] = Field(
+        default_factory=lambda: ["console", "jsonl"], description="sink names, or {_target_: ...} nodes for your own sink classes")
 
 
 class RunSpec(_Strict):
-    """Every hyperparameter a recipe may set; top-level, as in tinker-cookbook."""
+    """The keys every workflow reads; top-level, as in tinker-cookbook.
+
+    Each workflow extends this with its own schema (``SupervisedConfig`` and friends,
+    next to the workflow), mixing in the key groups below, as TRL's ``DPOConfig``
+    extends ``TrainingArguments``. A run's spec is an instance of its workflow's schema.
+    """
 
     # What and where
     recipe: str = Field(description="recipe name")
@@ -58,10 +66,7 @@ class RunSpec(_Strict):
 
     # Model and data
     model: str = Field(description="model alias, HF model id, local path, or a run dir's final weights")
-    dataset: Optional[str] = Field(None, description="training data: a JSONL/JSON/CSV/Parquet file or a cached hub dataset")
-    test_dataset: Optional[str] = Field(None, description="held-out data for evaluation")
-    renderer: str = Field("auto", description="auto | chat_template | role_colon")
-    train_on_what: TrainOnWhat = "last_assistant_message"
+    renderer: Union[str, dict[str, Any]] = Field("auto", description="auto | chat_template | role_colon, or a {_target_: ...} renderer")
     max_length: int = Field(512, gt=0, description="tokens per sequence; longer ones are truncated, counted and warned about")
 
     # Optimisation
@@ -69,8 +74,6 @@ class RunSpec(_Strict):
     lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    batch_size: int = Field(8, gt=0, description="sequences per optimizer step")
-    epochs: int = Field(1, gt=0, description="passes over the data when max_steps is not set")
     max_steps: Optional[int] = Field(None, gt=0, description="optimizer steps to run; overrides epochs (the data cycles as needed)")
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
@@ -92,36 +95,70 @@ class RunSpec(_Strict):
     # Bookkeeping
     seed: int = 0
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
+    checkpoint_mirror: Optional[str] = Field(
+        None, description="also copy each checkpoint and the final weights to this folder or fsspec URL (s3://bucket/run)")
     eval_every: int = Field(0, ge=0, description="evaluate every N steps (0 = only before and after)")
     eval_max_examples: int = Field(64, gt=0)
     num_preview_samples: int = Field(2, ge=0, description="completions shown before and after training")
     preview_max_tokens: int = Field(48, gt=0)
     pipeline_depth: int = Field(1, ge=0, description="steps kept in flight before awaiting results (remote backends)")
     max_retries: int = Field(3, ge=0, description="kitchen-level retries of a failed backend call")
+    evaluators: list[Union[str, dict[str, Any]]] = Field(
+        default_factory=list, description="extra evaluators run with the workflow's own: names or {_target_: ...} nodes")
 
-    # Reinforcement learning
-    env: str = Field("arithmetic", description="RL environment")
+    @classmethod
+    def from_config(cls, data: dict[str, Any], source: str = "the composed config", elsewhere: Any = None) -> "RunSpec":
+        """Validate ``data`` into this schema; every problem at once, in one paragraph.
+
+        ``elsewhere(key)`` may name the workflows a key belongs to, for keys this schema
+        does not have.
+        """
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, source, cls, elsewhere)) from None
+
+
+class DatasetKeys(_Strict):
+    """Workflows that read a dataset."""
+
+    dataset: Optional[str] = Field(None, description="training data: a JSONL/JSON/CSV/Parquet file or a cached hub dataset")
+    test_dataset: Optional[str] = Field(None, description="held-out data for evaluation")
+
+
+class ChatDataKeys(DatasetKeys):
+    """Workflows that train on rendered chat rows."""
+
+    train_on_what: TrainOnWhat = Field("last_assistant_message", description="which tokens of a conversation carry loss")
+
+
+class BatchKeys(_Strict):
+    """Workflows that walk a dataset in epochs of batches."""
+
+    batch_size: int = Field(8, gt=0, description="sequences (or pairs) per optimizer step")
+    epochs: int = Field(1, gt=0, description="passes over the data when max_steps is not set")
+
+
+class RolloutKeys(_Strict):
+    """Workflows that sample groups of completions and train on them with a policy-gradient loss."""
+
     group_size: int = Field(4, gt=0, description="samples per prompt")
     groups_per_batch: int = Field(4, gt=0, description="prompts per step")
     max_tokens: int = Field(32, gt=0, description="sampled tokens per rollout")
     temperature: float = Field(1.0, ge=0)
     loss_fn: Literal["importance_sampling", "ppo"] = "importance_sampling"
     kl_coef: float = Field(0.0, ge=0, description="KL penalty against the reference model")
-    rollout_concurrency: int = Field(4, gt=0)
+    rollout_concurrency: int = Field(4, gt=0, description="rollout lanes sampling at once")
 
-    # Preference (DPO)
-    dpo_beta: float = Field(0.1, gt=0)
 
-    # Distillation
-    teacher: Optional[str] = Field(None, description="teacher model (alias, path, or RUN_DIR)")
-    distill_mode: Literal["on_policy", "off_policy"] = "on_policy"
+def all_keys(model: type[BaseModel]) -> list[str]:
+    """``model``'s keys plus every known workflow's, so did-you-mean spans all schemas."""
+    try:
+        from kitchen.config.compose import every_key
 
-    @classmethod
-    def from_config(cls, data: dict[str, Any], source: str = "the composed config") -> "RunSpec":
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, source)) from None
+        return sorted(set(model.model_fields) | set(every_key()))
+    except Exception:  # noqa: BLE001 - a broken plugin must not hide the message
+        return list(model.model_fields)
 
 
 def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -137,15 +174,21 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(current.model_fields)
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel] | None = None,
+                            elsewhere: Callable[[str], str] | None = None) -> str:
+    model = model or RunSpec
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc)
         kind = err["type"]
         if kind == "extra_forbidden":
-            hint = did_you_mean(str(loc[-1]), _field_names(RunSpec, loc))
-            problems.append(f"unknown key '{key}'.{hint}")
+            other = elsewhere(key) if elsewhere and len(loc) == 1 else None
+            if other:
+                problems.append(other)
+            else:
+                choices = _field_names(model, loc) if len(loc) > 1 else all_keys(model)
+                problems.append(f"unknown key '{key}'.{did_you_mean(str(loc[-1]), choices)}")
         elif kind == "missing":
             problems.append(f"'{key}' is required but not set (pass {key}=...)")
         elif kind == "literal_error":
@@ -157,12 +200,33 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return text if text.endswith((".", "?")) else text + "."
 
 
-def describe_fields() -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, description) for every top-level hyperparameter."""
+STRUCTURAL_KEYS = ("recipe", "description", "workflow", "adapters", "telemetry")
+
+
+def type_name(annotation: Any) -> str:
+    """A reader's name for a field type: ``Literal`` shows its choices, ``Optional[int]`` shows ``int``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin is Union or type(annotation).__name__ == "UnionType":
+        parts = [type_name(a) for a in args if a is not type(None)]
+        return parts[0] if len(parts) == 1 else " | ".join(parts)
+    if origin in (list, tuple):
+        return f"list[{type_name(args[0])}]" if args else "list"
+    if origin is dict:
+        return "dict"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def describe_fields(model: type[BaseModel] | None = None) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, description) for every top-level hyperparameter of ``model``."""
     rows = []
-    for name, field in RunSpec.model_fields.items():
-        ann = field.annotation
-        type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+    for name, field in (model or RunSpec).model_fields.items():
         default = None if field.is_required() else field.get_default(call_default_factory=True)
-        rows.append((name, type_name, default, field.description or ""))
+        rows.append((name, type_name(field.annotation), default, field.description or ""))
     return rows
+
+
+def own_keys(model: type[BaseModel]) -> list[str]:
+    """The keys ``model`` adds to the common RunSpec (a workflow's own hyperparameters)."""
+    return [k for k in model.model_fields if k not in RunSpec.model_fields]

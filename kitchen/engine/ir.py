@@ -2,10 +2,12 @@
 
 A workflow is a tuple of nodes. Four node kinds cover every built-in algorithm:
 
-- ``stage("name", **options)``: run one registered stage.
-- ``loop("name", over=..., body=[...])``: run ``body`` once per item of an iterable
-  (a context-state key, or a function of the context), binding the item to
-  ``ctx.state[var]``. Loops nest: epochs, batches, rollout groups.
+- ``stage(StageClass, **options)``: run one stage (a Stage class with its typed options,
+  a Stage instance, or a function of the context). Stages are values, never names.
+- ``loop("name", over=fn, body=[...])``: run ``body`` once per item ``fn(ctx)`` yields.
+  The source binds the current item into typed state itself (``epochs`` sets
+  ``ctx.progress.epoch``), so nothing travels through string keys. Loops nest: epochs,
+  batches, steps.
 - ``conditional(pred, then=[...], otherwise=[...])``: branch on a predicate of the
   context, e.g. ``every("eval_every")``.
 - ``parallel(branch, branch, ..., max_concurrency=N)``: run branches concurrently on
@@ -20,25 +22,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, Union
 
+from kitchen.engine.stage import Stage, make_stage
+
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from kitchen.engine.context import Context
 
 Predicate = Callable[["Context"], bool]
-Source = Union[str, Callable[["Context"], Iterable[Any]]]
+Source = Callable[["Context"], Iterable[Any]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StageNode:
-    name: str
-    options: tuple[tuple[str, Any], ...] = ()
+    stage: Stage
     label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
 
     @property
     def title(self) -> str:
         return self.label or self.name
-
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.options)
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,6 @@ class LoopNode:
     name: str
     over: Source
     body: tuple["Node", ...]
-    var: str
 
 
 @dataclass(frozen=True)
@@ -69,23 +74,32 @@ Node = Union[StageNode, LoopNode, ConditionalNode, ParallelNode]
 
 @dataclass(frozen=True)
 class Workflow:
-    """A named, registered algorithm: its node tree plus the hyperparameters it reads."""
+    """A named algorithm: its node tree plus its config schema (the keys it reads).
+
+    ``config`` is a pydantic model extending :class:`kitchen.config.spec.RunSpec`; a key
+    that is not in it is an error when the run spec is built. ``source`` says where the
+    workflow came from (``kitchen``, or the plugin package that provides it).
+    """
 
     name: str
     description: str
     nodes: tuple[Node, ...]
-    params: tuple[str, ...] = field(default=())
+    config: type["BaseModel"]
+    source: str = field(default="kitchen", compare=False)
 
 
 # ----------------------------------------------------------------------------- DSL
 
 
-def stage(name: str, label: str | None = None, **options: Any) -> StageNode:
-    return StageNode(name, tuple(sorted(options.items())), label)
+def stage(impl: Any, label: str | None = None, **options: Any) -> StageNode:
+    """A stage node: ``impl`` is a Stage class (built here with ``options``), an instance, or a function."""
+    return StageNode(make_stage(impl, options), label)
 
 
-def loop(name: str, over: Source, body: Sequence[Node], var: str | None = None) -> LoopNode:
-    return LoopNode(name, over, tuple(body), var or name)
+def loop(name: str, over: Source, body: Sequence[Node]) -> LoopNode:
+    if not callable(over):
+        raise TypeError(f"loop {name!r}: over= must be a function of the context that yields the items")
+    return LoopNode(name, over, tuple(body))
 
 
 def conditional(predicate: Predicate, then: Sequence[Node], otherwise: Sequence[Node] = (), label: str | None = None) -> ConditionalNode:
@@ -109,10 +123,10 @@ def every(key: str) -> Predicate:
 
 
 def when(key: str) -> Predicate:
-    """True when the hyperparameter (or state flag) ``key`` is truthy."""
+    """True when the hyperparameter ``key`` is truthy."""
 
     def predicate(ctx: "Context") -> bool:
-        return bool(ctx.state.get(key, getattr(ctx.spec, key, None)))
+        return bool(getattr(ctx.spec, key, None))
 
     predicate.label = f"if {key}"  # type: ignore[attr-defined]
     return predicate

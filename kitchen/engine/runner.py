@@ -1,20 +1,22 @@
 """The interpreter: walks a workflow's nodes over a Context.
 
 Overhead matters (a 10,000-step noop run must spend at most ~50 µs/step here), so
-stage instances are built once per node, stage start/stop events are emitted only for
-stages outside loops, and the time spent in each looped stage is accumulated into
-``ctx.state["stage_time"]`` instead of being announced per call.
+stages are built once, when the workflow is defined; stage start/stop events are
+emitted only for stages outside loops, and the time spent in each looped stage is
+accumulated into ``ctx.progress.stage_time`` instead of being announced per call. A
+stage that returns a :class:`~kitchen.engine.pipeline.StepOutput` has it submitted to
+the context's step pipeline.
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable
+from typing import Iterable
 
 from kitchen.engine.context import Context
 from kitchen.engine.ir import ConditionalNode, LoopNode, Node, ParallelNode, StageNode, Workflow, walk
-from kitchen.engine.stage import Stage, get_stage
+from kitchen.engine.stage import Stage
 from kitchen.telemetry import events as ev
 
 
@@ -25,33 +27,21 @@ class StopRun(Exception):
 class Runner:
     def __init__(self, workflow: Workflow) -> None:
         self.workflow = workflow
-        self._instances: dict[int, Stage] = {}
-        self._undoable: set[int] = set()
         self._completed: list[Stage] = []
         self._timing: dict[str, float] = {}
-
-    def stage_for(self, node: StageNode) -> Stage:
-        key = id(node)
-        inst = self._instances.get(key)
-        if inst is None:
-            inst = get_stage(node.name)(**node.kwargs())
-            self._instances[key] = inst
-            if inst.has_rollback():
-                self._undoable.add(id(inst))
-        return inst
+        self._undoable = {id(n.stage) for n in walk(workflow.nodes) if n.stage.has_rollback()}
 
     def validate(self, ctx: Context) -> None:
-        """Run every stage's ``validate`` before anything executes."""
+        """Run every stage's ``validate`` (once per stage instance) before anything executes."""
         seen: set[int] = set()
         for node in walk(self.workflow.nodes):
-            inst = self.stage_for(node)
-            if id(inst) not in seen:
-                seen.add(id(inst))
-                inst.validate(ctx)
+            if id(node.stage) not in seen:
+                seen.add(id(node.stage))
+                node.stage.validate(ctx)
 
     def run(self, ctx: Context) -> None:
         """Execute the workflow; on failure roll back completed stages, newest first."""
-        self._timing = ctx.state.setdefault("stage_time", {})
+        self._timing = ctx.progress.stage_time
         try:
             self._run_nodes(self.workflow.nodes, ctx, "", depth=0)
         except BaseException as exc:
@@ -82,13 +72,15 @@ class Runner:
                 raise TypeError(f"unknown workflow node {node!r}")
 
     def _run_stage(self, node: StageNode, ctx: Context, path: str, depth: int) -> None:
-        inst = self._instances.get(id(node)) or self.stage_for(node)
+        inst = node.stage
         title = node.title
         if depth == 0:
             ctx.emit(ev.STAGE_START, stage=title, path=f"{path}/{title}" if path else title, step=ctx.step)
         t0 = time.perf_counter()
         try:
-            inst.execute(ctx)
+            output = inst.execute(ctx)
+            if output is not None:
+                ctx.pipeline.submit(output)
         except (StopRun, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -101,18 +93,12 @@ class Runner:
         else:
             timing = self._timing
             timing[title] = timing.get(title, 0.0) + elapsed
-        if id(inst) in self._undoable:
+        if self._undoable and id(inst) in self._undoable:
             self._completed.append(inst)
 
     def _run_loop(self, node: LoopNode, ctx: Context, path: str, depth: int) -> None:
-        items: Iterable[Any]
-        if callable(node.over):
-            items = node.over(ctx)
-        else:
-            items = ctx.state[node.over]
         where = f"{path}/{node.name}" if path else node.name
-        for item in items:
-            ctx.state[node.var] = item
+        for _ in node.over(ctx):
             self._run_nodes(node.body, ctx, where, depth + 1)
             if ctx.stop_requested:
                 raise StopRun()

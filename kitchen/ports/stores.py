@@ -1,8 +1,8 @@
-"""Data-side ports: datasets, blobs, the model hub, metrics, embeddings and vectors."""
+"""Data-side ports: datasets, blobs, the model hub and metrics."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -14,9 +14,17 @@ class DatasetStore(Protocol):
 
 @runtime_checkable
 class BlobStore(Protocol):
+    """Where copies of checkpoints and artifacts go (a folder, a bucket). Keys are ``/`` paths."""
+
     def put(self, key: str, data: bytes) -> str: ...
 
+    def put_file(self, local_path: str, key: str) -> str:
+        """Copy a local file to ``key`` (atomically where the store allows); returns its URL."""
+        ...
+
     def get(self, key: str) -> bytes: ...
+
+    def get_file(self, key: str, local_path: str) -> None: ...
 
     def exists(self, key: str) -> bool: ...
 
@@ -39,15 +47,3 @@ class MetricsStore(Protocol):
     def read(self) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
-
-
-@runtime_checkable
-class EmbeddingClient(Protocol):
-    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
-
-
-@runtime_checkable
-class VectorStore(Protocol):
-    def add(self, ids: Sequence[str], vectors: Sequence[Sequence[float]], payloads: Iterable[dict] | None = None) -> None: ...
-
-    def query(self, vector: Sequence[float], k: int = 5) -> list[tuple[str, float]]: ...

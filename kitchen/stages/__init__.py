@@ -1,4 +1,5 @@
-"""Built-in stages. Importing this package registers them."""
+"""Built-in stages, one module per concept. Workflows import the stage classes they use.
 
-from kitchen.stages import data, evaluate, persist, session, train  # noqa: F401
-from kitchen.stages import distill, preference, rl  # noqa: F401
+Each module keeps the state its stages share in a dataclass of its own
+(``ctx.use(ChatData)``, ``ctx.use(Session)``...), never in string keys.
+"""

@@ -1,46 +1,94 @@
-"""Data stages: load rows through the DatasetStore, tokenize them (cached), pick a batch."""
+"""Data stages: load rows through the DatasetStore, tokenize them (cached), walk them in batches.
+
+The stages share one :class:`ChatData`. The data order is a
+:class:`~kitchen.train.batching.BatchPlan`, a pure function of seed and step, so a
+resumed run continues with exactly the batch an uninterrupted run would have seen.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
 from kitchen.engine.context import Context
-from kitchen.engine.stage import Stage, register_stage
+from kitchen.engine.stage import Stage
 from kitchen.errors import ConfigError, DataError
 from kitchen.telemetry import events as ev
 
 
-@register_stage("load_dataset")
+@dataclass
+class ChatData:
+    """Rows, their datums, the batch plan and the current batch of a dataset-driven workflow."""
+
+    train_rows: list[dict[str, Any]] = field(default_factory=list)
+    test_rows: list[dict[str, Any]] = field(default_factory=list)
+    train: list[Any] = field(default_factory=list)  # Datums (SFT) or (chosen, rejected) Datum pairs (DPO)
+    test: list[Any] = field(default_factory=list)
+    plan: Any = None  # kitchen.train.batching.BatchPlan
+    batch: Any = None  # the current kitchen.train.batching.BatchRef
+    loaded: bool = False
+
+    def batch_items(self) -> list[Any]:
+        return [self.train[i] for i in self.batch.indices]
+
+
+@dataclass(frozen=True)
 class LoadDataset(Stage):
-    """Read the train (and test) rows; the DatasetStore reports bad files with line numbers."""
+    """Read the train (and test) rows and check every row against the workflow's schema.
+
+    This runs in ``validate``, before anything is written, so ``kitchen validate`` and
+    ``kitchen run`` reject the same files with the same message (file, row, field).
+    """
+
+    kind: str = "chat"  # "chat" (rows with messages) or "preference" (prompt, chosen, rejected)
 
     def validate(self, ctx: Context) -> None:
-        """Load before the run starts, so a missing or malformed file fails before anything is written."""
-        if not ctx.spec.dataset:
-            raise ConfigError(f"Recipe '{ctx.spec.recipe}' needs a dataset: pass dataset=PATH (a JSONL, JSON, CSV or Parquet file).")
+        spec = ctx.spec
+        if not spec.dataset:
+            what = "a preference dataset" if self.kind == "preference" else "a dataset"
+            raise ConfigError(f"Recipe '{spec.recipe}' needs {what}: pass dataset=PATH (a JSONL, JSON, CSV or Parquet file).")
+        data = ctx.use(ChatData)
         store = ctx.adapters.dataset_store
-        ctx.state["train_rows"] = store.load(ctx.spec.dataset)
-        ctx.state["test_rows"] = store.load(ctx.spec.test_dataset) if ctx.spec.test_dataset else []
+        data.train_rows = store.load(spec.dataset)
+        data.test_rows = store.load(spec.test_dataset) if spec.test_dataset else []
+        for source, rows in ((spec.dataset, data.train_rows), (spec.test_dataset, data.test_rows)):
+            check_rows(rows, self.kind, str(source), getattr(spec, "train_on_what", "last_assistant_message"))
+        data.loaded = True
 
     def execute(self, ctx: Context) -> None:
-        if "train_rows" not in ctx.state:
+        data = ctx.use(ChatData)
+        if not data.loaded:
             self.validate(ctx)
-        ctx.emit(ev.RUN_INFO, message=f"dataset: {len(ctx.state['train_rows'])} train rows, {len(ctx.state['test_rows'])} test rows")
+        ctx.emit(ev.RUN_INFO, message=f"dataset: {len(data.train_rows)} train rows, {len(data.test_rows)} test rows")
 
 
-def tokenize_splits(ctx: Context, cached, noun: str) -> None:
+def check_rows(rows: list[dict[str, Any]], kind: str, source: str, train_on_what: str) -> None:
+    """Every row must have what its workflow trains on; the first bad row is a DataError naming it."""
+    from kitchen.train.datum import check_preference_row, check_sft_row
+
+    for i, row in enumerate(rows):
+        if kind == "preference":
+            check_preference_row(row, i, source)
+        else:
+            check_sft_row(row, i, source, train_on_what)
+
+
+def tokenize_splits(ctx: Context, cached: Callable[..., Any], noun: str) -> None:
     """Render the train and test rows with ``cached`` (a token_cache function), count and warn.
 
-    Sets ``ctx.state["train_data"]`` / ``["test_data"]``; an empty training set is a DataError.
+    An empty training set is a DataError.
     """
-    renderer, tokenizer, spec = ctx.state["renderer"], ctx.state["tokenizer"], ctx.spec
-    for split, source, rows_key in (("train", spec.dataset, "train_rows"), ("test", spec.test_dataset, "test_rows")):
+    from kitchen.stages.session import Session
+
+    session, spec, data = ctx.use(Session), ctx.spec, ctx.use(ChatData)
+    for split, source, rows in (("train", spec.dataset, data.train_rows), ("test", spec.test_dataset, data.test_rows)):
         if not source:
-            ctx.state[f"{split}_data"] = []
+            setattr(data, split, [])
             continue
-        rows = ctx.state[rows_key]
-        data, stats, hit = cached(source, lambda rows=rows: rows, tokenizer, renderer)
-        ctx.state[f"{split}_data"] = data
+        items, stats, hit = cached(source, lambda rows=rows: rows, session.tokenizer, session.renderer)
+        setattr(data, split, items)
         ctx.metadata[f"{split}_data_stats"] = stats
-        ctx.emit(ev.RUN_INFO, message=f"{split}: {len(data)} {noun} tokenized" + (" (from cache)" if hit else ""))
+        ctx.emit(ev.RUN_INFO, message=f"{split}: {len(items)} {noun} tokenized" + (" (from cache)" if hit else ""))
         if stats.truncated or stats.dropped_empty:
             ctx.emit(
                 ev.RUN_WARNING,
@@ -48,12 +96,11 @@ def tokenize_splits(ctx: Context, cached, noun: str) -> None:
                 f"and were truncated; {stats.dropped_empty} had nothing left to train on and were dropped. "
                 "Raise max_length to keep them.",
             )
-    if not ctx.state["train_data"]:
+    if not data.train:
         raise DataError(f"No trainable {noun} in {spec.dataset}: every row was empty after rendering with max_length={spec.max_length}.")
 
 
-@register_stage("tokenize_dataset")
-class TokenizeDataset(Stage):
+class TokenizeChat(Stage):
     """Render chat rows into Datums once; the token cache makes a second run free."""
 
     def execute(self, ctx: Context) -> None:
@@ -62,23 +109,32 @@ class TokenizeDataset(Stage):
         tokenize_splits(ctx, cached_sft_data, "examples")
 
 
-@register_stage("render_batch")
-class RenderBatch(Stage):
-    """Select this step's Datums according to the deterministic batch plan."""
-
-    def execute(self, ctx: Context) -> None:
-        data = ctx.state["train_data"]
-        ctx.state["batch_data"] = [data[i] for i in ctx.state["batch"].indices]
-
-
-@register_stage("plan_batches")
 class PlanBatches(Stage):
     """Fix the data order for the whole run (a pure function of seed and step)."""
 
     def execute(self, ctx: Context) -> None:
         from kitchen.train.batching import BatchPlan
 
-        spec = ctx.spec
-        plan = BatchPlan(len(ctx.state["train_data"]), spec.batch_size, spec.epochs, spec.max_steps, spec.seed)
-        ctx.state["plan"] = plan
-        ctx.state["total_steps"] = plan.total_steps
+        spec, data = ctx.spec, ctx.use(ChatData)
+        data.plan = BatchPlan(len(data.train), spec.batch_size, spec.epochs, spec.max_steps, spec.seed)
+        ctx.progress.total_steps = data.plan.total_steps
+
+
+def epochs(ctx: Context) -> Iterator[int]:
+    """The epochs still to run, from the restored step on; binds ``ctx.progress.epoch``."""
+    for epoch in ctx.use(ChatData).plan.epochs_from(ctx.step):
+        ctx.progress.epoch = epoch
+        yield epoch
+
+
+def batches(ctx: Context) -> Iterator[Any]:
+    """This epoch's batches from the current step on; binds ``ChatData.batch``."""
+    data = ctx.use(ChatData)
+    for batch in data.plan.batches_in_epoch(ctx.progress.epoch, ctx.step):
+        data.batch = batch
+        yield batch
+
+
+def end_epoch(ctx: Context) -> None:
+    """Announce the end of an epoch (training.epoch)."""
+    ctx.emit(ev.TRAINING_EPOCH, epoch=ctx.progress.epoch, step=ctx.step)

@@ -1,81 +1,86 @@
-"""Evaluation stages: held-out NLL, and sample completions shown to the user."""
+"""The one evaluation lifecycle: which evaluators run, when, and what they emit.
+
+``PrepareEvaluators`` builds the workflow's own evaluators (a function of the context
+the workflow passes in) plus the recipe's ``evaluators:`` list. ``Evaluate`` runs them:
+once per step at most (an ``eval_every`` evaluation at the last step is not repeated by
+the final one), with ``eval.start`` / ``eval.result`` / ``eval.stop`` events, the history
+kept for run.json, and, when tagged ``before`` / ``after``, the evaluators' previews as
+``sample.completion`` events.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Optional
 
 from kitchen.engine.context import Context
-from kitchen.engine.stage import Stage, register_stage
-from kitchen.ports.types import SamplingParams
-from kitchen.stages.train import drain, outside_training
+from kitchen.engine.pipeline import outside_training
+from kitchen.engine.stage import Stage
+from kitchen.evaluators import EvalEnv, as_result
 from kitchen.telemetry import events as ev
 
 
-def weighted_nll(results_and_batches) -> float:
-    """Mean negative log-likelihood per trained token over evaluated batches."""
-    total, weight = 0.0, 0.0
-    for result, batch in results_and_batches:
-        for logprobs, datum in zip(result.logprobs, batch):
-            for lp, w in zip(logprobs, datum.loss_fn_inputs["weights"]):
-                if w:
-                    total -= lp * w
-                    weight += w
-    return total / weight if weight else float("nan")
+@dataclass
+class Evaluation:
+    evaluators: list[tuple[str, Any]] = field(default_factory=list)  # (name for messages, evaluator)
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
 
-@register_stage("evaluate")
+@dataclass(frozen=True)
+class PrepareEvaluators(Stage):
+    """The workflow's own evaluators (``builtin(ctx)``) plus the recipe's ``evaluators:`` list."""
+
+    builtin: Optional[Callable[[Context], list[Any]]] = None
+
+    def validate(self, ctx: Context) -> None:
+        from kitchen.config.instantiate import resolve
+
+        for entry in ctx.spec.evaluators:
+            resolve("evaluators", entry)
+
+    def execute(self, ctx: Context) -> None:
+        from kitchen.config.instantiate import build
+
+        state = ctx.use(Evaluation)
+        own = self.builtin(ctx) if self.builtin else []
+        state.evaluators = [(type(e).__name__, e) for e in own]
+        for entry in ctx.spec.evaluators:
+            state.evaluators.append((str(entry if isinstance(entry, str) else entry.get("_target_")), build("evaluators", entry)))
+
+
+@dataclass(frozen=True)
 class Evaluate(Stage):
-    """Test NLL over up to ``eval_max_examples`` held-out examples (skipped if already done at this step)."""
+    """Run every evaluator (skipped if already done at this step); ``tag`` also shows previews."""
+
+    tag: Optional[Literal["before", "after"]] = None
 
     @outside_training
     def execute(self, ctx: Context) -> None:
-        data = ctx.state.get("test_data") or []
-        if not data or ctx.state.get("last_eval_step") == ctx.step:
+        state = ctx.use(Evaluation)
+        fresh = ctx.progress.last_eval_step != ctx.step
+        previews = ctx.spec.num_preview_samples if self.tag else 0
+        todo = [(n, e) for n, e in state.evaluators
+                if (fresh and getattr(e, "gives_metrics", True)) or (previews and getattr(e, "shows_samples", False))]
+        if not todo:
             return
-        drain(ctx)
-        data = data[: ctx.spec.eval_max_examples]
-        ctx.emit(ev.EVAL_START, step=ctx.step, split="test")
+        env = EvalEnv(ctx, want_metrics=fresh, previews=previews)
         t0 = time.perf_counter()
-        bs = ctx.spec.batch_size
-        batches = [data[i : i + bs] for i in range(0, len(data), bs)]
-        futures = [ctx.training.forward(b) for b in batches]
-        nll = weighted_nll((f.result(), b) for f, b in zip(futures, batches))
-        ctx.state["last_eval_step"] = ctx.step
-        history = ctx.state.setdefault("eval_history", [])
-        history.append((ctx.step, nll))
-        ctx.metrics["test_nll"] = nll
-        ctx.emit(ev.EVAL_RESULT, step=ctx.step, split="test", metrics={"test_nll": nll})
-        ctx.emit(ev.EVAL_STOP, step=ctx.step, duration_s=time.perf_counter() - t0)
-
-
-@register_stage("preview")
-class Preview(Stage):
-    """Greedy completions for the first few test prompts, tagged 'before' or 'after'."""
-
-    @outside_training
-    def execute(self, ctx: Context) -> None:
-        n = ctx.spec.num_preview_samples
-        rows = (ctx.state.get("test_rows") or ctx.state.get("train_rows") or [])[:n]
-        if not n or not rows or "messages" not in rows[0]:
+        if fresh:
+            ctx.emit(ev.EVAL_START, step=ctx.step, split="test")
+        metrics: dict[str, float] = {}
+        for name, evaluator in todo:
+            result = as_result(evaluator(env), name)
+            if fresh:
+                metrics.update(result.metrics)
+            for sample in result.samples[:previews]:
+                ctx.emit(ev.SAMPLE, tag=self.tag, step=ctx.step, prompt=sample.prompt, completion=sample.completion, **sample.extra)
+        if not fresh:
             return
-        drain(ctx)
-        renderer = ctx.state["renderer"]
-        sampler = ctx.training.sampling_client()
-        params = SamplingParams(max_tokens=ctx.spec.preview_max_tokens, temperature=0.0, stop=tuple(renderer.stop_sequences), seed=ctx.spec.seed)
-        tag = self.options.get("tag", "after")
-        futures = []
-        for row in rows:
-            prompt_messages = _prompt_part(row["messages"])
-            futures.append((prompt_messages, sampler.sample(renderer.build_prompt(prompt_messages), 1, params)))
-        for prompt_messages, future in futures:
-            seq = future.result().sequences[0]
-            completion = renderer.parse_response(seq.tokens)
-            ctx.emit(ev.SAMPLE, tag=tag, step=ctx.step, prompt=prompt_messages[-1]["content"], completion=completion)
-
-
-def _prompt_part(messages: list[dict]) -> list[dict]:
-    """The conversation up to (not including) the last assistant message."""
-    for i in range(len(messages) - 1, -1, -1):
-        if messages[i].get("role") == "assistant":
-            return messages[:i]
-    return messages
+        ctx.progress.last_eval_step = ctx.step
+        if metrics:
+            state.history.append((ctx.step, metrics))
+            ctx.metadata["eval_history"] = [{"step": s, **m} for s, m in state.history]
+            ctx.metrics.update(metrics)
+            ctx.emit(ev.EVAL_RESULT, step=ctx.step, split="test", metrics=metrics)
+        ctx.emit(ev.EVAL_STOP, step=ctx.step, duration_s=time.perf_counter() - t0)

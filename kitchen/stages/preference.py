@@ -4,35 +4,41 @@ The reference model is the *frozen starting point*: ``sampling_client(base_model
 the untouched base model. It is never the session's weights, so on ``resume=true`` the
 reference is still the original start and not the checkpoint being resumed (a mistake
 that would silently reset the DPO rewards to zero at every resume). Reference logprobs
-are computed once per example, lazily, and cached in the context.
+are computed once per example, lazily, and cached for the run.
 
 One DPO step::
 
-    render_batch        this step's pairs (the supervised batch plan)
-    reference_logprobs  summed completion logprobs under the reference (cached)
-    policy_logprobs     a fresh ``forward`` at the current weights
-    dpo_weights         dpo_loss metrics + per-sequence cross_entropy weights whose gradient
-                        is exactly the DPO gradient (kitchen.train.dpo.dpo_token_weights)
-    train_batch         forward_backward(cross_entropy) with those weights; the logged loss
-                        is dpo_loss (the surrogate's own value is meaningless)
+    ReferenceLogprobs   summed completion logprobs of the batch's pairs under the reference (cached)
+    PolicyLogprobs      a fresh ``forward`` at the current weights
+    DPOStep             dpo_loss metrics + per-sequence cross_entropy weights whose gradient is
+                        exactly the DPO gradient (kitchen.train.dpo.dpo_token_weights); the
+                        logged loss is dpo_loss (the surrogate's own value is meaningless)
 """
 
 from __future__ import annotations
 
-import time
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 from kitchen.engine.context import Context
-from kitchen.engine.stage import Stage, register_stage
-from kitchen.errors import ConfigError
+from kitchen.engine.pipeline import StepOutput
+from kitchen.engine.stage import Stage
+from kitchen.evaluators import EvalEnv, EvalResult
 from kitchen.ports.types import Datum
-from kitchen.stages.data import tokenize_splits
-from kitchen.stages.rl import full_sequence, greedy_previews
-from kitchen.stages.train import drain, outside_training
+from kitchen.stages.data import ChatData, tokenize_splits
+from kitchen.stages.rollouts import full_sequence
 from kitchen.telemetry import events as ev
 
 # The cross_entropy surrogate's own numbers (its "loss" divides by a weight sum of ~0).
 SURROGATE_METRICS = ("loss:sum", "loss:mean", "num_tokens")
+
+
+@dataclass
+class PreferenceState:
+    reference: Any = None  # sampler over the frozen base model
+    ref_cache: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
+    ref_sums: list[tuple[float, float]] = field(default_factory=list)  # this batch, under the reference
+    policy_sums: list[tuple[float, float]] = field(default_factory=list)  # this batch, at the current weights
 
 
 def completion_sum(logprobs: Sequence[float | None], weights: Sequence[float]) -> float:
@@ -47,19 +53,15 @@ def reweight(datum: Datum, weight: float) -> Datum:
     return Datum(datum.model_input, inputs)
 
 
-def reference(ctx: Context):
-    ref = ctx.state.get("reference")
-    if ref is None:
-        ref = ctx.state["reference"] = ctx.training.sampling_client(base_model=ctx.spec.model)
-    return ref
-
-
 def reference_sums(ctx: Context, split: str, indices: Sequence[int], pairs: Sequence[tuple[Datum, Datum]]) -> list[tuple[float, float]]:
     """``(ref_chosen, ref_rejected)`` summed completion logprobs per pair, computed once per example."""
-    cache: dict = ctx.state.setdefault("ref_cache", {})
+    state = ctx.use(PreferenceState)
+    cache = state.ref_cache
     todo = [(i, p) for i, p in zip(indices, pairs) if (split, i) not in cache]
     if todo:
-        ref = reference(ctx)
+        if state.reference is None:
+            state.reference = ctx.training.sampling_client(base_model=ctx.spec.model)
+        ref = state.reference
         futures = [(i, p, ref.compute_logprobs(full_sequence(p[0])), ref.compute_logprobs(full_sequence(p[1]))) for i, p in todo]
         for i, (chosen, rejected), fc, fr in futures:
             cache[(split, i)] = (
@@ -69,11 +71,11 @@ def reference_sums(ctx: Context, split: str, indices: Sequence[int], pairs: Sequ
     return [cache[(split, i)] for i in indices]
 
 
-def policy_sums(ctx: Context, pairs: Sequence[tuple[Datum, Datum]], batch_size: int) -> list[tuple[float, float]]:
+def policy_sums(training: Any, pairs: Sequence[tuple[Datum, Datum]], batch_size: int) -> list[tuple[float, float]]:
     """``(policy_chosen, policy_rejected)`` summed completion logprobs at the current weights."""
     flat = [d for pair in pairs for d in pair]
     chunks = [flat[i : i + 2 * batch_size] for i in range(0, len(flat), 2 * batch_size)]
-    futures = [ctx.training.forward(chunk) for chunk in chunks]
+    futures = [training.forward(chunk) for chunk in chunks]
     sums: list[float] = []
     for chunk, future in zip(chunks, futures):
         result = future.result()
@@ -81,64 +83,49 @@ def policy_sums(ctx: Context, pairs: Sequence[tuple[Datum, Datum]], batch_size: 
     return [(sums[2 * k], sums[2 * k + 1]) for k in range(len(pairs))]
 
 
-@register_stage("tokenize_preferences")
 class TokenizePreferences(Stage):
     """Render preference rows into (chosen, rejected) datum pairs once; the token cache makes a second run free."""
-
-    def validate(self, ctx: Context) -> None:
-        if not ctx.spec.dataset:
-            raise ConfigError(f"Recipe '{ctx.spec.recipe}' needs a preference dataset: pass dataset=PATH (rows with prompt, chosen, rejected).")
 
     def execute(self, ctx: Context) -> None:
         from kitchen.train.token_cache import cached_preference_data
 
         tokenize_splits(ctx, cached_preference_data, "preference pairs")
-        spec = ctx.spec
-        test_rows = ctx.state.get("test_rows") or ctx.state.get("train_rows") or []
-        ctx.state["preview_prompts"] = [
-            [{"role": "user", "content": r["prompt"]}] if isinstance(r.get("prompt"), str) else list(r["prompt"])
-            for r in test_rows[: spec.num_preview_samples]
-        ]
+        ctx.emit(ev.RUN_INFO, message=f"DPO: beta {ctx.spec.dpo_beta}, reference = the frozen base model {ctx.spec.model}")
 
 
-@register_stage("reference_logprobs")
 class ReferenceLogprobs(Stage):
     """The batch's summed completion logprobs under the frozen base model (cached per example)."""
 
     def execute(self, ctx: Context) -> None:
-        indices = ctx.state["batch"].indices
-        ctx.state["ref_sums"] = reference_sums(ctx, "train", indices, ctx.state["batch_data"])
+        data = ctx.use(ChatData)
+        ctx.use(PreferenceState).ref_sums = reference_sums(ctx, "train", data.batch.indices, data.batch_items())
 
 
-@register_stage("policy_logprobs")
 class PolicyLogprobs(Stage):
     """A fresh ``forward`` at the current weights: the batch's summed completion logprobs."""
 
     def execute(self, ctx: Context) -> None:
-        drain(ctx)  # the weights must include every finished step
-        ctx.state["policy_sums"] = policy_sums(ctx, ctx.state["batch_data"], ctx.spec.batch_size)
+        ctx.pipeline.drain()  # the weights must include every finished step
+        ctx.use(PreferenceState).policy_sums = policy_sums(ctx.training, ctx.use(ChatData).batch_items(), ctx.spec.batch_size)
 
 
-@register_stage("dpo_weights")
-class DPOWeights(Stage):
+class DPOStep(Stage):
     """dpo_loss and its metrics, and the cross_entropy weights that carry the DPO gradient."""
 
-    def execute(self, ctx: Context) -> None:
+    def execute(self, ctx: Context) -> StepOutput:
         from kitchen.train.dpo import dpo_loss, dpo_token_weights
 
-        beta = ctx.spec.dpo_beta
-        pol, ref = ctx.state["policy_sums"], ctx.state["ref_sums"]
+        beta, state = ctx.spec.dpo_beta, ctx.use(PreferenceState)
+        pol, ref = state.policy_sums, state.ref_sums
         pc, pr = [p[0] for p in pol], [p[1] for p in pol]
         rc, rr = [r[0] for r in ref], [r[1] for r in ref]
         result = dpo_loss(pc, pr, rc, rr, beta)
         weights = dpo_token_weights(pc, pr, rc, rr, beta)
         datums = []
-        for (chosen, rejected), wc, wr in zip(ctx.state["batch_data"], weights.chosen, weights.rejected):
+        for (chosen, rejected), wc, wr in zip(ctx.use(ChatData).batch_items(), weights.chosen, weights.rejected):
             datums.extend((reweight(chosen, wc), reweight(rejected, wr)))
         n = len(pc)
-        ctx.state["train_datums"] = datums
-        ctx.state["step_loss"] = result.loss
-        ctx.state["step_metrics"] = {
+        metrics = {
             "dpo_loss": result.loss,
             "dpo_accuracy": result.accuracy,
             "dpo_margin": result.margin,
@@ -148,42 +135,32 @@ class DPOWeights(Stage):
             "ref_logp_chosen": sum(rc) / n,
             "pairs": float(n),
         }
+        return StepOutput(datums, "cross_entropy", None, metrics, loss=result.loss, drop_metrics=SURROGATE_METRICS)
 
 
-@register_stage("dpo_setup")
-class DPOSetup(Stage):
-    """DPO trains with cross_entropy on reweighted tokens; the logged loss is dpo_loss."""
+class HeldOutDPO:
+    """Held-out DPO loss, accuracy and margin against the frozen reference."""
 
-    def execute(self, ctx: Context) -> None:
-        ctx.state["loss_fn"] = "cross_entropy"
-        ctx.state["loss_fn_config"] = None
-        ctx.state["drop_metrics"] = SURROGATE_METRICS
-        ctx.emit(ev.RUN_INFO, message=f"DPO: beta {ctx.spec.dpo_beta}, reference = the frozen base model {ctx.spec.model}")
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def __call__(self, env: EvalEnv) -> EvalResult:
+        from kitchen.train.dpo import dpo_loss
+
+        pairs = self.ctx.use(ChatData).test[: env.spec.eval_max_examples]
+        if not env.want_metrics or not pairs:
+            return EvalResult()
+        ref = reference_sums(self.ctx, "test", list(range(len(pairs))), pairs)
+        pol = policy_sums(env.training, pairs, env.spec.batch_size)
+        result = dpo_loss([p[0] for p in pol], [p[1] for p in pol], [r[0] for r in ref], [r[1] for r in ref], env.spec.dpo_beta)
+        return EvalResult({"eval_dpo_loss": result.loss, "eval_dpo_accuracy": result.accuracy, "eval_dpo_margin": result.margin})
 
 
-@register_stage("dpo_evaluate")
-class DPOEvaluate(Stage):
-    """Held-out DPO loss / accuracy / margin (eval.result); tag= also previews a few greedy replies."""
+def preference_evaluators(ctx: Context) -> list[Any]:
+    """Held-out DPO metrics (when there is a test set) and greedy previews of the first prompts."""
+    from kitchen.evaluators import GreedyPreview
 
-    @outside_training
-    def execute(self, ctx: Context) -> None:
-        pairs = (ctx.state.get("test_data") or [])[: ctx.spec.eval_max_examples]
-        drain(ctx)
-        if pairs and ctx.state.get("last_eval_step") != ctx.step:
-            from kitchen.train.dpo import dpo_loss
-
-            ctx.emit(ev.EVAL_START, step=ctx.step, split="test")
-            t0 = time.perf_counter()
-            ref = reference_sums(ctx, "test", list(range(len(pairs))), pairs)
-            pol = policy_sums(ctx, pairs, ctx.spec.batch_size)
-            result = dpo_loss([p[0] for p in pol], [p[1] for p in pol], [r[0] for r in ref], [r[1] for r in ref], ctx.spec.dpo_beta)
-            metrics = {"eval_dpo_loss": result.loss, "eval_dpo_accuracy": result.accuracy, "eval_dpo_margin": result.margin}
-            ctx.state["last_eval_step"] = ctx.step
-            ctx.state.setdefault("eval_history", []).append((ctx.step, metrics))
-            ctx.metrics.update(metrics)
-            ctx.emit(ev.EVAL_RESULT, step=ctx.step, split="test", metrics=metrics)
-            ctx.emit(ev.EVAL_STOP, step=ctx.step, duration_s=time.perf_counter() - t0)
-        tag = self.options.get("tag")
-        prompts = ctx.state.get("preview_prompts") or []
-        if tag and prompts:
-            greedy_previews(ctx, ctx.training.sampling_client(), prompts, tag)
+    data = ctx.use(ChatData)
+    rows = (data.test_rows or data.train_rows)[: ctx.spec.num_preview_samples]
+    prompts = [r["prompt"] if isinstance(r.get("prompt"), str) else list(r["prompt"]) for r in rows]
+    return ([HeldOutDPO(ctx)] if data.test else []) + [GreedyPreview(prompts)]

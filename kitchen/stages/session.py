@@ -1,11 +1,23 @@
-"""Session stages: open the backend session, and restore a checkpoint on resume."""
+"""Session stages: open the backend session (model + renderer), and restore a checkpoint on resume."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from kitchen.engine.context import Context
-from kitchen.engine.stage import Stage, register_stage
+from kitchen.engine.stage import Stage
 from kitchen.ports.types import CheckpointRef, LoraConfig, SessionConfig
 from kitchen.telemetry import events as ev
+
+
+@dataclass
+class Session:
+    """The open backend session: its tokenizer, the renderer built for it, and its facts."""
+
+    tokenizer: Any = None
+    renderer: Any = None
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 def session_config(spec) -> SessionConfig:
@@ -23,36 +35,52 @@ def session_config(spec) -> SessionConfig:
     )
 
 
-@register_stage("init_session")
-class InitSession(Stage):
+def make_renderer(spec, tokenizer: Any) -> Any:
+    """The spec's renderer (a short name or a ``_target_`` node) for ``tokenizer``."""
+    from kitchen.config.instantiate import build
+
+    return build("renderers", spec.renderer, tokenizer=tokenizer,
+                 train_on_what=getattr(spec, "train_on_what", "last_assistant_message"), max_length=spec.max_length)
+
+
+class OpenSession(Stage):
     """Load the base model on the backend and build the renderer for its tokenizer."""
 
-    def execute(self, ctx: Context) -> None:
-        from kitchen.train.renderers import build_renderer
+    def validate(self, ctx: Context) -> None:
+        """The renderer must exist and the adapters' preflight (credentials, model) must pass; no weights load."""
+        from kitchen.config.instantiate import resolve
 
+        resolve("renderers", ctx.spec.renderer)
+        check = ctx.spec.adapters.preflight
+        if check:
+            from kitchen.plugins import load_target
+
+            load_target(check, f"adapters={ctx.spec.adapters.name} preflight")(session_config(ctx.spec), ctx.spec.adapters.training)
+
+    def execute(self, ctx: Context) -> None:
         client = ctx.training
         if hasattr(client, "set_checkpoint_dir"):
             client.set_checkpoint_dir(ctx.run_dir / "checkpoints")
         facts = client.start_session(session_config(ctx.spec))
         ctx.metadata["session"] = facts
-        tokenizer = client.get_tokenizer()
-        ctx.state["tokenizer"] = tokenizer
-        ctx.state["renderer"] = build_renderer(ctx.spec.renderer, tokenizer, ctx.spec.train_on_what, ctx.spec.max_length)
+        session = ctx.use(Session)
+        session.facts = facts
+        session.tokenizer = client.get_tokenizer()
+        session.renderer = make_renderer(ctx.spec, session.tokenizer)
         shown = ("model", "device", "dtype", "threads", "lora_rank", "trainable_params", "total_params", "load_seconds")
         summary = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items() if k in shown)
         ctx.emit(ev.RUN_INFO, message=f"session: {summary}")
 
 
-@register_stage("restore")
 class Restore(Stage):
     """On resume=true, load the last complete checkpoint: weights, optimizer, RNG, step."""
 
     def execute(self, ctx: Context) -> None:
-        record = ctx.state.get("resume_record")
+        record = ctx.progress.resume_from
         if not record:
             return
         ref = CheckpointRef(name=record["name"], path=record["path"], step=record["step"])
         ctx.training.load_state(ref, with_optimizer=True)
-        ctx.state["step"] = record["step"]
-        ctx.state["last_checkpoint_step"] = record["step"]
+        ctx.progress.step = record["step"]
+        ctx.progress.last_checkpoint_step = record["step"]
         ctx.emit(ev.RUN_INFO, message=f"resumed from checkpoint {record['name']} at step {record['step']}")

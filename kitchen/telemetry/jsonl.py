@@ -272,18 +272,22 @@ def metrics_row_for_eval(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class JsonlSink:
-    """Appends every event to ``run_dir/events.jsonl`` and metrics to ``run_dir/metrics.jsonl``."""
+    """Appends every event to ``run_dir/events.jsonl``; metrics go through a MetricsStore
+    (by default the JSONL one over ``run_dir/metrics.jsonl``)."""
 
-    def __init__(self, run_dir: str | os.PathLike[str], *, skip: Iterable[str] = ()) -> None:
+    def __init__(self, run_dir: str | os.PathLike[str], *, skip: Iterable[str] = (), metrics: Any = None) -> None:
         """``skip``: event names not to write to events.jsonl (e.g. ``("stage.start",)`` to
-        halve the stage-event cost; ``stage.stop`` carries the same path plus duration)."""
+        halve the stage-event cost; ``stage.stop`` carries the same path plus duration).
+        ``metrics``: the MetricsStore that per-step and evaluation rows are recorded in."""
+        from kitchen.telemetry.metrics_store import JsonlMetricsStore
+
         self.run_dir = Path(run_dir)
         self._skip = frozenset(skip)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.events_path = self.run_dir / EVENTS_FILE
         self.metrics_path = self.run_dir / METRICS_FILE
         self._events = open_append(self.events_path)
-        self._metrics = open_append(self.metrics_path)
+        self._metrics = metrics if metrics is not None else JsonlMetricsStore(self.metrics_path, eager=True)
         self._closed = False
 
     def handle(self, event: Event) -> None:
@@ -314,23 +318,22 @@ class JsonlSink:
             self._write_metrics(_redact_fast(metrics_row_for_eval(data)))
 
     def _write_metrics(self, row: dict[str, Any]) -> None:
-        self._metrics.write(dumps(row) + "\n")
-        self._metrics.flush()
+        step = row.pop("step", None)
+        self._metrics.record(step, row)
 
     def flush(self) -> None:
         if not self._closed:
             self._events.flush()
-            self._metrics.flush()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for fh in (self._events, self._metrics):
-            try:
-                fh.flush()
-            finally:
-                fh.close()
+        try:
+            self._events.flush()
+            self._events.close()
+        finally:
+            self._metrics.close()
 
 
 __all__ = [

@@ -1,10 +1,9 @@
 """A ``MetricsStore`` over a ``metrics.jsonl`` file, and a reader that survives killed runs.
 
 Rows are ``{"step": step, **metrics}``, one JSON object per line, written with the same
-rules as the JSONL sink (NaN/inf -> null, numpy -> Python). Note that ``JsonlSink``
-already writes ``run_dir/metrics.jsonl`` from ``training.step`` / ``eval.result``
-events; use this store to *read* that file, or to record into a different file, not to
-record into the same one (rows would be doubled).
+rules as the JSONL sink (NaN/inf -> null, numpy -> Python). ``JsonlSink`` records
+``run_dir/metrics.jsonl`` through this store, from ``training.step`` and ``eval.result``
+events; read that file back with :func:`read_metrics`, which survives killed runs.
 """
 
 from __future__ import annotations
@@ -63,9 +62,11 @@ def _dedupe(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 class JsonlMetricsStore:
     """``MetricsStore`` port over a JSONL file (append mode, flushed per record)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], eager: bool = False) -> None:
+        """``eager``: create the file now (a run dir always has metrics.jsonl); otherwise on
+        the first record, so read-only use creates no file."""
         self.path = Path(path)
-        self._fh = None  # opened on the first record, so read-only use creates no file
+        self._fh = open_append(self.path) if eager else None
 
     def record(self, step: int, metrics: Mapping[str, float]) -> None:
         if self._fh is None:

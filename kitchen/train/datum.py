@@ -98,6 +98,34 @@ SFT_EXPECTED = (
 )
 
 
+def check_sft_row(row: Any, index: int, source: str, train_on_what: str | TrainOnWhat) -> list:
+    """The row's messages, or a DataError naming the row and what is wrong (no tokenizer needed)."""
+    if not isinstance(row, Mapping) or "messages" not in row:
+        got = f"keys {sorted(row)}" if isinstance(row, Mapping) else f"a {type(row).__name__}"
+        raise _row_error(source, index, f'no "messages" field (got {got})', SFT_EXPECTED)
+    messages = row["messages"]
+    problem = message_problem(messages)
+    mode = TrainOnWhat(train_on_what)
+    if problem is None and mode in (TrainOnWhat.LAST_ASSISTANT_MESSAGE, TrainOnWhat.ALL_ASSISTANT_MESSAGES) \
+            and not any(m["role"] == "assistant" for m in messages):
+        problem = f"no assistant message to train on (train_on_what={mode.value})"
+    if problem:
+        raise _row_error(source, index, problem, SFT_EXPECTED)
+    return messages
+
+
+def check_preference_row(row: Any, index: int, source: str) -> list:
+    """``[prompt, chosen, rejected]`` as message lists, or a DataError naming the row."""
+    if not isinstance(row, Mapping) or not all(k in row for k in ("prompt", "chosen", "rejected")):
+        got = f"keys {sorted(row)}" if isinstance(row, Mapping) else f"a {type(row).__name__}"
+        raise _row_error(source, index, f"missing fields (got {got})", PREFERENCE_EXPECTED)
+    parts = [_as_prompt(row["prompt"]), _as_completion(row["chosen"]), _as_completion(row["rejected"])]
+    for name, v in zip(("prompt", "chosen", "rejected"), parts):
+        if isinstance(v, str):
+            raise _row_error(source, index, f"{name}: {v}", PREFERENCE_EXPECTED)
+    return parts
+
+
 def build_sft_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
                    source: str = "dataset") -> tuple[list[Datum], DataStats]:
     """Render every row's ``messages`` and shift into datums.
@@ -106,20 +134,11 @@ def build_sft_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
     token (after truncation) are dropped and counted in ``stats.dropped_empty``, with
     one warning for the whole dataset.
     """
-    needs_assistant = renderer.train_on_what in (TrainOnWhat.LAST_ASSISTANT_MESSAGE, TrainOnWhat.ALL_ASSISTANT_MESSAGES)
     stats = DataStats()
     data: list[Datum] = []
     for i, row in enumerate(rows):
         stats.examples += 1
-        if not isinstance(row, Mapping) or "messages" not in row:
-            got = f"keys {sorted(row)}" if isinstance(row, Mapping) else f"a {type(row).__name__}"
-            raise _row_error(source, i, f'no "messages" field (got {got})', SFT_EXPECTED)
-        messages = row["messages"]
-        problem = message_problem(messages)
-        if problem is None and needs_assistant and not any(m["role"] == "assistant" for m in messages):
-            problem = f"no assistant message to train on (train_on_what={renderer.train_on_what.value})"
-        if problem:
-            raise _row_error(source, i, problem, SFT_EXPECTED)
+        messages = check_sft_row(row, i, source, renderer.train_on_what)
         try:
             example = renderer.build_supervised(messages)
         except DataError as exc:
@@ -185,13 +204,7 @@ def build_preference_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
     pairs: list[tuple[Datum, Datum]] = []
     for i, row in enumerate(rows):
         stats.examples += 1
-        if not isinstance(row, Mapping) or not all(k in row for k in ("prompt", "chosen", "rejected")):
-            got = f"keys {sorted(row)}" if isinstance(row, Mapping) else f"a {type(row).__name__}"
-            raise _row_error(source, i, f"missing fields (got {got})", PREFERENCE_EXPECTED)
-        parts = [_as_prompt(row["prompt"]), _as_completion(row["chosen"]), _as_completion(row["rejected"])]
-        for name, v in zip(("prompt", "chosen", "rejected"), parts):
-            if isinstance(v, str):
-                raise _row_error(source, i, f"{name}: {v}", PREFERENCE_EXPECTED)
+        parts = check_preference_row(row, i, source)
         try:
             chosen = renderer.build_completion(parts[0], parts[1])  # type: ignore[arg-type]
             rejected = renderer.build_completion(parts[0], parts[2])  # type: ignore[arg-type]

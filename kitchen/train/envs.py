@@ -11,14 +11,12 @@ which is stable across processes and Python versions >= 3.2).
 
 from __future__ import annotations
 
-import inspect
 import random
 import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, Sequence, runtime_checkable
 
-from kitchen.errors import did_you_mean
 
 
 @dataclass
@@ -252,20 +250,3 @@ class ArithmeticEnv:
         formatted = is_bare_number(completion_text)
         reward = (1.0 if correct else 0.0) + (self.format_bonus if formatted else 0.0)
         return Score(reward, correct, {"parsed": parsed, "answer": problem.answer, "formatted": formatted})
-
-
-# --------------------------------------------------------------------------- registry
-
-ENVS: dict[str, type] = {"arithmetic": ArithmeticEnv}
-
-
-def make_env(name: str, **kwargs: Any) -> Env:
-    """Build a registered environment; ValueError for an unknown name or argument."""
-    if name not in ENVS:
-        raise ValueError(f"unknown env {name!r}; allowed: {', '.join(sorted(ENVS))}.{did_you_mean(name, list(ENVS))}")
-    cls = ENVS[name]
-    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = [k for k in kwargs if k not in params]
-    if unknown:
-        raise ValueError(f"env {name!r} got unknown argument(s) {unknown}; accepted: {', '.join(params)}")
-    return cls(**kwargs)

@@ -449,15 +449,19 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None)) and hasattr(tokenizer, "apply_chat_template")
 
 
+def auto_renderer(tokenizer: Any, train_on_what: str | TrainOnWhat = "last_assistant_message",
+                  max_length: int | None = 512) -> Renderer:
+    """The tokenizer's own chat template when it has one, else the plain ``role: text`` layout."""
+    cls = ChatTemplateRenderer if has_chat_template(tokenizer) else RoleColonRenderer
+    return cls(tokenizer, train_on_what, max_length)
+
+
 def build_renderer(name: str, tokenizer: Any, train_on_what: str | TrainOnWhat = "last_assistant_message",
                    max_length: int | None = 512) -> Renderer:
-    """A renderer by name: ``auto`` (chat_template if the tokenizer has one, else
-    role_colon), ``chat_template`` or ``role_colon``."""
+    """A built-in renderer by name: ``auto``, ``chat_template`` or ``role_colon`` (no plugins)."""
     if name not in RENDERERS:
         raise ConfigError(
             f"Unknown renderer {name!r}; allowed values: {', '.join(RENDERERS)}." + did_you_mean(str(name), RENDERERS)
         )
-    if name == "auto":
-        name = "chat_template" if has_chat_template(tokenizer) else "role_colon"
-    cls = ChatTemplateRenderer if name == "chat_template" else RoleColonRenderer
+    cls = {"auto": auto_renderer, "chat_template": ChatTemplateRenderer, "role_colon": RoleColonRenderer}[name]
     return cls(tokenizer, train_on_what, max_length)

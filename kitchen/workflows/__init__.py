@@ -1,45 +1,47 @@
-"""Workflow registry. Built-in workflows register themselves on first lookup."""
+"""Workflows by name: the four built-ins plus any a plugin package registers.
+
+A workflow is a plain module-level :class:`~kitchen.engine.ir.Workflow` value; nothing
+registers itself. Names resolve through the plugin catalog (``kitchen.plugins``), so a
+package adds one with a ``crucible_kitchen.workflows`` entry point.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
 
 from kitchen.engine.ir import Workflow
-from kitchen.errors import ConfigError, did_you_mean
-
-_WORKFLOWS: dict[str, Workflow] = {}
-_BUILTINS = ("supervised", "reinforcement", "preference", "distillation")
-
-
-def register_workflow(workflow: Workflow) -> Workflow:
-    _WORKFLOWS[workflow.name] = workflow
-    return workflow
-
-
-def _load_builtins() -> None:
-    import importlib
-
-    for name in _BUILTINS:
-        try:
-            importlib.import_module(f"kitchen.workflows.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"kitchen.workflows.{name}":
-                raise
+from kitchen.errors import ConfigError
 
 
 def get_workflow(name: str) -> Workflow:
-    _load_builtins()
-    try:
-        return _WORKFLOWS[name]
-    except KeyError:
+    from kitchen.plugins import catalog
+
+    entry = catalog().entry("workflows", name)
+    workflow = entry.load()
+    if not isinstance(workflow, Workflow):
         raise ConfigError(
-            f"Unknown workflow '{name}'.{did_you_mean(name, list(_WORKFLOWS))} Registered workflows: {', '.join(sorted(_WORKFLOWS))}."
-        ) from None
+            f"The workflow entry point '{name}' of {entry.source} ({entry.target}) is a {type(workflow).__name__}, "
+            "not a kitchen.engine.ir.Workflow. Point it at a module-level Workflow(...) value."
+        )
+    if workflow.name != name:
+        workflow = dataclasses.replace(workflow, name=name)
+    return dataclasses.replace(workflow, source=entry.source) if workflow.source != entry.source else workflow
 
 
 def workflow_names() -> list[str]:
-    _load_builtins()
-    return sorted(_WORKFLOWS)
+    from kitchen.plugins import catalog
+
+    return catalog().names("workflows")
 
 
-Builder = Callable[[], Workflow]
+def workflow_for_key(key: str) -> list[tuple[str, str]]:
+    """(workflow, source) for every known workflow whose schema has ``key`` (for error messages)."""
+    out = []
+    for name in workflow_names():
+        try:
+            wf = get_workflow(name)
+        except ConfigError:
+            continue
+        if key in wf.config.model_fields:
+            out.append((name, wf.source))
+    return out

@@ -6,62 +6,40 @@
         in parallel (rollout_concurrency lanes): sample group_size completions per prompt,
             score them, reference logprobs when kl_coef > 0
         advantages = reward - group mean (- kl_coef * (logp - logp_ref) per token)
-        forward_backward(loss_fn: importance_sampling | ppo) -> optim_step -> log
+        forward_backward(loss_fn: importance_sampling | ppo) + optim_step
         every eval_every: evaluate;  every save_every: checkpoint
     evaluate + preview -> checkpoint -> final weights
 """
 
 from __future__ import annotations
 
-from kitchen.engine.ir import ParallelNode, Workflow, conditional, every, loop, parallel, stage
-from kitchen.stages.rl import steps
-from kitchen.workflows import register_workflow
+from typing import Any, Union
 
-ROLLOUT_LANES = 4  # parallel branches in the tree; rollout_concurrency (<= this) of them are busy
+from pydantic import Field
 
-
-def lanes(stage_name: str, label: str, n: int = ROLLOUT_LANES) -> ParallelNode:
-    """``n`` rollout lanes in a ``parallel`` node; lane i owns the groups g with g % lanes == i."""
-    return parallel(
-        *[[stage(stage_name, label=f"{label} (lane {i + 1}/{n})", lane=i, lanes=n)] for i in range(n)],
-        max_concurrency=n,
-        label=f"{label}s",
-    )
+from kitchen.config.spec import RolloutKeys, RunSpec
+from kitchen.engine.ir import Workflow, loop, stage
+from kitchen.stages.reinforcement import RLPrompts, RLSetup, RLStep, Rollout, rl_evaluators
+from kitchen.stages.rollouts import lanes, steps
+from kitchen.stages.session import OpenSession
+from kitchen.workflows.common import finish, periodic, restore_and_evaluate
 
 
-REINFORCEMENT = register_workflow(
-    Workflow(
-        name="reinforcement",
-        description="GRPO-style RL on an environment: group-centred advantages, importance_sampling or ppo loss.",
-        nodes=(
-            stage("init_session"),
-            stage("rl_setup"),
-            stage("restore"),
-            stage("rl_evaluate", label="evaluate (before)", tag="before"),
-            loop(
-                "step",
-                over=steps,
-                var="step_index",
-                body=[
-                    stage("rl_batch", label="prompts + sampler"),
-                    lanes("rollout", "rollout"),
-                    stage("rl_advantages", label="advantages + datums"),
-                    stage("train_batch", label="forward_backward"),
-                    stage("optim_step"),
-                    stage("log_step"),
-                    conditional(every("eval_every"), [stage("rl_evaluate")]),
-                    conditional(every("save_every"), [stage("checkpoint")]),
-                ],
-            ),
-            stage("drain"),
-            stage("rl_evaluate", label="evaluate (after)", tag="after"),
-            stage("checkpoint", label="checkpoint (final)"),
-            stage("save_weights"),
-        ),
-        params=(
-            "model", "env", "max_steps", "group_size", "groups_per_batch", "max_tokens", "temperature", "loss_fn",
-            "kl_coef", "rollout_concurrency", "learning_rate", "lr_schedule", "warmup_steps", "lora_rank", "seed",
-            "save_every", "eval_every", "eval_max_examples",
-        ),
-    )
+class ReinforcementConfig(RunSpec, RolloutKeys):
+    """RL: the common keys, the rollout keys, and the environment."""
+
+    env: Union[str, dict[str, Any]] = Field("arithmetic", description="RL environment: a name, or a {_target_: ...} node")
+
+
+REINFORCEMENT = Workflow(
+    name="reinforcement",
+    description="GRPO-style RL on an environment: group-centred advantages, importance_sampling or ppo loss.",
+    config=ReinforcementConfig,
+    nodes=(
+        stage(OpenSession),
+        stage(RLSetup),
+        *restore_and_evaluate(rl_evaluators),
+        loop("step", over=steps, body=[stage(RLPrompts), lanes(Rollout, "rollout"), stage(RLStep), *periodic()]),
+        *finish(),
+    ),
 )

@@ -3,19 +3,15 @@
 from kitchen.adapters.noop.training import ByteTokenizer, NoopSamplingClient, NoopTrainingClient
 from kitchen.adapters.noop.stores import (
     NoopBlobStore,
-    NoopEmbeddingClient,
     NoopHubClient,
     NoopMetricsStore,
-    NoopVectorStore,
 )
 
 __all__ = [
     "ByteTokenizer",
     "NoopBlobStore",
-    "NoopEmbeddingClient",
     "NoopHubClient",
     "NoopMetricsStore",
     "NoopSamplingClient",
     "NoopTrainingClient",
-    "NoopVectorStore",
 ]

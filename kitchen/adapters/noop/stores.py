@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 
 class NoopBlobStore:
@@ -15,8 +13,16 @@ class NoopBlobStore:
         self._blobs[key] = bytes(data)
         return key
 
+    def put_file(self, local_path: str, key: str) -> str:
+        with open(local_path, "rb") as fh:
+            return self.put(key, fh.read())
+
     def get(self, key: str) -> bytes:
         return self._blobs[key]
+
+    def get_file(self, key: str, local_path: str) -> None:
+        with open(local_path, "wb") as fh:
+            fh.write(self._blobs[key])
 
     def exists(self, key: str) -> bool:
         return key in self._blobs
@@ -47,41 +53,3 @@ class NoopMetricsStore:
 
     def close(self) -> None:
         pass
-
-
-class NoopEmbeddingClient:
-    """Hash-based unit vectors: equal texts embed equally, different texts rarely collide."""
-
-    def __init__(self, dim: int = 16) -> None:
-        self.dim = dim
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        out = []
-        for text in texts:
-            digest = hashlib.sha256(text.encode()).digest()
-            vec = [(digest[i % len(digest)] - 127.5) for i in range(self.dim)]
-            norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-            out.append([v / norm for v in vec])
-        return out
-
-
-class NoopVectorStore:
-    """Brute-force cosine search in memory."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, tuple[list[float], dict]] = {}
-
-    def add(self, ids: Sequence[str], vectors: Sequence[Sequence[float]], payloads: Iterable[dict] | None = None) -> None:
-        payload_list = list(payloads) if payloads is not None else [{} for _ in ids]
-        for key, vec, payload in zip(ids, vectors, payload_list):
-            self._items[key] = (list(vec), payload)
-
-    def query(self, vector: Sequence[float], k: int = 5) -> list[tuple[str, float]]:
-        def cosine(a: Sequence[float], b: Sequence[float]) -> float:
-            dot = sum(x * y for x, y in zip(a, b))
-            na = math.sqrt(sum(x * x for x in a)) or 1.0
-            nb = math.sqrt(sum(y * y for y in b)) or 1.0
-            return dot / (na * nb)
-
-        scored = [(key, cosine(vector, vec)) for key, (vec, _) in self._items.items()]
-        return sorted(scored, key=lambda kv: kv[1], reverse=True)[:k]

@@ -30,6 +30,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from kitchen.adapters.tinker.credentials import KEY_ENV, require_api_key
 from kitchen.errors import BackendError, KitchenError
 from kitchen.ports.types import (
     AdamParams,
@@ -45,7 +46,6 @@ from kitchen.ports.types import (
 log = logging.getLogger("kitchen.tinker")
 T = TypeVar("T")
 
-KEY_ENV = "TINKER_API_KEY"
 NOOP_TOKENIZER_ID = "kitchen-noop-bytes"
 POINTER_FILE = "tinker_checkpoint.json"
 WEIGHTS_POINTER_FILE = "tinker_weights.json"
@@ -158,30 +158,6 @@ def to_backend_error(exc: BaseException, what: str, base_url: str | None, attemp
     tries = f" after {attempts} retries" if attempts else ""
     return BackendError(f"{what} failed{tries}: {type(exc).__name__}: {msg}.",
                         hint=f"Is {where} up and reachable? Resume the run from its last checkpoint once it is.")
-
-
-def require_api_key() -> None:
-    """Raise a BackendError naming TINKER_API_KEY unless the SDK will find a credential."""
-    key = os.environ.get(KEY_ENV)
-    if key:
-        if not key.startswith(("tml-", "eyJ")):
-            raise BackendError(f"{KEY_ENV} is set but is not a Tinker API key (Tinker keys start with 'tml-').",
-                               hint=f"Set it with `export {KEY_ENV}=tml-...`.")
-        return
-    if os.environ.get("TINKER_CREDENTIAL_CMD"):
-        return
-    try:
-        from tinker.lib.credentials import JsonCredentialStore, default_credentials_path
-
-        if JsonCredentialStore(default_credentials_path()).get_default_key() is not None:
-            return
-    except Exception:
-        pass
-    raise BackendError(
-        f"The tinker backend needs an API key and none is set: it reads {KEY_ENV} from the environment.",
-        hint=f"Set it with `export {KEY_ENV}=tml-...` (or store one with `tinker auth login`); for a local "
-        "`kitchen serve`, use the key the server was started with or printed at startup.",
-    )
 
 
 # ---------------------------------------------------------------- futures plumbing

@@ -1,0 +1,104 @@
+"""One way to build every swappable part: a short name or a ``_target_`` node.
+
+Adapters, sinks, envs, renderers and evaluators all come through :func:`build`, as
+lightning-hydra-template's instantiators build loggers and callbacks. A short name
+(``jsonl``, ``arithmetic``, ``role_colon``) is looked up in the plugin catalog, which
+holds the built-ins and whatever installed packages register; a mapping with
+``_target_`` names any importable class or function, with its options beside it::
+
+    telemetry:
+      sinks: [console, jsonl, {_target_: my_pkg.sinks.SlackSink, channel: "#runs"}]
+    env: {_target_: my_pkg.envs.WordleEnv, max_guesses: 6}
+
+Runtime arguments the engine supplies (a tokenizer, the run dir) are passed as keyword
+arguments next to the node's own, but only those the class's constructor names (as
+pytest hands fixtures by parameter name), so a sink that needs no run dir simply does
+not ask for one. Any failure is one ConfigError naming the part.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from kitchen.errors import ConfigError, KitchenError
+
+# Names of missing modules -> the extra that installs them (for optional sinks and such).
+EXTRAS: dict[str, str] = {}
+
+
+def target_of(kind: str, entry: str | Mapping[str, Any]) -> tuple[str, dict[str, Any], str]:
+    """``(dotted target, options, label)`` for a short name or a ``_target_`` node."""
+    if isinstance(entry, str):
+        from kitchen.plugins import catalog
+
+        found = catalog().entry(kind, entry)
+        return found.dotted, {}, f"{kind[:-1]} '{entry}'"
+    if isinstance(entry, Mapping):
+        options = {str(k): v for k, v in entry.items()}
+        target = options.pop("_target_", None)
+        if not isinstance(target, str) or not target:
+            raise ConfigError(f"A {kind[:-1]} given as a mapping needs a _target_ naming a class or function, got {dict(entry)!r}.")
+        return target, options, f"{kind[:-1]} {target}"
+    raise ConfigError(f"A {kind[:-1]} is a name or a mapping with _target_, not {entry!r}.")
+
+
+def resolve(kind: str, entry: str | Mapping[str, Any]) -> Any:
+    """The class or function ``entry`` names, imported but not called (for preflight checks)."""
+    from kitchen.plugins import load_target
+
+    target, _, label = target_of(kind, entry)
+    return load_target(target, label)
+
+
+def build(kind: str, entry: str | Mapping[str, Any], /, **runtime: Any) -> Any:
+    """Instantiate ``entry`` (a short name or ``_target_`` node) with its options plus ``runtime``."""
+    target, options, label = target_of(kind, entry)
+    factory = _load(target, label)
+    try:
+        return factory(**{**options, **_accepted(factory, runtime)})
+    except KitchenError:
+        raise
+    except TypeError as exc:
+        raise ConfigError(f"Could not build {label}: {exc}. Check the options given next to it.") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"Could not build {label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def _accepted(factory: Any, runtime: dict[str, Any]) -> dict[str, Any]:
+    """The runtime arguments ``factory`` names (all of them if it takes ``**kwargs``)."""
+    import inspect
+
+    if not runtime:
+        return runtime
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return runtime
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return runtime
+    return {k: v for k, v in runtime.items() if k in params}
+
+
+def _load(target: str, label: str) -> Any:
+    import importlib
+
+    module_name, _, attr = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        extra = EXTRAS.get(missing)
+        if extra:
+            raise ConfigError(
+                f"{label} needs the Python package '{missing}', which is not installed. "
+                f"Install it with: pip install 'crucible-kitchen[{extra}]'."
+            ) from None
+        raise ConfigError(f"Could not import {label}: no module named '{exc.name}'.") from None
+    except KitchenError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"Could not import {label} ({module_name}): {type(exc).__name__}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"Could not build {label}: module '{module_name}' has no '{attr}'.") from None

@@ -1,0 +1,209 @@
+"""The catalog of named parts: built-ins plus whatever installed packages contribute.
+
+Installing a package is the whole registration, as with pytest and Hydra plugins: a
+package declares entry points in the groups below, and kitchen finds them by name with
+no flag::
+
+    [project.entry-points."crucible_kitchen.workflows"]
+    rsft = "my_cookbook.workflow:RSFT"          # a kitchen.engine.ir.Workflow
+    [project.entry-points."crucible_kitchen.recipes"]
+    my_cookbook = "my_cookbook:RECIPES_DIR"     # a folder of recipe YAML files (str, Path or module)
+
+Groups: ``crucible_kitchen.{recipes,workflows,stages,envs,renderers,evaluators,sinks}``.
+Built-ins are named here by dotted path and imported only when used, so listing names
+never imports torch. A plugin whose entry point fails to load is one warning naming its
+package and is left out; two sources that give the same name is a ConfigError naming
+both. Every swappable part (adapters, sinks, envs, renderers, evaluators) is then built
+by :func:`kitchen.config.instantiate.build` from a short name or a ``_target_`` node.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from kitchen.errors import ConfigError, did_you_mean
+
+log = logging.getLogger("kitchen.plugins")
+
+KINDS = ("recipes", "workflows", "stages", "envs", "renderers", "evaluators", "sinks")
+GROUP_PREFIX = "crucible_kitchen."
+BUILTIN = "kitchen"
+
+# Short name -> "module:attribute" for everything kitchen ships.
+BUILTINS: dict[str, dict[str, str]] = {
+    "recipes": {},  # bundled recipes are found by folder (kitchen.config.recipes)
+    "workflows": {
+        "supervised": "kitchen.workflows.supervised:SUPERVISED",
+        "preference": "kitchen.workflows.preference:PREFERENCE",
+        "reinforcement": "kitchen.workflows.reinforcement:REINFORCEMENT",
+        "distillation": "kitchen.workflows.distillation:DISTILLATION",
+    },
+    "stages": {},  # filled from the built-in workflows' stage trees (stages are values)
+    "envs": {"arithmetic": "kitchen.train.envs:ArithmeticEnv"},
+    "renderers": {
+        "auto": "kitchen.train.renderers:auto_renderer",
+        "chat_template": "kitchen.train.renderers:ChatTemplateRenderer",
+        "role_colon": "kitchen.train.renderers:RoleColonRenderer",
+    },
+    "evaluators": {
+        "test_nll": "kitchen.evaluators:TestNLL",
+        "greedy_preview": "kitchen.evaluators:GreedyPreview",
+    },
+    "sinks": {
+        "console": "kitchen.telemetry.console:ConsoleSink",
+        "jsonl": "kitchen.telemetry.jsonl:JsonlSink",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    target: str  # "module:attribute"
+    source: str  # "kitchen" or the distribution that provides it
+
+    def load(self) -> Any:
+        return load_target(self.target, f"{self.kind[:-1]} '{self.name}' from {self.source}")
+
+    @property
+    def dotted(self) -> str:
+        """The same target as a Hydra ``_target_`` (module.attribute)."""
+        return self.target.replace(":", ".")
+
+
+def load_target(target: str, what: str) -> Any:
+    """Import ``module:attr`` (or ``module.attr``); a failure is one ConfigError naming ``what``."""
+    import importlib
+
+    module_name, _, attr = target.partition(":") if ":" in target else target.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split(".") if attr else ():
+            obj = getattr(obj, part)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's own bug, reported as one paragraph
+        raise ConfigError(f"Could not load {what} ({target}): {type(exc).__name__}: {exc}".rstrip(": ")) from None
+    return obj
+
+
+class Catalog:
+    """Names per kind, each with where it came from."""
+
+    def __init__(self, entries: Iterable[Entry]) -> None:
+        self._by_kind: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        self._clashes: dict[tuple[str, str], list[Entry]] = {}
+        for entry in entries:
+            known = self._by_kind[entry.kind].get(entry.name)
+            if known is not None and known.source != entry.source:
+                self._clashes.setdefault((entry.kind, entry.name), [known]).append(entry)
+                continue
+            self._by_kind[entry.kind][entry.name] = entry
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._by_kind[kind])
+
+    def entries(self, kind: str) -> list[Entry]:
+        return [self._by_kind[kind][n] for n in self.names(kind)]
+
+    def entry(self, kind: str, name: str) -> Entry:
+        clash = self._clashes.get((kind, name))
+        if clash:
+            who = " and ".join(f"{e.source} ({e.target})" for e in clash)
+            raise ConfigError(
+                f"Two packages register the {kind[:-1]} name '{name}': {who}. Uninstall one of them, "
+                f"or refer to the one you mean by its _target_ instead of the short name."
+            )
+        try:
+            return self._by_kind[kind][name]
+        except KeyError:
+            known = self.names(kind)
+            raise ConfigError(
+                f"Unknown {kind[:-1]} '{name}'.{did_you_mean(name, known)} Available {kind}: {', '.join(known) or 'none'}."
+                + (" Or name your own class with a {_target_: module.Class} node." if kind != "workflows" else
+                   " A plugin package adds workflows through the 'crucible_kitchen.workflows' entry-point group.")
+            ) from None
+
+    def get(self, kind: str, name: str) -> Any:
+        return self.entry(kind, name).load()
+
+    def source(self, kind: str, name: str) -> str:
+        entry = self._by_kind[kind].get(name)
+        return entry.source if entry else "?"
+
+
+def _entry_points() -> Iterable[tuple[str, Any]]:
+    from importlib.metadata import entry_points
+
+    eps = entry_points()
+    for kind in KINDS:
+        for ep in eps.select(group=GROUP_PREFIX + kind):
+            yield kind, ep
+
+
+def discover() -> Catalog:
+    """Built-ins plus every installed plugin's entry points (names only: nothing is imported)."""
+    entries = [Entry(kind, name, target, BUILTIN) for kind, names in BUILTINS.items() for name, target in names.items()]
+    for kind, ep in _entry_points():
+        dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(":")[0].split(".")[0]
+        entries.append(Entry(kind, ep.name, ep.value, dist))
+    return Catalog(entries)
+
+
+_CATALOG: Catalog | None = None
+
+
+def catalog(refresh: bool = False) -> Catalog:
+    global _CATALOG
+    if _CATALOG is None or refresh:
+        _CATALOG = discover()
+    return _CATALOG
+
+
+def plugin_recipe_dirs() -> list[tuple[str, Any]]:
+    """(package, folder) for every plugin's ``crucible_kitchen.recipes`` entry point.
+
+    A broken entry point is one warning naming the package, never an error: ``kitchen
+    --help`` and ``kitchen recipes`` must keep working with a bad plugin installed.
+    """
+    from pathlib import Path
+
+    found = []
+    for entry in catalog().entries("recipes"):
+        try:
+            obj = entry.load()
+            if callable(obj) and not isinstance(obj, type):
+                obj = obj()
+            if hasattr(obj, "__file__") and getattr(obj, "__file__", None):
+                obj = Path(obj.__file__).parent / "recipes"
+            folder = Path(obj)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("plugin %s: its recipes entry point '%s' could not be loaded and is skipped: %s", entry.source, entry.name, exc)
+            warn_once(f"plugin {entry.source}: its recipes entry point '{entry.name}' ({entry.target}) could not be loaded "
+                      f"and is skipped: {exc}")
+            continue
+        if not folder.is_dir():
+            warn_once(f"plugin {entry.source}: recipes entry point '{entry.name}' names {folder}, which is not a folder; skipped.")
+            continue
+        found.append((entry.source, folder))
+    return found
+
+
+_WARNED: set[str] = set()
+warning_sink: Callable[[str], None] | None = None
+
+
+def warn_once(message: str) -> None:
+    """One warning per problem per process, on stderr (the CLI) or through ``warning_sink``."""
+    if message in _WARNED:
+        return
+    _WARNED.add(message)
+    if warning_sink is not None:
+        warning_sink(message)
+        return
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)

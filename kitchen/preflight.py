@@ -1,0 +1,76 @@
+"""One preflight for ``run``, ``validate``, ``resume``, sweeps and the Python facade.
+
+It builds the run spec the one way (compose -> the workflow's own schema) and then
+runs every stage's ``validate`` over a context that has the dataset store but no
+training backend: data files are parsed with the real row checks, env, renderer,
+evaluator and sink names are resolved, credentials are checked as the backend would
+check them, and the model is resolved without loading weights. ``kitchen validate``
+prints "ok" only when all of that passed, and a run that fails here has written
+nothing: no run directory, no Hydra output directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from kitchen.config.spec import RunSpec
+from kitchen.engine.context import Adapters, Context
+from kitchen.engine.ir import Workflow
+from kitchen.telemetry.events import EventBus
+
+
+@dataclass
+class Prepared:
+    """A spec that passed preflight, and the context its validation filled (the loaded data)."""
+
+    spec: RunSpec
+    workflow: Workflow
+    ctx: Context
+    mode: str  # "fresh", "resume" or "overwrite"
+
+
+def build_spec(data: dict[str, Any], source: str | None = None) -> tuple[RunSpec, Workflow]:
+    """Validate a composed config dict into its workflow's schema."""
+    from kitchen.config.compose import _FOUND, describe_source, key_owners_message
+    from kitchen.errors import ConfigError
+    from kitchen.workflows import get_workflow
+
+    workflow_node = data.get("workflow")
+    name = workflow_node.get("name") if isinstance(workflow_node, dict) else None
+    if not isinstance(name, str):
+        raise ConfigError(f"Invalid run config ({source or 'the composed config'}): 'workflow.name' is required but not set.")
+    workflow = get_workflow(name)
+    where = source or describe_source(data.get("recipe"))
+    spec = workflow.config.from_config(
+        data, source=where, elsewhere=lambda key: key_owners_message(key, workflow.name, _FOUND, "in the config"),
+    )
+    return spec, workflow
+
+
+def compose_spec(overrides: list[str], recipe_dirs: Iterable[str] = ()) -> tuple[RunSpec, Workflow, dict[str, Any], dict]:
+    """Compose with Hydra (recipes, groups, overrides) and build the spec; nothing runs."""
+    from kitchen.config.compose import compose, setup, to_container
+
+    found = setup(recipe_dirs)
+    data = to_container(compose(overrides, found=found))
+    spec, workflow = build_spec(data)
+    return spec, workflow, data, found
+
+
+def preflight(spec: RunSpec, workflow: Workflow, check_run_dir: bool = True) -> Prepared:
+    """Everything that can fail before a run touches the disk or loads weights."""
+    from kitchen.config.instantiate import build, resolve
+    from kitchen.engine.runner import Runner
+    from kitchen.rundir import RunDir
+
+    rundir = RunDir(Path(spec.run_dir))
+    mode = rundir.check_can_start(resume=spec.resume, overwrite=spec.overwrite) if check_run_dir else "fresh"
+    for sink in spec.telemetry.sinks:
+        resolve("sinks", sink)
+    store = build("adapters", dict(spec.adapters.dataset_store))
+    ctx = Context(spec=spec, adapters=Adapters(training=None, dataset_store=store), bus=EventBus(), run_dir=rundir.path)  # type: ignore[arg-type]
+    ctx.progress.resume_from = rundir.last_checkpoint() if mode == "resume" else None
+    Runner(workflow).validate(ctx)
+    return Prepared(spec, workflow, ctx, mode)

@@ -1,0 +1,82 @@
+"""Persistence stages: checkpoints for exact resume, and the final weights.
+
+Both are written into the run directory first. With ``checkpoint_mirror=URL`` each
+committed checkpoint, its index line and the final weights are then copied through a
+BlobStore (a folder, or any fsspec URL such as ``s3://bucket/runs/x``), keyed by their
+path inside the run directory, so the mirror is a run directory of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kitchen.engine.context import Context
+from kitchen.engine.pipeline import outside_training
+from kitchen.engine.stage import Stage
+from kitchen.rundir import RunDir
+from kitchen.telemetry import events as ev
+
+
+@dataclass
+class Mirror:
+    store: Any = None
+
+
+def mirror(ctx: Context, *paths: str | Path) -> None:
+    """Copy files or folders of the run dir to ``checkpoint_mirror`` (no-op when unset or not local)."""
+    url = getattr(ctx.spec, "checkpoint_mirror", None)
+    if not url:
+        return
+    from kitchen.adapters.blobs import open_blob_store, put_tree
+
+    state = ctx.use(Mirror)
+    if state.store is None:
+        state.store = open_blob_store(url)
+    root = Path(ctx.run_dir)
+    for path in map(Path, paths):
+        path = path if path.is_absolute() else root / path
+        if not path.exists():
+            continue
+        key = path.resolve().relative_to(root.resolve()).as_posix()
+        if path.is_dir():
+            put_tree(state.store, path, key)
+        else:
+            state.store.put_file(path, key)
+
+
+def save_checkpoint(ctx: Context) -> None:
+    """Settle in-flight steps, save backend state, then commit one index line."""
+    ctx.pipeline.drain()
+    step = ctx.step
+    if step == 0 or ctx.progress.last_checkpoint_step == step:
+        return
+    name = f"step_{step:06d}"
+    ref = ctx.training.save_state(name, step)
+    record = {"name": name, "step": step, "path": ref.path, "epoch": ctx.progress.epoch, "time": time.time()}
+    rundir = RunDir(ctx.run_dir)
+    rundir.add_checkpoint(record)
+    ctx.progress.last_checkpoint_step = step
+    mirror(ctx, ref.path, rundir.index, rundir.config)
+    ctx.emit(ev.TRAINING_CHECKPOINT, step=step, name=name, path=ref.path)
+
+
+class Checkpoint(Stage):
+    """Save everything exact resume needs (weights, optimizer, RNG) and index it."""
+
+    @outside_training
+    def execute(self, ctx: Context) -> None:
+        save_checkpoint(ctx)
+
+
+class SaveWeights(Stage):
+    """Write ``final/``: weights that load with plain transformers (plus the LoRA adapter)."""
+
+    @outside_training
+    def execute(self, ctx: Context) -> None:
+        where = ctx.training.save_weights(str(RunDir(ctx.run_dir).final))
+        ctx.metadata["final_weights"] = where
+        mirror(ctx, where)
+        ctx.emit(ev.RUN_INFO, message=f"final weights: {where}")

@@ -1,0 +1,183 @@
+"""Reinforcement-learning stages (GRPO-style).
+
+One RL step, as the workflow spells it::
+
+    RLPrompts       this step's prompts (a pure function of seed and step) and a sampler
+                    over the current weights
+    Rollout x N     lanes in a ``parallel`` node: sample group_size completions per prompt,
+                    score them, and (kl_coef > 0) get the reference model's logprobs
+    RLStep          group-centred advantages (+ KL penalty) -> a StepOutput with the RL
+                    datums, the loss function and the step's reward metrics
+
+Everything here talks to ports (TrainingClient / SamplingClient) and the pure math in
+``kitchen.train.rl``; nothing is backend-specific. Futures are submitted before they are
+awaited, so a remote backend has a whole lane's groups in flight at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kitchen.engine.context import Context
+from kitchen.engine.pipeline import StepOutput
+from kitchen.engine.stage import Stage
+from kitchen.errors import KitchenError
+from kitchen.evaluators import EvalEnv, EvalResult, EvalSample, greedy_completions
+from kitchen.ports.types import Datum
+from kitchen.stages.rollouts import (
+    Group,
+    Rollouts,
+    Sample,
+    lane_indices,
+    loss_fn_config_for,
+    require_max_steps,
+    sample_lane,
+    score_tokens,
+)
+from kitchen.stages.session import Session
+from kitchen.telemetry import events as ev
+from kitchen.train.messages import last_user_text
+
+
+@dataclass
+class RLState:
+    env: Any = None
+    eval_problems: list[Any] = field(default_factory=list)
+    reference: Any = None  # sampler over the frozen base model (kl_coef > 0)
+
+
+class RLSetup(Stage):
+    """Build the environment and its held-out prompts; the run is max_steps steps."""
+
+    def validate(self, ctx: Context) -> None:
+        from kitchen.config.instantiate import resolve
+
+        require_max_steps(ctx, "reinforcement")
+        resolve("envs", ctx.spec.env)
+
+    def execute(self, ctx: Context) -> None:
+        from kitchen.config.instantiate import build
+
+        spec, rl = ctx.spec, ctx.use(RLState)
+        rl.env = build("envs", spec.env)
+        rl.eval_problems = rl.env.eval_prompts(spec.eval_max_examples, seed=spec.seed)
+        ctx.progress.total_steps = spec.max_steps
+        ctx.emit(
+            ev.RUN_INFO,
+            message=f"env {rl.env.name}: {spec.groups_per_batch} prompts x {spec.group_size} samples per step, "
+            f"{len(rl.eval_problems)} held-out eval prompts, loss {spec.loss_fn}, kl_coef {spec.kl_coef}",
+        )
+
+
+class RLPrompts(Stage):
+    """This step's prompts (deterministic in seed and step) and a sampler over the current weights."""
+
+    def execute(self, ctx: Context) -> None:
+        ctx.pipeline.drain()  # on-policy: the sampler must see every finished optimizer step
+        spec, rl, renderer = ctx.spec, ctx.use(RLState), ctx.use(Session).renderer
+        problems = rl.env.initial_prompts(spec.seed * 1_000_003 + ctx.step, spec.groups_per_batch)
+        rollouts = ctx.use(Rollouts)
+        rollouts.groups = [Group(p.messages, renderer.build_prompt(p.messages), problem=p) for p in problems]
+        rollouts.sampler = ctx.training.sampling_client()
+        if spec.kl_coef > 0 and rl.reference is None:
+            rl.reference = ctx.training.sampling_client(base_model=spec.model)
+
+
+@dataclass(frozen=True)
+class Rollout(Stage):
+    """One lane of rollouts: sample group_size completions per owned prompt, score them."""
+
+    lane: int = 0
+    lanes: int = 1
+
+    def execute(self, ctx: Context) -> None:
+        rl, rollouts, renderer = ctx.use(RLState), ctx.use(Rollouts), ctx.use(Session).renderer
+        mine = lane_indices(ctx, self.lane, self.lanes, len(rollouts.groups))
+        reference = rl.reference if ctx.spec.kl_coef > 0 else None
+        for group, result in sample_lane(ctx, rollouts.sampler, renderer, mine):
+            samples = []
+            for seq in result.sequences:
+                text = renderer.parse_response(seq.tokens)
+                score = rl.env.score(group.problem, text)
+                samples.append(Sample(list(seq.tokens), list(seq.logprobs), text, float(score.reward), bool(score.correct)))
+            if reference is not None:
+                score_tokens(reference, group, samples)
+            group.samples = samples
+
+
+class RLStep(Stage):
+    """Group-centred advantages (minus kl_coef * (logp - logp_ref) per token) -> forward_backward + optim_step."""
+
+    def execute(self, ctx: Context) -> StepOutput:
+        from kitchen.train.rl import approx_kl, batch_group_advantages, build_rl_datum, kl_penalty_advantages, rl_step_metrics
+
+        spec = ctx.spec
+        groups = ctx.use(Rollouts).groups
+        rewards = [[s.reward for s in g.samples] for g in groups]
+        advantages, _ = batch_group_advantages(rewards)
+        datums: list[Datum] = []
+        fallback: list[Datum] = []  # zero-advantage datums, used only if nothing else is left
+        for group, advs in zip(groups, advantages):
+            for sample, adv in zip(group.samples, advs):
+                if not sample.tokens:
+                    continue
+                token_adv: float | list[float] = adv
+                if spec.kl_coef > 0 and sample.ref_logprobs is not None:
+                    token_adv = kl_penalty_advantages([adv] * len(sample.tokens), sample.logprobs, sample.ref_logprobs, spec.kl_coef)
+                datum = build_rl_datum(group.prompt_tokens, sample.tokens, sample.logprobs, token_adv)
+                (datums if any(datum.loss_fn_inputs["advantages"]) else fallback).append(datum)
+        if not datums:  # every group degenerate: a zero-gradient step keeps the step count honest
+            datums = fallback[:1]
+        if not datums:
+            raise KitchenError(f"Step {ctx.step + 1}: every rollout came back empty (0 sampled tokens); check max_tokens and the stop sequences.")
+        samples = [s for g in groups for s in g.samples]
+        metrics = rl_step_metrics(rewards, [[s.correct for s in g.samples] for g in groups],
+                                  [len(s.tokens) for s in samples], [s.logprobs for s in samples], None)
+        with_ref = [s for s in samples if s.ref_logprobs is not None] if spec.kl_coef > 0 else []
+        if with_ref:
+            metrics["kl_ref"] = approx_kl([x for s in with_ref for x in s.logprobs], [x for s in with_ref for x in s.ref_logprobs])  # type: ignore[union-attr]
+        metrics["num_datums"] = float(len(datums))
+        first = ("reward_mean", "accuracy", "entropy", "kl_ref", "sampled_tokens")  # the console shows the first few
+        ordered = {k: metrics[k] for k in first if k in metrics}
+        ordered.update((k, v) for k, v in metrics.items() if k not in ordered)
+        emit_rollouts(ctx, groups, with_reward=True)
+        return StepOutput(datums, spec.loss_fn, loss_fn_config_for(spec.loss_fn), ordered)
+
+
+def emit_rollouts(ctx: Context, groups: list[Group], with_reward: bool = False) -> None:
+    """The first sample of the first few groups, as sample.completion events tagged 'rollout'."""
+    for group in groups[: ctx.spec.num_preview_samples]:
+        if group.samples:
+            s = group.samples[0]
+            extra = {"reward": s.reward} if with_reward else {}
+            ctx.emit(ev.SAMPLE, tag="rollout", step=ctx.step + 1, prompt=last_user_text(group.prompt_messages), completion=s.text, **extra)
+
+
+class EnvAccuracy:
+    """Greedy accuracy and mean reward on the env's held-out prompts (eval_accuracy, eval_reward)."""
+
+    shows_samples = True
+
+    def __init__(self, env: Any, problems: list[Any]) -> None:
+        self.env = env
+        self.problems = problems
+
+    def __call__(self, env: EvalEnv) -> EvalResult:
+        problems = self.problems if env.want_metrics else self.problems[: env.previews]
+        if not problems:
+            return EvalResult()
+        texts = greedy_completions(env, [p.messages for p in problems], env.spec.max_tokens)
+        scores = [self.env.score(p, t) for p, t in zip(problems, texts)]
+        metrics = {}
+        if env.want_metrics:
+            metrics = {"eval_accuracy": sum(1.0 for s in scores if s.correct) / len(scores),
+                       "eval_reward": sum(s.reward for s in scores) / len(scores)}
+        samples = [EvalSample(last_user_text(p.messages), t, {"reward": s.reward})
+                   for p, t, s in list(zip(problems, texts, scores))[: env.previews]]
+        return EvalResult(metrics, samples)
+
+
+def rl_evaluators(ctx: Context) -> list[Any]:
+    rl = ctx.use(RLState)
+    return [EnvAccuracy(rl.env, rl.eval_problems)] if rl.eval_problems else []
