@@ -146,8 +146,21 @@ def recipes(recipes_dir: Optional[List[str]] = RecipesDirOpt) -> None:
     """List the available recipes."""
     from kitchen.cli_views import print_recipes
     from kitchen.config.recipes import discover
+    from kitchen.plugins import check_workflows, warn_once
 
-    print_recipes(discover(recipes_dir or []))
+    found = discover(recipes_dir or [])
+    for why in check_workflows().values():
+        warn_once(why)  # keyed by its package: one warning per broken plugin
+    print_recipes(found)
+
+
+@app.command()
+@_guard
+def plugins() -> None:
+    """List the named parts (workflows, envs, renderers, evaluators, sinks, stages) and where each comes from."""
+    from kitchen.cli_views import print_plugins
+
+    print_plugins()
 
 
 @app.command()

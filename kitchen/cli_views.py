@@ -35,6 +35,16 @@ def _options(stage: Any) -> str:
     return f" ({', '.join(shown)})" if shown else ""
 
 
+def _package_of(obj: Any) -> str:
+    """The distribution a class or function comes from ('' for kitchen's own)."""
+    top = (getattr(obj, "__module__", "") or "").split(".")[0]
+    if top in ("kitchen", "", "__main__"):
+        return ""
+    from importlib.metadata import packages_distributions
+
+    return ", ".join(packages_distributions().get(top, [top]))
+
+
 def stage_tree(nodes: Iterable[Node], root: Tree, described: set | None = None) -> Tree:
     """The workflow as a tree; each stage's one-line description is shown where it first appears."""
     described = set() if described is None else described
@@ -42,6 +52,8 @@ def stage_tree(nodes: Iterable[Node], root: Tree, described: set | None = None) 
         if isinstance(node, StageNode):
             kind = type(node.stage) if not hasattr(node.stage, "fn") else node.stage.fn
             about = node.stage.description.replace("``", "`") if kind not in described else ""
+            if about and _package_of(kind):
+                about += f" (from {_package_of(kind)})"
             described.add(kind)
             title = node.title if node.label else node.title + _options(node.stage)
             root.add(f"[cyan]{title}[/]" + (f" [dim]{about}[/]" if about else ""))
@@ -69,6 +81,19 @@ def print_plan(spec: RunSpec, workflow: Workflow, data: dict[str, Any]) -> None:
     console.print(Syntax(yaml.safe_dump(redact(data), sort_keys=False), "yaml", background_color="default"))
     console.rule(f"stage plan: workflow {workflow.name}")
     console.print(stage_tree(workflow.nodes, Tree(f"[bold]{workflow.name}[/]: {workflow.description}")))
+
+
+def print_plugins() -> None:
+    """Every named part by kind, with where it came from (kitchen or an installed package)."""
+    from kitchen.plugins import KINDS, catalog
+
+    table = Table(title="named parts (use the name in a recipe, or a {_target_: ...} node)")
+    for col in ("kind", "name", "from", "target"):
+        table.add_column(col, overflow="fold")
+    for kind in KINDS:
+        for entry in catalog().entries(kind):
+            table.add_row(kind[:-1], entry.name, entry.source, entry.target)
+    console.print(table)
 
 
 def print_recipes(found: dict[str, Any]) -> None:

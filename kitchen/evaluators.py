@@ -158,3 +158,27 @@ def weighted_nll(results_and_batches) -> float:
                     total -= lp * w
                     weight += w
     return total / weight if weight else float("nan")
+
+
+class EnvAccuracy:
+    """Greedy accuracy and mean reward on the env's held-out prompts (eval_accuracy, eval_reward)."""
+
+    shows_samples = True
+
+    def __init__(self, env: Any, problems: list[Any]) -> None:
+        self.env = env
+        self.problems = problems
+
+    def __call__(self, env: EvalEnv) -> EvalResult:
+        problems = self.problems if env.want_metrics else self.problems[: env.previews]
+        if not problems:
+            return EvalResult()
+        texts = greedy_completions(env, [p.messages for p in problems], env.spec.max_tokens)
+        scores = [self.env.score(p, t) for p, t in zip(problems, texts)]
+        metrics = {}
+        if env.want_metrics:
+            metrics = {"eval_accuracy": sum(1.0 for s in scores if s.correct) / len(scores),
+                       "eval_reward": sum(s.reward for s in scores) / len(scores)}
+        samples = [EvalSample(last_user_text(p.messages), t, {"reward": s.reward})
+                   for p, t, s in list(zip(problems, texts, scores))[: env.previews]]
+        return EvalResult(metrics, samples)

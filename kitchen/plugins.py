@@ -19,13 +19,10 @@ by :func:`kitchen.config.instantiate.build` from a short name or a ``_target_`` 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from kitchen.errors import ConfigError, did_you_mean
-
-log = logging.getLogger("kitchen.plugins")
 
 KINDS = ("recipes", "workflows", "stages", "envs", "renderers", "evaluators", "sinks")
 GROUP_PREFIX = "crucible_kitchen."
@@ -40,7 +37,13 @@ BUILTINS: dict[str, dict[str, str]] = {
         "reinforcement": "kitchen.workflows.reinforcement:REINFORCEMENT",
         "distillation": "kitchen.workflows.distillation:DISTILLATION",
     },
-    "stages": {},  # filled from the built-in workflows' stage trees (stages are values)
+    "stages": {  # stages are values in workflows; names here only list them (`kitchen plugins`)
+        "load_dataset": "kitchen.stages.data:LoadDataset",
+        "open_session": "kitchen.stages.session:OpenSession",
+        "evaluate": "kitchen.stages.evaluate:Evaluate",
+        "checkpoint": "kitchen.stages.checkpoint:Checkpoint",
+        "save_weights": "kitchen.stages.checkpoint:SaveWeights",
+    },
     "envs": {"arithmetic": "kitchen.train.envs:ArithmeticEnv"},
     "renderers": {
         "auto": "kitchen.train.renderers:auto_renderer",
@@ -48,7 +51,6 @@ BUILTINS: dict[str, dict[str, str]] = {
         "role_colon": "kitchen.train.renderers:RoleColonRenderer",
     },
     "evaluators": {
-        "test_nll": "kitchen.evaluators:TestNLL",
         "greedy_preview": "kitchen.evaluators:GreedyPreview",
     },
     "sinks": {
@@ -78,9 +80,18 @@ def load_target(target: str, what: str) -> Any:
     """Import ``module:attr`` (or ``module.attr``); a failure is one ConfigError naming ``what``."""
     import importlib
 
-    module_name, _, attr = target.partition(":") if ":" in target else target.rpartition(".")
     try:
-        obj: Any = importlib.import_module(module_name)
+        if ":" in target:
+            module_name, _, attr = target.partition(":")
+            obj: Any = importlib.import_module(module_name)
+        else:  # "pkg.module" (a module) or "pkg.module.attr"
+            try:
+                return importlib.import_module(target)
+            except ModuleNotFoundError as exc:
+                if exc.name != target:
+                    raise
+            module_name, _, attr = target.rpartition(".")
+            obj = importlib.import_module(module_name)
         for part in attr.split(".") if attr else ():
             obj = getattr(obj, part)
     except ConfigError:
@@ -113,10 +124,9 @@ class Catalog:
         clash = self._clashes.get((kind, name))
         if clash:
             who = " and ".join(f"{e.source} ({e.target})" for e in clash)
-            raise ConfigError(
-                f"Two packages register the {kind[:-1]} name '{name}': {who}. Uninstall one of them, "
-                f"or refer to the one you mean by its _target_ instead of the short name."
-            )
+            way_out = ("uninstall one of them." if kind in ("workflows", "recipes") else
+                       "uninstall one of them, or refer to the one you mean by its _target_ instead of the short name.")
+            raise ConfigError(f"Two packages register the {kind[:-1]} name '{name}': {who}. To use it, {way_out}")
         try:
             return self._by_kind[kind][name]
         except KeyError:
@@ -163,6 +173,20 @@ def catalog(refresh: bool = False) -> Catalog:
     return _CATALOG
 
 
+def check_workflows() -> dict[str, str]:
+    """Load every plugin workflow once; {name: why} for those that fail (the caller warns or errors)."""
+    broken = {}
+    for entry in catalog().entries("workflows"):
+        if entry.source == BUILTIN:
+            continue
+        try:
+            entry.load()
+        except ConfigError as exc:
+            broken[entry.name] = f"plugin {entry.source} is skipped: {exc.render()}"
+            _SOURCES[broken[entry.name]] = entry.source
+    return broken
+
+
 def plugin_recipe_dirs() -> list[tuple[str, Any]]:
     """(package, folder) for every plugin's ``crucible_kitchen.recipes`` entry point.
 
@@ -174,33 +198,35 @@ def plugin_recipe_dirs() -> list[tuple[str, Any]]:
     found = []
     for entry in catalog().entries("recipes"):
         try:
-            obj = entry.load()
+            obj = load_target(entry.target, f"the recipe folder '{entry.name}'")
             if callable(obj) and not isinstance(obj, type):
                 obj = obj()
-            if hasattr(obj, "__file__") and getattr(obj, "__file__", None):
+            if getattr(obj, "__file__", None):
                 obj = Path(obj.__file__).parent / "recipes"
             folder = Path(obj)
         except Exception as exc:  # noqa: BLE001
-            log.warning("plugin %s: its recipes entry point '%s' could not be loaded and is skipped: %s", entry.source, entry.name, exc)
-            warn_once(f"plugin {entry.source}: its recipes entry point '{entry.name}' ({entry.target}) could not be loaded "
-                      f"and is skipped: {exc}")
+            warn_once(f"plugin {entry.source} is skipped: {exc}", key=entry.source)
             continue
         if not folder.is_dir():
-            warn_once(f"plugin {entry.source}: recipes entry point '{entry.name}' names {folder}, which is not a folder; skipped.")
+            warn_once(f"plugin {entry.source}: recipes entry point '{entry.name}' names {folder}, which is not a folder; skipped.",
+                      key=entry.source)
             continue
         found.append((entry.source, folder))
     return found
 
 
 _WARNED: set[str] = set()
+_SOURCES: dict[str, str] = {}  # a broken workflow's message -> its package
 warning_sink: Callable[[str], None] | None = None
 
 
-def warn_once(message: str) -> None:
-    """One warning per problem per process, on stderr (the CLI) or through ``warning_sink``."""
-    if message in _WARNED:
+def warn_once(message: str, key: str | None = None) -> None:
+    """One warning per ``key`` (a plugin package: its first problem) per process, on stderr
+    (the CLI) or through ``warning_sink``."""
+    key = key or _SOURCES.get(message) or message
+    if key in _WARNED:
         return
-    _WARNED.add(message)
+    _WARNED.add(key)
     if warning_sink is not None:
         warning_sink(message)
         return

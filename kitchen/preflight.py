@@ -51,11 +51,12 @@ def build_spec(data: dict[str, Any], source: str | None = None) -> tuple[RunSpec
 
 def compose_spec(overrides: list[str], recipe_dirs: Iterable[str] = ()) -> tuple[RunSpec, Workflow, dict[str, Any], dict]:
     """Compose with Hydra (recipes, groups, overrides) and build the spec; nothing runs."""
-    from kitchen.config.compose import compose, setup, to_container
+    from kitchen.config.compose import compose, setup, to_container, warn_broken_workflows
 
     found = setup(recipe_dirs)
     data = to_container(compose(overrides, found=found))
     spec, workflow = build_spec(data)
+    warn_broken_workflows(workflow.name)
     return spec, workflow, data, found
 
 

@@ -264,3 +264,22 @@ def test_failing_sink_is_dropped_and_others_keep_receiving(caplog):
     bus.emit("a")
     bus.emit("b")
     assert got == ["a", "b"] and bus.dropped == ["Bad"]
+
+
+def test_a_step_output_without_datums_is_counted_but_moves_nothing():
+    """Nothing to learn from (every RL group tied): the step is logged, the backend is not called."""
+    from kitchen.adapters.noop import NoopTrainingClient
+    from kitchen.engine.pipeline import StepOutput
+
+    spec = SimpleNamespace(pipeline_depth=0, learning_rate=1e-3, lr_schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
+                           beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0)
+    client = NoopTrainingClient()
+    calls = []
+    client.forward_backward = lambda *a, **k: calls.append(a)  # type: ignore[method-assign]
+    ctx = Context(spec=spec, adapters=Adapters(client, None), bus=EventBus(), run_dir=Path("."))  # type: ignore[arg-type]
+    steps = []
+    ctx.bus.listen(lambda e: steps.append(e.data) if e.name == ev.TRAINING_STEP else None)
+    ctx.progress.total_steps = 2
+    run([loop("s", over=lambda c: range(2), body=[stage(lambda c: StepOutput([], metrics={"reward_mean": 1.0}))])], ctx)
+    assert ctx.step == 2 and not calls
+    assert [(s["step"], s["loss"], s["reward_mean"]) for s in steps] == [(1, 0.0, 1.0), (2, 0.0, 1.0)]

@@ -39,7 +39,7 @@ CATALOG = [
     (["recipe=rl_basic", "env=arithmatic"], ["arithmatic", "Did you mean 'arithmetic'?"]),
     (["recipe=rl_basic", "~max_steps"], ["max_steps"]),
     (["renderer=chatml"], ["renderer 'chatml'", "role_colon"]),
-    (["evaluators=[nope]"], ["evaluator 'nope'", "test_nll"]),
+    (["evaluators=[nope]"], ["evaluator 'nope'", "greedy_preview"]),
     (["evaluators=[{_target_: no.such.Module}]"], ["no.such.Module"]),
     (["telemetry.sinks=[console,slack]"], ["sink 'slack'", "jsonl"]),
     (["adapters=tinker"], ["TINKER_API_KEY"]),

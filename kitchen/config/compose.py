@@ -95,6 +95,17 @@ def spec_defaults(model: Any = None, only: Iterable[str] | None = None) -> dict[
     }
 
 
+def warn_broken_workflows(chosen: str | None = None) -> None:
+    """One warning per plugin workflow that could not be loaded (not for the one a run chose: that is its error)."""
+    from kitchen.plugins import warn_once
+
+    from kitchen.plugins import catalog
+
+    for name, why in _BROKEN_WORKFLOWS.items():
+        if name != chosen:
+            warn_once(f"plugin {catalog().source('workflows', name)} is skipped: {why}", key=catalog().source("workflows", name))
+
+
 def store_workflows(cs: Any) -> None:
     """Each known workflow becomes a ``workflow`` group option carrying its own keys' defaults.
 
@@ -103,7 +114,6 @@ def store_workflows(cs: Any) -> None:
     """
     from kitchen.config.spec import own_keys
     from kitchen.errors import KitchenError
-    from kitchen.plugins import warn_once
     from kitchen.workflows import get_workflow, workflow_names
 
     _BROKEN_WORKFLOWS.clear()
@@ -111,8 +121,8 @@ def store_workflows(cs: Any) -> None:
         try:
             workflow = get_workflow(name)
         except KitchenError as exc:
+            # an error if a run chooses it, else one warning per package (warn_broken_workflows)
             _BROKEN_WORKFLOWS[name] = exc.render()
-            warn_once(exc.render())
             continue
         node = {"workflow": {"name": name}, **spec_defaults(workflow.config, own_keys(workflow.config))}
         cs.store(group="workflow", name=name, package="_global_", node=OmegaConf.create(node))
@@ -236,7 +246,8 @@ def key_owners_message(key: str, workflow: str, found: dict[str, recipes_mod.Rec
     names = ", ".join(f"'{w}'" + (f" (from {src})" if src != "kitchen" else "") for w, src in owners)
     recipes = sorted(r.name for r in found.values() if r.workflow in {w for w, _ in owners})
     uses = f" Recipes using it: {', '.join(recipes)}." if recipes else ""
-    return (f"key '{key}' {where} belongs to the {names} workflow, not to '{workflow}', which this run uses.{uses} "
+    noun = "workflow" if len(owners) == 1 else "workflows"
+    return (f"key '{key}' {where} belongs to the {names} {noun}, not to '{workflow}', which this run uses.{uses} "
             f"Run `kitchen describe RECIPE` to see the keys of a recipe's workflow")
 
 

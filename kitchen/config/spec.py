@@ -139,16 +139,25 @@ class BatchKeys(_Strict):
     epochs: int = Field(1, gt=0, description="passes over the data when max_steps is not set")
 
 
-class RolloutKeys(_Strict):
-    """Workflows that sample groups of completions and train on them with a policy-gradient loss."""
+class SamplingKeys(_Strict):
+    """Workflows that sample groups of completions each step (kitchen.stages.rollouts reads these)."""
 
     group_size: int = Field(4, gt=0, description="samples per prompt")
     groups_per_batch: int = Field(4, gt=0, description="prompts per step")
     max_tokens: int = Field(32, gt=0, description="sampled tokens per rollout")
     temperature: float = Field(1.0, ge=0)
+    rollout_concurrency: int = Field(4, gt=0, description="rollout lanes sampling at once")
+
+
+class PolicyGradientKeys(_Strict):
+    """Workflows that train on their samples with a policy-gradient loss."""
+
     loss_fn: Literal["importance_sampling", "ppo"] = "importance_sampling"
     kl_coef: float = Field(0.0, ge=0, description="KL penalty against the reference model")
-    rollout_concurrency: int = Field(4, gt=0, description="rollout lanes sampling at once")
+
+
+class RolloutKeys(SamplingKeys, PolicyGradientKeys):
+    """Sampling plus a policy-gradient loss: RL and on-policy distillation."""
 
 
 def all_keys(model: type[BaseModel]) -> list[str]:

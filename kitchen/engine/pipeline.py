@@ -38,6 +38,10 @@ class StepOutput:
     the step before the backend's; ``loss`` replaces the backend's reported loss when the
     backend trains a surrogate (DPO's reweighted cross_entropy); ``drop_metrics`` names
     backend metrics that mean nothing for this algorithm.
+
+    No ``datums`` means there was nothing to learn from this step (every RL group tied,
+    nothing passed a rejection filter): the step is counted and its metrics published,
+    but the backend is not called, so the weights and the optimizer state do not move.
     """
 
     datums: Sequence[Datum]
@@ -53,8 +57,8 @@ class InFlight:
     step: int  # 1-based optimizer step number
     epoch: int
     output: StepOutput
-    forward_backward: Future
-    optim: Future
+    forward_backward: Future | None  # None: a skipped step (no datums)
+    optim: Future | None
     lr: float
     tokens: int  # trained (nonzero-weight) tokens
     input_tokens: int  # every token the model processed; throughput counts these
@@ -79,13 +83,15 @@ class StepPipeline:
             self._t0 = time.perf_counter()
         datums = list(output.datums)
         training = ctx.training
-        if output.loss_fn_config:
-            fb = training.forward_backward(datums, output.loss_fn, dict(output.loss_fn_config))
-        else:
-            fb = training.forward_backward(datums, output.loss_fn)
         progress = ctx.progress
         lr = self.learning_rate(progress.step)
-        optim = training.optim_step(self.adam(lr))
+        fb = optim = None
+        if datums:
+            if output.loss_fn_config:
+                fb = training.forward_backward(datums, output.loss_fn, dict(output.loss_fn_config))
+            else:
+                fb = training.forward_backward(datums, output.loss_fn)
+            optim = training.optim_step(self.adam(lr))
         item = InFlight(
             step=progress.step + 1, epoch=progress.epoch, output=output, forward_backward=fb, optim=optim, lr=lr,
             tokens=sum(d.num_loss_tokens() for d in datums), input_tokens=sum(d.length for d in datums),
@@ -107,10 +113,10 @@ class StepPipeline:
     def finish(self, item: InFlight) -> None:
         """Await one in-flight step, check it, and publish its metrics."""
         ctx = self.ctx
-        result = item.forward_backward.result()
-        opt = item.optim.result()
+        result = item.forward_backward.result() if item.forward_backward is not None else None
+        opt = item.optim.result() if item.optim is not None else None
         out = item.output
-        loss = result.loss if out.loss is None else out.loss
+        loss = out.loss if out.loss is not None else (result.loss if result is not None else 0.0)
         if not math.isfinite(loss):
             last = ctx.progress.last_checkpoint_step
             kept = (f"The last good checkpoint (step {last}) is kept; resume from it with resume=true after lowering learning_rate."
@@ -132,7 +138,7 @@ class StepPipeline:
         for key, value in out.metrics.items():
             metrics.setdefault(key, value)
         drop = out.drop_metrics
-        for key, value in result.metrics.items():
+        for key, value in (result.metrics if result is not None else {}).items():
             if key not in metrics and key not in drop and isinstance(value, (int, float)):
                 metrics[key] = value
         if opt is not None:

@@ -23,7 +23,7 @@ from kitchen.engine.context import Context
 from kitchen.engine.pipeline import StepOutput
 from kitchen.engine.stage import Stage
 from kitchen.errors import KitchenError
-from kitchen.evaluators import EvalEnv, EvalResult, EvalSample, greedy_completions
+from kitchen.evaluators import EnvAccuracy
 from kitchen.ports.types import Datum
 from kitchen.stages.rollouts import (
     Group,
@@ -117,19 +117,21 @@ class RLStep(Stage):
         rewards = [[s.reward for s in g.samples] for g in groups]
         advantages, _ = batch_group_advantages(rewards)
         datums: list[Datum] = []
-        fallback: list[Datum] = []  # zero-advantage datums, used only if nothing else is left
+        sampled = 0
         for group, advs in zip(groups, advantages):
             for sample, adv in zip(group.samples, advs):
                 if not sample.tokens:
                     continue
+                sampled += 1
                 token_adv: float | list[float] = adv
                 if spec.kl_coef > 0 and sample.ref_logprobs is not None:
                     token_adv = kl_penalty_advantages([adv] * len(sample.tokens), sample.logprobs, sample.ref_logprobs, spec.kl_coef)
                 datum = build_rl_datum(group.prompt_tokens, sample.tokens, sample.logprobs, token_adv)
-                (datums if any(datum.loss_fn_inputs["advantages"]) else fallback).append(datum)
-        if not datums:  # every group degenerate: a zero-gradient step keeps the step count honest
-            datums = fallback[:1]
-        if not datums:
+                if any(datum.loss_fn_inputs["advantages"]):
+                    datums.append(datum)
+        # Every group tied (all right or all wrong): no datums, so the step is counted and
+        # logged but the weights and the optimizer state do not move.
+        if not sampled:
             raise KitchenError(f"Step {ctx.step + 1}: every rollout came back empty (0 sampled tokens); check max_tokens and the stop sequences.")
         samples = [s for g in groups for s in g.samples]
         metrics = rl_step_metrics(rewards, [[s.correct for s in g.samples] for g in groups],
@@ -152,30 +154,6 @@ def emit_rollouts(ctx: Context, groups: list[Group], with_reward: bool = False) 
             s = group.samples[0]
             extra = {"reward": s.reward} if with_reward else {}
             ctx.emit(ev.SAMPLE, tag="rollout", step=ctx.step + 1, prompt=last_user_text(group.prompt_messages), completion=s.text, **extra)
-
-
-class EnvAccuracy:
-    """Greedy accuracy and mean reward on the env's held-out prompts (eval_accuracy, eval_reward)."""
-
-    shows_samples = True
-
-    def __init__(self, env: Any, problems: list[Any]) -> None:
-        self.env = env
-        self.problems = problems
-
-    def __call__(self, env: EvalEnv) -> EvalResult:
-        problems = self.problems if env.want_metrics else self.problems[: env.previews]
-        if not problems:
-            return EvalResult()
-        texts = greedy_completions(env, [p.messages for p in problems], env.spec.max_tokens)
-        scores = [self.env.score(p, t) for p, t in zip(problems, texts)]
-        metrics = {}
-        if env.want_metrics:
-            metrics = {"eval_accuracy": sum(1.0 for s in scores if s.correct) / len(scores),
-                       "eval_reward": sum(s.reward for s in scores) / len(scores)}
-        samples = [EvalSample(last_user_text(p.messages), t, {"reward": s.reward})
-                   for p, t, s in list(zip(problems, texts, scores))[: env.previews]]
-        return EvalResult(metrics, samples)
 
 
 def rl_evaluators(ctx: Context) -> list[Any]:

@@ -62,7 +62,10 @@ def lane_indices(ctx: Context, lane: int, lanes: int, n: int) -> list[int]:
 
 
 def sample_lane(ctx: Context, sampler: Any, renderer: Any, mine: list[int], salt: int = 0) -> Iterator[tuple[Group, Any]]:
-    """Sample ``group_size`` completions for each owned group, all submitted before any is awaited."""
+    """Sample ``group_size`` completions for each owned group, all submitted before any is awaited.
+
+    Reads the ``SamplingKeys`` of the spec (group_size, max_tokens, temperature, seed).
+    """
     spec, groups = ctx.spec, ctx.use(Rollouts).groups
     futures = [sampler.sample(groups[g].prompt_tokens, spec.group_size,
                               sample_params(spec, renderer, sampling_seed(spec.seed, ctx.step, g, salt))) for g in mine]
