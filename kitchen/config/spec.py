@@ -17,7 +17,9 @@ TrainOnWhat = Literal["last_assistant_message", "all_assistant_messages", "all_m
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False (issue 13): learning_rate=inf or 1e999 is a config error naming the key,
+    # not a crash mid-run; no hyperparameter has a meaning at inf or nan.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class WorkflowSpec(_Strict):
@@ -115,6 +117,18 @@ class RunSpec(_Strict):
     # Distillation
     teacher: Optional[str] = Field(None, description="teacher model (alias, path, or RUN_DIR)")
     distill_mode: Literal["on_policy", "off_policy"] = "on_policy"
+
+    # --- issue 13 keys ---
+    resume_from: Optional[str] = Field(
+        None, description="resume from this checkpoint instead of the newest: an index name (step_000010) or a checkpoint folder's path; implies resume=true")
+
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty; pass run_dir=PATH naming a folder for the run")
+        return value
+    # --- end of issue 13 keys ---
 
     @classmethod
     def from_config(cls, data: dict[str, Any], source: str = "the composed config") -> "RunSpec":

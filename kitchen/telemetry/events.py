@@ -7,12 +7,14 @@ bus; a sink that raises is dropped with one warning so telemetry never ends a ru
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 log = logging.getLogger("kitchen.telemetry")
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # see kitchen.diskfull
 
 WORKFLOW_START = "workflow.start"
 WORKFLOW_STOP = "workflow.stop"
@@ -74,8 +76,10 @@ class EventBus:
         for sink in list(self._sinks):
             try:
                 sink.handle(event)
-            except Exception as exc:  # noqa: BLE001 - a sink must never end the run
+            except Exception as exc:  # noqa: BLE001 - a sink must never end the run...
                 self._drop(sink, exc)
+                if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+                    raise  # ...except a full disk: training on without metrics would lose them (issue 13)
         for fn in list(self._listeners):
             try:
                 fn(event)

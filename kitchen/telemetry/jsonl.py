@@ -36,6 +36,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from kitchen.redact import redact_url
 from kitchen.telemetry.events import (
     EVAL_RESULT,
     STAGE_START,
@@ -98,6 +99,8 @@ def redact(obj: Any) -> Any:
         return {k: (REDACTED if is_secret_key(k) and _hide(v) else redact(v)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return redact_url(obj)  # credentials inside URLs (user:pass@host, ?token=...)
     return obj
 
 
@@ -125,6 +128,10 @@ def _redact_fast(obj: Any) -> Any:
                 continue
             if is_secret_key(k) and _hide(v):
                 new = REDACTED
+            elif type(v) is str:
+                if "://" not in v:
+                    continue
+                new = redact_url(v)  # credentials inside URLs
             elif type(v) in _ATOMS:
                 continue
             elif isinstance(v, (dict, list, tuple, Mapping)):
@@ -136,6 +143,8 @@ def _redact_fast(obj: Any) -> Any:
                     out = dict(obj)
                 out[k] = new
         return obj if out is None else out
+    if type(obj) is str:
+        return redact_url(obj) if "://" in obj else obj
     if isinstance(obj, (list, tuple)):
         items = [_redact_fast(v) for v in obj]
         if any(a is not b for a, b in zip(items, obj)):
