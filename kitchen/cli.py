@@ -105,6 +105,8 @@ def run(
     value = result.return_value
     if value.get("user_error") is not None:
         raise value["user_error"]
+    if value.get("status") == "interrupted" and value.get("signum"):  # issue 13: SIGTERM exits 143
+        raise typer.Exit(128 + int(value["signum"]))
     raise typer.Exit({"completed": 0, "interrupted": 130}.get(value.get("status"), 1))
 
 
@@ -126,21 +128,12 @@ def resume(
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value changes, e.g. max_steps=200."),
 ) -> None:
     """Continue a run from its last complete checkpoint (same as re-running with resume=true)."""
-    import yaml
-    from omegaconf import OmegaConf
-
     from kitchen.app import execute
-    from kitchen.config.compose import to_container
     from kitchen.config.spec import RunSpec
-    from kitchen.errors import RunDirError
+    from kitchen.resume_config import resume_config  # issue 13: every malformed input is one paragraph
 
     config = run_dir / "config.yaml"
-    if not config.exists():
-        raise RunDirError(f"{run_dir} has no config.yaml, so it is not a kitchen run directory. Pass the run_dir of an earlier `kitchen run`.")
-    data = yaml.safe_load(config.read_text())
-    merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides or [])))
-    data = to_container(merged)
-    data.update(run_dir=str(run_dir), resume=True, overwrite=False)
+    data = resume_config(run_dir, list(overrides or []))
     spec = RunSpec.from_config(data, source=str(config))
     result = execute(spec)
     raise typer.Exit(result.exit_code)

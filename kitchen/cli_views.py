@@ -118,7 +118,18 @@ def validate_run(spec: RunSpec) -> None:
     if spec.dataset or spec.test_dataset:
         from hydra.utils import instantiate
 
-        store = instantiate(spec.adapters.dataset_store)
+        try:  # issue 13: a blocked or broken _target_ is one paragraph, as in `kitchen run`
+            store = instantiate(spec.adapters.dataset_store)
+        except Exception as exc:  # noqa: BLE001
+            from kitchen.errors import ConfigError, KitchenError
+
+            cause = exc.__cause__ or exc
+            if isinstance(cause, KitchenError):
+                raise cause from None
+            raise ConfigError(
+                f"adapters={spec.adapters.name}: could not build the dataset_store adapter "
+                f"'{spec.adapters.dataset_store.get('_target_')}': {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+            ) from None
         for key in ("dataset", "test_dataset"):
             source = getattr(spec, key)
             if source:

@@ -32,17 +32,17 @@ def check_run_dir_path(path: Path) -> None:
     """Refuse a run_dir that cannot hold a run, before anything is written or created."""
     if not str(path).strip():
         raise RunDirError("run_dir is empty. Pass run_dir=PATH naming a folder for the run (it is created if missing).")
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"run_dir {path} exists and is not a folder. Pass run_dir=PATH naming a folder (new or an earlier run's).")
     absolute = Path(os.path.abspath(path))
-    if absolute.parts[1:2] in (("proc",), ("sys",), ("dev",)):
-        raise RunDirError(f"run_dir {path} lies under /{absolute.parts[1]}, a kernel filesystem that cannot hold a run. "
-                          "Choose a folder on a disk.")
     too_long = [part for part in absolute.parts if len(os.fsencode(part)) > 255]
-    if too_long or len(os.fsencode(str(absolute))) > 4000:
+    if too_long or len(os.fsencode(str(absolute))) > 4000:  # checked first: stat() itself fails on these
         name = too_long[0] if too_long else str(absolute)
         raise RunDirError(f"run_dir {str(path)[:60]}...: the name '{name[:40]}...' is {len(os.fsencode(name))} bytes long; "
                           "a file name may have at most 255 bytes (a whole path 4095). Choose a shorter run_dir.")
+    if absolute.parts[1:2] in (("proc",), ("sys",), ("dev",)):
+        raise RunDirError(f"run_dir {path} lies under /{absolute.parts[1]}, a kernel filesystem that cannot hold a run. "
+                          "Choose a folder on a disk.")
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"run_dir {path} exists and is not a folder. Pass run_dir=PATH naming a folder (new or an earlier run's).")
     parent = absolute
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
