@@ -251,7 +251,8 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
                     data_stats={k: v.to_dict() for k, v in ctx.metadata.items() if k.endswith("_data_stats") and hasattr(v, "to_dict")})
         # issue 13: record this attempt; a failed one never rewrites an earlier completed record,
         # and a run.json that does not fit on a full disk keeps its previous contents.
-        lifecycle.finish_attempt(rundir, info, attempt, previous)
+        if not lifecycle.finish_attempt(rundir, info, attempt, previous) and raised is not None:
+            raised = lifecycle.note_unwritten_info(raised, rundir)
         lifecycle.quiet(lambda: ctx.emit(ev.WORKFLOW_STOP, status=status, step=ctx.step, duration_s=ended - started,
                                          final_metrics=final, run_dir=str(rundir.path)))
         lifecycle.quiet(bus.close)

@@ -123,12 +123,13 @@ def start_attempt(info: dict[str, Any], *, mode: str, started: float, resume_rec
     return attempt
 
 
-def finish_attempt(rundir: RunDir, info: dict[str, Any], attempt: dict[str, Any], previous: dict[str, Any] | None) -> None:
+def finish_attempt(rundir: RunDir, info: dict[str, Any], attempt: dict[str, Any], previous: dict[str, Any] | None) -> bool:
     """Write run.json at the end of an attempt.
 
     A failed attempt on a run whose earlier record said ``completed`` keeps that record
     (its status, step, final metrics) and only adds itself to ``attempts``. If run.json
-    does not fit on the disk, its previous contents stay (the write is atomic).
+    does not fit on the disk, its previous contents stay (the write is atomic) and this
+    returns False.
     """
     attempt.update(status=info.get("status"), ended_at=info.get("ended_at"), step=info.get("step"), error=info.get("error"))
     record = info
@@ -140,8 +141,16 @@ def finish_attempt(rundir: RunDir, info: dict[str, Any], attempt: dict[str, Any]
     except OSError as exc:
         if not is_disk_full(exc):
             raise
-        print("[kitchen] run.json could not be updated (out of disk space); it keeps its previous contents.",
-              file=sys.stderr, flush=True)
+        return False
+    return True
+
+
+def note_unwritten_info(exc: BaseException, rundir: RunDir) -> BaseException:
+    """Add to a user error that run.json could not be updated (so it still says 'running')."""
+    if isinstance(exc, KitchenError):
+        exc.message += f" {rundir.run_json} could not be updated for lack of space and keeps its previous contents."
+        exc.args = (exc.render(),)
+    return exc
 
 
 # -------------------------------------------------------------------------- disk full

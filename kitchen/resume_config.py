@@ -18,16 +18,18 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``key=value`` strings as a nested mapping, values parsed as YAML scalars."""
     from omegaconf import OmegaConf
 
+    cleaned = []
     for item in overrides:
-        key, eq, _ = item.partition("=")
-        key = key.strip()
+        key, eq, value = item.partition("=")
+        key = key.strip().removeprefix("+")  # +key=value adds a key; merging does that anyway
         if not eq or not key or key.startswith((".", "+", "~")) or key.endswith(".") or ".." in key:
             raise ConfigError(
-                f"Could not parse the override '{item}' of `kitchen resume`: it must be key=value "
+                f"Could not parse the override '{item}' of `kitchen resume`: it must be key=value or +key=value "
                 "(e.g. max_steps=200); a key without '=' or with an empty name is not allowed."
             )
+        cleaned.append(f"{key}={value}")
     try:
-        cfg = OmegaConf.from_dotlist(list(overrides))
+        cfg = OmegaConf.from_dotlist(cleaned)
         data = OmegaConf.to_container(cfg, resolve=False)
     except Exception as exc:  # noqa: BLE001 - omegaconf's grammar errors, translated
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

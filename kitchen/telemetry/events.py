@@ -77,9 +77,10 @@ class EventBus:
             try:
                 sink.handle(event)
             except Exception as exc:  # noqa: BLE001 - a sink must never end the run...
-                self._drop(sink, exc)
                 if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+                    self._drop(sink, exc, warn=False)
                     raise  # ...except a full disk: training on without metrics would lose them (issue 13)
+                self._drop(sink, exc)
         for fn in list(self._listeners):
             try:
                 fn(event)
@@ -87,9 +88,10 @@ class EventBus:
                 self._listeners.remove(fn)
                 self._warn(getattr(fn, "__name__", repr(fn)), exc)
 
-    def _drop(self, sink: Sink, exc: Exception) -> None:
+    def _drop(self, sink: Sink, exc: Exception, warn: bool = True) -> None:
         self._sinks.remove(sink)
-        self._warn(type(sink).__name__, exc)
+        if warn:
+            self._warn(type(sink).__name__, exc)
         try:
             sink.close()
         except Exception:  # noqa: BLE001
