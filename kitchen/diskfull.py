@@ -65,6 +65,7 @@ def disk_full_error(exc: BaseException, *, path: str | os.PathLike[str], needed:
     while inner is not None and not (isinstance(inner, OSError) and inner.errno in NO_SPACE):
         inner = inner.__cause__ or inner.__context__
     target = getattr(inner, "filename", None) or str(path)
+    needed = needed or getattr(inner, "needed", None)  # set by writers that know (JsonlSink)
     free = free_bytes(target)
     need = f" This write needs about {_human(needed)}." if needed else ""
     have = f" {_human(free)} are free there." if free is not None else ""

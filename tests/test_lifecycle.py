@@ -238,7 +238,7 @@ def test_full_disk_is_one_paragraph_and_keeps_checkpoints(kitchen, tmp_path, tin
     r = kitchen("run", *NOOP, "max_steps=100000", "save_every=25", f"run_dir={run_dir}")
     assert r.code == 2, r
     assert "Traceback" not in r.err and r.err.strip().startswith("error: Out of disk space while writing"), r
-    assert str(run_dir) in r.err and "bytes are free there" in r.err and "kitchen resume" in r.err, r
+    assert str(run_dir) in r.err and "bytes are free there" in r.err and "needs about" in r.err and "kitchen resume" in r.err, r
     info = info_of(run_dir)  # still valid JSON: updated if it fit, else its previous contents
     assert info["status"] in ("failed", "running")
     assert not [p for p in run_dir.rglob("*.tmp*")], list(run_dir.rglob("*.tmp*"))

@@ -280,6 +280,14 @@ def metrics_row_for_eval(data: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _with_path(exc: OSError, path: Path, line: str) -> OSError:
+    """A buffered write's OSError names no file; say which one, and how much it was writing
+    (issue 13: a full disk is reported with the path and the bytes needed)."""
+    out = OSError(exc.errno, exc.strerror or str(exc), str(path))
+    out.needed = len(line.encode("utf-8"))  # type: ignore[attr-defined]
+    return out
+
+
 class JsonlSink:
     """Appends every event to ``run_dir/events.jsonl`` and metrics to ``run_dir/metrics.jsonl``."""
 
@@ -313,18 +321,26 @@ class JsonlSink:
         else:
             record = {"event": name, "time": event.time}
         events = self._events
-        events.write(dumps(record) + "\n")
-        if name in _NO_FLUSH:
-            return
-        events.flush()
+        line = dumps(record) + "\n"
+        try:
+            events.write(line)
+            if name in _NO_FLUSH:
+                return
+            events.flush()
+        except OSError as exc:
+            raise _with_path(exc, self.events_path, line) from None
         if name == TRAINING_STEP:
             self._write_metrics(metrics_row_for_step(data))
         elif name == EVAL_RESULT:
             self._write_metrics(_redact_fast(metrics_row_for_eval(data)))
 
     def _write_metrics(self, row: dict[str, Any]) -> None:
-        self._metrics.write(dumps(row) + "\n")
-        self._metrics.flush()
+        line = dumps(row) + "\n"
+        try:
+            self._metrics.write(line)
+            self._metrics.flush()
+        except OSError as exc:
+            raise _with_path(exc, self.metrics_path, line) from None
 
     def flush(self) -> None:
         if not self._closed:
