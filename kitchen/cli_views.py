@@ -113,7 +113,7 @@ def validate_run(spec: RunSpec) -> None:
     from kitchen.workflows import get_workflow
 
     workflow = get_workflow(spec.workflow.name)
-    RunDir(Path(spec.run_dir)).check_can_start(resume=spec.resume, overwrite=spec.overwrite)
+    RunDir(Path(spec.run_dir)).check_can_start(resume=spec.resume or spec.resume_from is not None, overwrite=spec.overwrite)  # issue 13
     rows: dict[str, int] = {}
     if spec.dataset or spec.test_dataset:
         from hydra.utils import instantiate
