@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kitchen.config.spec import RunSpec
-from kitchen.engine.context import Context
+from kitchen.engine.context import Adapters, Context
 from kitchen.engine.runner import Runner, StopRun
 from kitchen.errors import BackendError, ConfigError, KitchenError
 from kitchen.preflight import Prepared, preflight
@@ -27,6 +27,7 @@ from kitchen.telemetry import events as ev
 from kitchen.telemetry.events import EventBus
 
 EXIT_OK, EXIT_ERROR, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+_STOP_SIGNALS = ("SIGINT", "SIGTERM")  # issue 13: SIGTERM (schedulers, docker stop) = first Ctrl-C
 VERSIONED_PACKAGES = ("crucible-kitchen", "torch", "transformers", "peft", "hydra-core", "tinker", "datasets")
 
 
@@ -37,9 +38,12 @@ class RunResult:
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    signum: int | None = None  # issue 13: the signal that interrupted the run (exit 128 + signum)
 
     @property
     def exit_code(self) -> int:
+        if self.status == "interrupted" and self.signum:
+            return 128 + self.signum
         return {"completed": EXIT_OK, "interrupted": EXIT_INTERRUPTED}.get(self.status, EXIT_ERROR)
 
 
@@ -93,26 +97,34 @@ def write_config(rundir: RunDir, data: dict[str, Any]) -> None:
 
 
 class _GracefulStop:
-    """First Ctrl-C: finish the current step, checkpoint, exit 130. Second: stop now."""
+    """First Ctrl-C or SIGTERM: finish the current step, checkpoint, exit 128 + signal
+    (130 / 143). Second: stop now."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.previous: Any = None
+        self.previous: dict[int, Any] = {}
+        self.signum: int | None = None
 
     def __enter__(self) -> "_GracefulStop":
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            for name in _STOP_SIGNALS:
+                sig = getattr(signal, name)
+                self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.ctx.stop_requested:
             raise KeyboardInterrupt
         self.ctx.stop_requested = True
-        self.ctx.emit(ev.RUN_WARNING, message="Ctrl-C: finishing the current step and writing a checkpoint (press again to stop at once)")
+        self.signum = signum
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        again = "press again" if signum == signal.SIGINT else "send it again"
+        self.ctx.emit(ev.RUN_WARNING, message=f"{what}: finishing the current step and writing a checkpoint ({again} to stop at once)")
 
     def __exit__(self, *exc: Any) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, previous in self.previous.items():
+            if previous is not None:
+                signal.signal(sig, previous)
 
 
 def execute(spec: RunSpec) -> RunResult:
@@ -124,22 +136,51 @@ def execute(spec: RunSpec) -> RunResult:
 
 def execute_prepared(prepared: "Prepared") -> RunResult:
     """Run a spec that passed preflight. Nothing is written until the training adapter is built."""
-    spec, workflow, ctx, mode = prepared.spec, prepared.workflow, prepared.ctx, prepared.mode
+    from kitchen import lifecycle  # lock, leftovers, attempts, disk full, resume_from
+
+    spec, workflow, ctx = prepared.spec, prepared.workflow, prepared.ctx
     rundir = RunDir(Path(spec.run_dir))
-    resume_record = ctx.progress.resume_from  # with no checkpoint yet, a resume starts from step 0 in the same folder
-    previous = rundir.read_info() if mode == "resume" else None
+    resume = spec.resume or spec.resume_from is not None  # resume_from implies resume
     adapters = ctx.adapters
     adapters.training = build_training(spec)  # a backend that refuses the job fails here, before any file is written
     runner = Runner(workflow)
 
-    rundir.path.mkdir(parents=True, exist_ok=True)
-    moved = rundir.move_aside() if mode == "overwrite" else None
+    # --- issue 13: one live run per folder; decide again under the lock ---
+    lock = lifecycle.lock_run_dir(rundir, resume=resume)
+    try:
+        mode = rundir.check_can_start(resume=resume, overwrite=spec.overwrite)
+        moved = None
+        if mode == "overwrite":
+            moved = rundir.move_aside()
+            lock.release()
+            lock = lifecycle.lock_run_dir(rundir, resume=False)
+        # with no checkpoint yet, a resume starts from step 0 in the same folder
+        resume_record = lifecycle.resume_record(rundir, spec.resume_from) if mode == "resume" else None
+        ctx.progress.resume_from = resume_record
+        previous = rundir.read_info() if mode == "resume" else None
+        return _execute_locked(spec, workflow, rundir, ctx, adapters, runner, mode, moved, resume_record, previous)
+    finally:
+        lock.release()
+
+
+def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, adapters: Adapters, runner: Runner,
+                    mode: str, moved: Path | None, resume_record: dict[str, Any] | None,
+                    previous: dict[str, Any] | None) -> RunResult:
+    """The run itself, while this process holds the run-dir lock (issue 13 split)."""
+    from kitchen import lifecycle
+
     bus = ctx.bus = build_bus(spec, rundir.path)
     if moved is not None:
         ctx.emit(ev.RUN_INFO, message=f"the previous run was moved to {moved}")
-    write_config(rundir, spec.model_dump(mode="json"))  # the complete validated spec, defaults included
+    lifecycle.report_leftovers(ctx, rundir)  # issue 13: temp files of killed writes
+    try:
+        write_config(rundir, spec.model_dump(mode="json"))  # the complete validated spec, defaults included
+    except OSError as exc:
+        bus.close()
+        raise lifecycle.as_user_error(exc, rundir) from None
     started = time.time()
     info: dict[str, Any] = dict(previous or {})
+    attempt = lifecycle.start_attempt(info, mode=mode, started=started, resume_record=resume_record)  # issue 13
     info.update(
         status="running",
         recipe=spec.recipe,
@@ -153,18 +194,23 @@ def execute_prepared(prepared: "Prepared") -> RunResult:
         ended_at=None,
         git_sha=_git_sha(),
         versions=_versions(),
-        argv=[a for a in sys.argv[1:] if "key" not in a.lower() and "token" not in a.lower()],
+        argv=lifecycle.redacted_argv(),  # issue 13: hide secret-looking keys, keep max_tokens=...
         pid=os.getpid(),
     )
-    rundir.write_info(info)
-    ctx.emit(
-        ev.WORKFLOW_START, workflow=workflow.name, recipe=spec.recipe, run_dir=str(rundir.path),
-        model=spec.model, backend=spec.adapters.name, resumed_from_step=(resume_record or {}).get("step", 0),
-    )
-    status, error, raised = "failed", None, None
     try:
-        with _GracefulStop(ctx):
+        rundir.write_info(info)
+    except OSError as exc:
+        bus.close()
+        raise lifecycle.as_user_error(exc, rundir) from None
+    status, error, raised = "failed", None, None
+    stopper = _GracefulStop(ctx)
+    try:
+        with stopper:
             try:
+                ctx.emit(  # issue 13: inside the try, so a full disk here is reported like any other
+                    ev.WORKFLOW_START, workflow=workflow.name, recipe=spec.recipe, run_dir=str(rundir.path),
+                    model=spec.model, backend=spec.adapters.name, resumed_from_step=(resume_record or {}).get("step", 0),
+                )
                 runner.run(ctx)
                 status = "completed"
             except (StopRun, KeyboardInterrupt):
@@ -175,10 +221,14 @@ def execute_prepared(prepared: "Prepared") -> RunResult:
                     save_checkpoint(ctx)
     except KitchenError as exc:
         error, raised = exc.render(), exc
-        ctx.emit(ev.WORKFLOW_EXCEPTION, error=error, type=type(exc).__name__)
+        lifecycle.quiet(lambda: ctx.emit(ev.WORKFLOW_EXCEPTION, error=error, type=type(raised).__name__))
     except Exception as exc:  # noqa: BLE001 - recorded, then re-raised for a traceback
-        error, raised = f"{type(exc).__name__}: {exc}", exc
-        ctx.emit(ev.WORKFLOW_EXCEPTION, error=error, type=type(exc).__name__)
+        if lifecycle.is_disk_full(exc):  # issue 13: a full disk is one paragraph, exit 2
+            exc = lifecycle.as_user_error(exc, rundir)
+            error, raised = exc.render(), exc
+        else:
+            error, raised = f"{type(exc).__name__}: {exc}", exc
+        lifecycle.quiet(lambda: ctx.emit(ev.WORKFLOW_EXCEPTION, error=error, type=type(raised).__name__))
     finally:
         ended = time.time()
         final = {k: v for k, v in ctx.metrics.items() if isinstance(v, (int, float))}
@@ -186,16 +236,20 @@ def execute_prepared(prepared: "Prepared") -> RunResult:
                     total_steps=ctx.progress.total_steps, final_metrics=final, error=error,
                     eval_history=ctx.metadata.get("eval_history", []),
                     data_stats={k: v.to_dict() for k, v in ctx.metadata.items() if k.endswith("_data_stats") and hasattr(v, "to_dict")})
-        rundir.write_info(info)
-        ctx.emit(ev.WORKFLOW_STOP, status=status, step=ctx.step, duration_s=ended - started, final_metrics=final, run_dir=str(rundir.path))
-        bus.close()
+        # issue 13: record this attempt; a failed one never rewrites an earlier completed record,
+        # and a run.json that does not fit on a full disk keeps its previous contents.
+        if not lifecycle.finish_attempt(rundir, info, attempt, previous) and raised is not None:
+            raised = lifecycle.note_unwritten_info(raised, rundir)
+        lifecycle.quiet(lambda: ctx.emit(ev.WORKFLOW_STOP, status=status, step=ctx.step, duration_s=ended - started,
+                                         final_metrics=final, run_dir=str(rundir.path)))
+        lifecycle.quiet(bus.close)
         try:
             adapters.training.close()
         except Exception:  # noqa: BLE001
             pass
     if raised is not None:
         raise raised
-    return RunResult(status=status, run_dir=str(rundir.path), step=ctx.step, metrics=final)
+    return RunResult(status=status, run_dir=str(rundir.path), step=ctx.step, metrics=final, signum=stopper.signum)
 
 
 def hydra_sweep_task(cfg: Any) -> dict[str, Any]:

@@ -119,21 +119,13 @@ def resume(
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value changes, e.g. max_steps=200."),
 ) -> None:
     """Continue a run from its last complete checkpoint (same as re-running with resume=true)."""
-    import yaml
-    from omegaconf import OmegaConf
-
     from kitchen.app import execute
-    from kitchen.config.compose import setup, to_container
-    from kitchen.errors import RunDirError
+    from kitchen.config.compose import setup
     from kitchen.preflight import build_spec
+    from kitchen.resume_config import resume_config  # every malformed input is one paragraph
 
     config = run_dir / "config.yaml"
-    if not config.exists():
-        raise RunDirError(f"{run_dir} has no config.yaml, so it is not a kitchen run directory. Pass the run_dir of an earlier `kitchen run`.")
-    data = yaml.safe_load(config.read_text())
-    merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides or [])))
-    data = to_container(merged)
-    data.update(run_dir=str(run_dir), resume=True, overwrite=False)
+    data = resume_config(run_dir, list(overrides or []))
     setup()  # plugins' workflows by name
     spec, _ = build_spec(data, source=str(config))
     result = execute(spec)

@@ -66,12 +66,18 @@ def preflight(spec: RunSpec, workflow: Workflow, check_run_dir: bool = True) -> 
     from kitchen.engine.runner import Runner
     from kitchen.rundir import RunDir
 
+    from kitchen import lifecycle
+
     rundir = RunDir(Path(spec.run_dir))
-    mode = rundir.check_can_start(resume=spec.resume, overwrite=spec.overwrite) if check_run_dir else "fresh"
+    resume = spec.resume or spec.resume_from is not None  # resume_from implies resume
+    mode = "fresh"
+    if check_run_dir:
+        lifecycle.check_run_dir_path(rundir.path)
+        mode = rundir.check_can_start(resume=resume, overwrite=spec.overwrite)
     for sink in spec.telemetry.sinks:
         resolve("sinks", sink)
     store = build("adapters", dict(spec.adapters.dataset_store))
     ctx = Context(spec=spec, adapters=Adapters(training=None, dataset_store=store), bus=EventBus(), run_dir=rundir.path)  # type: ignore[arg-type]
-    ctx.progress.resume_from = rundir.last_checkpoint() if mode == "resume" else None
+    ctx.progress.resume_from = lifecycle.resume_record(rundir, spec.resume_from) if mode == "resume" else None
     Runner(workflow).validate(ctx)
     return Prepared(spec, workflow, ctx, mode)

@@ -9,12 +9,18 @@
 
 Every file written here is written atomically (temporary file, fsync, rename), so a
 killed run never leaves a half-written run.json or checkpoint index entry.
+
+Paths inside the folder are stored relative to it (the checkpoint index's ``path``),
+so a run dir that is moved or copied still resumes from its checkpoints. Records
+written by older versions hold absolute paths; those still load, and when the folder
+was moved since, the checkpoint is found again by name under ``checkpoints/``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -27,13 +33,28 @@ FINISHED = "completed"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: on failure (a full disk) the old file stays
+    untouched and the temporary file is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+# Temporary names left behind by a killed write: ``.step_000010.tmp-abc123`` (local
+# backend), ``.step_000010.tmp`` (noop), ``.run.json.tmp-1234`` (atomic_write_text).
+_LEFTOVER = re.compile(r"^\..+\.tmp(-[^/]*)?$")
+_STEP_NAME = re.compile(r"^step_(\d+)$")
 
 
 @dataclass
@@ -74,12 +95,56 @@ class RunDir:
     # -- checkpoints ------------------------------------------------------------------
 
     def add_checkpoint(self, record: dict[str, Any]) -> None:
-        """Append one index line; the line is the commit point of a checkpoint."""
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        with open(self.index, "a", encoding="utf-8") as fh:
+        """Append one index line; the line is the commit point of a checkpoint.
+
+        A path inside the run dir is stored relative to it (so the folder can move), and
+        a torn last line left by a killed run is ended first (the same repair as the
+        telemetry writer's), so this record is never glued onto the fragment.
+        """
+        from kitchen.telemetry.jsonl import open_append
+
+        record = dict(record)
+        record["path"] = self.relative(record.get("path", ""))
+        with open_append(self.index) as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the run dir when it lies inside it; anything else unchanged."""
+        if not path or "://" in path or not os.path.isabs(path):
+            return path
+        for root in {self.path.absolute(), self.path.resolve()}:
+            try:
+                return Path(os.path.abspath(path)).relative_to(root).as_posix()
+            except ValueError:
+                pass
+            try:
+                return Path(path).resolve().relative_to(root).as_posix()
+            except (ValueError, OSError):
+                pass
+        return path
+
+    def locate(self, record: dict[str, Any]) -> str | None:
+        """Where a record's checkpoint is now: an existing local path, a remote URL, or None.
+
+        Relative paths are taken from the run dir. An absolute path from an older version
+        is used when it still exists; when the folder was moved since, the checkpoint is
+        looked up by its name under ``checkpoints/`` of this folder.
+        """
+        path = str(record.get("path", ""))
+        if "://" in path:
+            return path
+        if path and not os.path.isabs(path):
+            candidate = self.path / path
+            return str(candidate.absolute()) if candidate.exists() else None
+        if path and Path(path).exists():
+            return path
+        name = str(record.get("name") or (Path(path).name if path else ""))
+        candidate = self.checkpoints / name
+        if name and candidate.exists():
+            return str(candidate.absolute())
+        return None
 
     def list_checkpoints(self) -> list[dict[str, Any]]:
         if not self.index.exists():
@@ -87,18 +152,84 @@ class RunDir:
         records = []
         for line in self.index.read_text().splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a torn last line from a killed run
+            if isinstance(record, dict) and "step" in record:
+                records.append(record)
         return records
 
+    def _resolved(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        where = self.locate(record)
+        if where is None:
+            return None
+        return {**record, "path": where}
+
     def last_checkpoint(self) -> dict[str, Any] | None:
-        """The newest indexed checkpoint whose files still exist (remote paths are trusted)."""
+        """The newest indexed checkpoint whose files still exist (remote paths are trusted),
+        with its ``path`` made absolute for the current location of the run dir."""
         for record in reversed(self.list_checkpoints()):
-            path = record.get("path", "")
-            if "://" in path or Path(path).exists():
-                return record
+            found = self._resolved(record)
+            if found is not None:
+                return found
         return None
+
+    def find_checkpoint(self, wanted: str) -> dict[str, Any]:
+        """The checkpoint ``resume_from=`` names: an index name (``step_000010``) or a path.
+
+        Raises RunDirError listing the checkpoints there are when nothing matches.
+        """
+        records = self.list_checkpoints()
+        for record in reversed(records):
+            if record.get("name") == wanted:
+                found = self._resolved(record)
+                if found is not None:
+                    return found
+        target = Path(wanted).expanduser()
+        if target.exists():
+            target_abs = target.resolve()
+            for record in reversed(records):
+                where = self.locate(record)
+                if where and "://" not in where and Path(where).resolve() == target_abs:
+                    return {**record, "path": str(target_abs)}
+            match = _STEP_NAME.match(target_abs.name)
+            if match:
+                return {"name": target_abs.name, "step": int(match.group(1)), "path": str(target_abs), "epoch": 0}
+            raise RunDirError(
+                f"resume_from={wanted}: {target_abs} is not a checkpoint of {self.path} and its name does not "
+                "say its step (expected a folder named step_NNNNNN)."
+            )
+        names = [str(r.get("name")) for r in records if self.locate(r) is not None]
+        listing = ", ".join(names) if names else "none"
+        raise RunDirError(
+            f"resume_from={wanted}: no such checkpoint in {self.path}. Checkpoints there: {listing}. "
+            "Pass one of these names or the path of a checkpoint folder."
+        )
+
+    def remove_leftovers(self) -> tuple[int, int]:
+        """Delete temporary files and folders a killed write left behind; returns (count, bytes).
+
+        Only names that the atomic writers use for their temporaries are touched, and only
+        while this process holds the run-dir lock, so no live writer can own them.
+        """
+        count = size = 0
+        for folder in (self.path, self.checkpoints, self.final, self.final.parent):
+            if not folder.is_dir():
+                continue
+            for entry in folder.iterdir():
+                if not _LEFTOVER.match(entry.name) or entry.name.startswith(".kitchen.lock"):
+                    continue
+                try:
+                    if entry.is_dir() and not entry.is_symlink():
+                        size += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+                        shutil.rmtree(entry)
+                    else:
+                        size += entry.lstat().st_size
+                        entry.unlink()
+                    count += 1
+                except OSError:
+                    pass
+        return count, size
 
     # -- safety ---------------------------------------------------------------------
 

@@ -110,3 +110,129 @@ def test_debug_shows_the_traceback(kitchen, tmp_path):
 
 def test_resume_of_non_run_dir(kitchen, tmp_path):
     assert_user_error(kitchen("resume", str(tmp_path)), "not a kitchen run directory")
+
+
+# ------------------------------------------------------------------------------------------
+# The catalog (issue 13): every malformed input class through the real CLI, with a tally.
+# Each case: (class, name, setup(tmp) -> argv, needles that must appear in the one paragraph).
+
+_MSG = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+_CATALOG_NOOP = ("adapters=noop", "telemetry=jsonl", "max_steps=2", "num_preview_samples=0")
+_LOCAL = ("adapters=local", "telemetry=jsonl", "max_steps=2", "batch_size=2", "~test_dataset", "num_preview_samples=0")
+
+
+def _run(*extra):
+    return lambda tmp: ["run", *_CATALOG_NOOP, *extra, f"run_dir={tmp / 'x'}"] if not any(e.startswith("run_dir=") for e in extra) \
+        else ["run", *_CATALOG_NOOP, *extra]
+
+
+def _file(name: str, content: bytes | str, *argv_of_path):
+    def setup(tmp):
+        path = tmp / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return [a.replace("{path}", str(path)).replace("{tmp}", str(tmp)) for a in argv_of_path]
+    return setup
+
+
+def _finished_run(*resume_args):
+    def setup(tmp):
+        from conftest import run_kitchen
+
+        assert run_kitchen("run", *_CATALOG_NOOP, f"run_dir={tmp / 'done'}").code == 0
+        return ["resume", str(tmp / "done"), *resume_args]
+    return setup
+
+
+def _fake_run(config_text: str):
+    def setup(tmp):
+        (tmp / "r").mkdir()
+        (tmp / "r" / "config.yaml").write_text(config_text)
+        return ["resume", str(tmp / "r")]
+    return setup
+
+
+def _recipe(body: str, *argv):
+    def setup(tmp):
+        (tmp / "rec").mkdir()
+        (tmp / "rec" / "evil.yaml").write_text("# @package _global_\n" + body)
+        data = tmp / "ok.jsonl"
+        data.write_text(_MSG + "\n")
+        return [a.replace("{tmp}", str(tmp)).replace("{data}", str(data)) for a in argv]
+    return setup
+
+
+CATALOG = [
+    # config values
+    ("config", "unknown key", _run("learnin_rate=3e-4"), ["learnin_rate"]),
+    ("config", "not a number", _run("learning_rate=abc"), ["learning_rate"]),
+    ("config", "zero batch", _run("batch_size=0"), ["batch_size"]),
+    ("config", "negative steps", _run("max_steps=-5"), ["max_steps"]),
+    ("config", "bad literal", _run("lr_schedule=wavy"), ["lr_schedule"]),
+    ("config", "unknown recipe", _run("recipe=nope"), ["nope"]),
+    ("config", "unknown group choice", _run("adapters=nope"), ["nope"]),
+    ("float", "learning_rate=inf", _run("learning_rate=inf"), ["learning_rate", "finite"]),
+    ("float", "learning_rate=1e999", _run("learning_rate=1e999"), ["learning_rate", "finite"]),
+    ("float", "learning_rate=nan", _run("learning_rate=nan"), ["learning_rate", "finite"]),
+    ("float", "weight_decay=inf", _run("weight_decay=inf"), ["weight_decay", "finite"]),
+    ("float", "temperature=-inf", _run("temperature=-inf"), ["temperature"]),
+    ("override", "empty key =3", _run("=3"), ["'=3'", "key before '=' is empty"]),
+    ("override", "integer of 5000 digits", _run("max_steps=" + "9" * 5000), ["max_steps", "5000 digits"]),
+    ("run_dir", "an existing file", _file("afile", "x", "run", *_CATALOG_NOOP, "run_dir={path}"), ["is not a folder"]),
+    ("run_dir", "under /proc", _run("run_dir=/proc/kitchen-run"), ["/proc"]),
+    ("run_dir", "a name too long", lambda tmp: ["run", *_CATALOG_NOOP, f"run_dir={tmp / ('a' * 300)}"], ["255 bytes"]),
+    ("run_dir", "empty", _run("run_dir="), ["run_dir", "empty"]),
+    ("run_dir", "empty with overwrite", _run("run_dir=", "overwrite=true"), ["run_dir", "empty"]),
+    ("run_dir", "under a file", _file("afile", "x", "run", *_CATALOG_NOOP, "run_dir={path}/sub"), ["is a file"]),
+    ("data", "missing file", _run("dataset=/nonexistent/train.jsonl"), ["/nonexistent/train.jsonl"]),
+    ("data", ".jsonl.gz that is not gzip", _file("bad.jsonl.gz", b"plain text", "run", *_CATALOG_NOOP, "dataset={path}", "run_dir={tmp}/x"), ["gzip"]),
+    ("data", "deeply nested JSON line", _file("deep.jsonl", _MSG + "\n" + '{"messages": ' + "[" * 5000 + "]" * 5000 + "}\n",
+                                              "run", *_CATALOG_NOOP, "dataset={path}", "~test_dataset", "run_dir={tmp}/x"), ["line 2", "deeply"]),
+    ("data", "deeply nested .json", _file("deep.json", "[" * 5000 + "]" * 5000, "run", *_CATALOG_NOOP, "dataset={path}", "run_dir={tmp}/x"), ["deeply"]),
+    ("data", "malformed JSONL line", _file("bad.jsonl", _MSG + "\n{oops\n", "run", *_CATALOG_NOOP, "dataset={path}", "run_dir={tmp}/x"), ["line 2"]),
+    ("local", "garbage .gguf", _file("model.gguf", b"garbage!", "run", *_LOCAL, "model={path}", "run_dir={tmp}/x"), ["not a GGUF file"]),
+    ("local", "threads=-2", lambda tmp: ["run", *_LOCAL, "model=tiny-llama", "+adapters.training.threads=-2", f"run_dir={tmp / 'x'}"], ["threads"]),
+    ("local", "lora_rank too large to allocate", lambda tmp: ["run", *_LOCAL, "model=tiny-llama", "lora_rank=100000000", f"run_dir={tmp / 'x'}"], ["lora_rank=100000000"]),
+    ("resume", "override without '='", _finished_run("max_steps"), ["max_steps", "key=value"]),
+    ("resume", "override with empty key", _finished_run("=5"), ["'=5'"]),
+    ("resume", "bad value", _finished_run("max_steps=abc"), ["max_steps"]),
+    ("resume", "unknown checkpoint", _finished_run("resume_from=step_000099"), ["no such checkpoint"]),
+    ("resume", "config.yaml is a list", _fake_run("- a\n- b\n"), ["not the mapping"]),
+    ("resume", "config.yaml is not YAML", _fake_run("a: [1\n"), ["not valid YAML"]),
+    ("resume", "not a run dir", lambda tmp: ["resume", str(tmp)], ["not a kitchen run directory"]),
+    ("recipe", "_target_: os.system (validate)", _recipe("adapters:\n  dataset_store:\n    _target_: os.system\n    command: echo hi\n",
+                                                           "validate", "recipe=evil", "--recipes-dir", "{tmp}/rec", "dataset={data}"), ["os.system"]),
+    ("recipe", "_target_: os.system (run)", _recipe("adapters:\n  training:\n    _target_: os.system\n    command: echo hi\n",
+                                                      "run", "recipe=evil", "--recipes-dir", "{tmp}/rec", "run_dir={tmp}/x"), ["os.system"]),
+    ("recipe", "malformed recipe YAML", _recipe("model: tiny\nlearning_rate: [1e-4\n", "run", "recipe=evil", "--recipes-dir", "{tmp}/rec"), ["evil.yaml"]),
+]
+
+
+def test_bad_input_catalog(tmp_path, capsys):
+    """Every case: exit 2, one paragraph starting with 'error:', no traceback. Prints the tally."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import run_kitchen
+
+    def one(i_case):
+        i, (klass, name, setup, needles) = i_case
+        tmp = tmp_path / f"case{i}"
+        tmp.mkdir()
+        try:
+            r = run_kitchen(*setup(tmp), cwd=tmp)
+        except Exception as exc:  # noqa: BLE001 - a setup failure is a failed case
+            return klass, name, False, f"setup: {exc}"
+        ok = r.code == 2 and "Traceback" not in r.text and r.err.strip().startswith("error:") and all(n in r.err for n in needles)
+        return klass, name, ok, "" if ok else f"exit {r.code}: {r.err.strip()[-300:]}"
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(one, enumerate(CATALOG)))
+    classes = sorted({k for k, *_ in results})
+    with capsys.disabled():
+        print(f"\nbad-input catalog: {sum(ok for _, _, ok, _ in results)}/{len(results)} exit 2 with one paragraph, no traceback")
+        for klass in classes:
+            mine = [r for r in results if r[0] == klass]
+            print(f"  {klass:9s} {sum(ok for _, _, ok, _ in mine)}/{len(mine)}")
+        for klass, name, ok, why in results:
+            if not ok:
+                print(f"  FAIL {klass}/{name}: {why}")
+    assert all(ok for _, _, ok, _ in results), [(k, n, why) for k, n, ok, why in results if not ok]

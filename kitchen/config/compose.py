@@ -134,6 +134,7 @@ def compose(overrides: list[str], recipe_dirs: Iterable[str] = (), *, found: dic
     from hydra import initialize
 
     found = found if found is not None else setup(recipe_dirs)
+    check_override_syntax(overrides)  # issue 13
     try:
         with initialize(config_path=None, version_base=VERSION_BASE, job_name="kitchen"):
             return hydra_compose(config_name=PRIMARY, overrides=list(overrides))
@@ -164,6 +165,7 @@ def launch(
     from hydra_zen import launch as zen_launch
 
     found = found if found is not None else setup(recipe_dirs)
+    check_override_syntax(overrides)  # issue 13
     try:
         return zen_launch(
             primary_node(),
@@ -182,6 +184,8 @@ def launch(
             raise
         if _is_hydra_error(exc):
             raise translate(exc, overrides, found) from None
+        if isinstance(exc, OSError) and exc.filename:  # issue 13: Hydra creating hydra.run.dir (= run_dir)
+            raise run_dir_error(exc) from None
         raise
 
 
@@ -216,6 +220,43 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
         for value in values[1:]:
             jobs.append(fixed + [v[0] if j != i else value for j, v in enumerate(swept)])
     return jobs
+# --- issue 13: malformed overrides and an uncreatable run_dir, as one paragraph ----------
+_HUGE_INT = re.compile(r"(?<![\w.])[-+]?\d{4000,}(?![\w.])")
+
+
+def check_override_syntax(overrides: Iterable[str]) -> None:
+    """Catch what Hydra's parser turns into a bare ValueError (a traceback): an override
+    with an empty key (``=3``) and an integer too long for Python to parse (> 4300 digits)."""
+    for item in overrides:
+        if item.startswith("-"):
+            continue  # an option Typer left in place
+        key, eq, value = item.partition("=")
+        if eq and not key.lstrip("+~").strip():
+            raise ConfigError(
+                f"Could not parse the override '{item[:60]}': the key before '=' is empty. "
+                "Use key=value, group=choice, +key=value or ~key."
+            )
+        if eq and _HUGE_INT.search(value):
+            digits = max(len(m.group(0).lstrip("+-")) for m in _HUGE_INT.finditer(value))
+            raise ConfigError(
+                f"The override '{key}' holds an integer with {digits} digits, more than a number can hold here "
+                "(at most 4000 digits). Pass a smaller value."
+            )
+
+
+def run_dir_error(exc: OSError) -> ConfigError:
+    """Hydra could not create the run folder: say which path and why."""
+    from pathlib import Path
+
+    from kitchen.errors import RunDirError
+    from kitchen.lifecycle import check_run_dir_path
+
+    path = Path(str(exc.filename))
+    try:
+        check_run_dir_path(path)
+    except RunDirError as specific:
+        return specific  # type: ignore[return-value]
+    return RunDirError(f"Cannot create run_dir {path}: {exc.strerror or exc}. Choose a folder you can write to.")  # type: ignore[return-value]
 
 
 def _recipe_choosing(group: str, choice: str, found: dict[str, recipes_mod.Recipe]) -> recipes_mod.Recipe | None:

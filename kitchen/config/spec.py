@@ -17,7 +17,9 @@ TrainOnWhat = Literal["last_assistant_message", "all_assistant_messages", "all_m
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False (issue 13): learning_rate=inf or 1e999 is a config error naming the key,
+    # not a crash mid-run; no hyperparameter has a meaning at inf or nan.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class WorkflowSpec(_Strict):
@@ -103,8 +105,17 @@ class RunSpec(_Strict):
     preview_max_tokens: int = Field(48, gt=0)
     pipeline_depth: int = Field(1, ge=0, description="steps kept in flight before awaiting results (remote backends)")
     max_retries: int = Field(3, ge=0, description="kitchen-level retries of a failed backend call")
+    resume_from: Optional[str] = Field(
+        None, description="resume from this checkpoint instead of the newest: an index name (step_000010) or a checkpoint folder's path; implies resume=true")
     evaluators: list[Union[str, dict[str, Any]]] = Field(
         default_factory=list, description="extra evaluators run with the workflow's own: names or {_target_: ...} nodes")
+
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty; pass run_dir=PATH naming a folder for the run")
+        return value
 
     @classmethod
     def from_config(cls, data: dict[str, Any], source: str = "the composed config", elsewhere: Any = None) -> "RunSpec":

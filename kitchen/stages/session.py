@@ -62,6 +62,8 @@ class OpenSession(Stage):
         if hasattr(client, "set_checkpoint_dir"):
             client.set_checkpoint_dir(ctx.run_dir / "checkpoints")
         facts = client.start_session(session_config(ctx.spec))
+        for message in facts.pop("warnings", None) or []:  # issue 13: backend warnings (e.g. lora_rank > hidden size)
+            ctx.emit(ev.RUN_WARNING, message=message)
         ctx.metadata["session"] = facts
         session = ctx.use(Session)
         session.facts = facts

@@ -7,12 +7,14 @@ bus; a sink that raises is dropped with one warning so telemetry never ends a ru
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 log = logging.getLogger("kitchen.telemetry")
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # see kitchen.diskfull
 
 WORKFLOW_START = "workflow.start"
 WORKFLOW_STOP = "workflow.stop"
@@ -74,7 +76,10 @@ class EventBus:
         for sink in list(self._sinks):
             try:
                 sink.handle(event)
-            except Exception as exc:  # noqa: BLE001 - a sink must never end the run
+            except Exception as exc:  # noqa: BLE001 - a sink must never end the run...
+                if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+                    self._drop(sink, exc, warn=False)
+                    raise  # ...except a full disk: training on without metrics would lose them (issue 13)
                 self._drop(sink, exc)
         for fn in list(self._listeners):
             try:
@@ -83,9 +88,10 @@ class EventBus:
                 self._listeners.remove(fn)
                 self._warn(getattr(fn, "__name__", repr(fn)), exc)
 
-    def _drop(self, sink: Sink, exc: Exception) -> None:
+    def _drop(self, sink: Sink, exc: Exception, warn: bool = True) -> None:
         self._sinks.remove(sink)
-        self._warn(type(sink).__name__, exc)
+        if warn:
+            self._warn(type(sink).__name__, exc)
         try:
             sink.close()
         except Exception:  # noqa: BLE001

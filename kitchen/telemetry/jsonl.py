@@ -36,6 +36,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from kitchen.redact import redact_url
 from kitchen.telemetry.events import (
     EVAL_RESULT,
     STAGE_START,
@@ -98,6 +99,8 @@ def redact(obj: Any) -> Any:
         return {k: (REDACTED if is_secret_key(k) and _hide(v) else redact(v)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return redact_url(obj)  # credentials inside URLs (user:pass@host, ?token=...)
     return obj
 
 
@@ -125,6 +128,10 @@ def _redact_fast(obj: Any) -> Any:
                 continue
             if is_secret_key(k) and _hide(v):
                 new = REDACTED
+            elif type(v) is str:
+                if "://" not in v:
+                    continue
+                new = redact_url(v)  # credentials inside URLs
             elif type(v) in _ATOMS:
                 continue
             elif isinstance(v, (dict, list, tuple, Mapping)):
@@ -136,6 +143,8 @@ def _redact_fast(obj: Any) -> Any:
                     out = dict(obj)
                 out[k] = new
         return obj if out is None else out
+    if type(obj) is str:
+        return redact_url(obj) if "://" in obj else obj
     if isinstance(obj, (list, tuple)):
         items = [_redact_fast(v) for v in obj]
         if any(a is not b for a, b in zip(items, obj)):
@@ -271,6 +280,14 @@ def metrics_row_for_eval(data: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _with_path(exc: OSError, path: Path, line: str) -> OSError:
+    """A buffered write's OSError names no file; say which one, and how much it was writing
+    (issue 13: a full disk is reported with the path and the bytes needed)."""
+    out = OSError(exc.errno, exc.strerror or str(exc), str(path))
+    out.needed = len(line.encode("utf-8"))  # type: ignore[attr-defined]
+    return out
+
+
 class JsonlSink:
     """Appends every event to ``run_dir/events.jsonl``; metrics go through a MetricsStore
     (by default the JSONL one over ``run_dir/metrics.jsonl``)."""
@@ -308,10 +325,14 @@ class JsonlSink:
         else:
             record = {"event": name, "time": event.time}
         events = self._events
-        events.write(dumps(record) + "\n")
-        if name in _NO_FLUSH:
-            return
-        events.flush()
+        line = dumps(record) + "\n"
+        try:
+            events.write(line)
+            if name in _NO_FLUSH:
+                return
+            events.flush()
+        except OSError as exc:
+            raise _with_path(exc, self.events_path, line) from None
         if name == TRAINING_STEP:
             self._write_metrics(metrics_row_for_step(data))
         elif name == EVAL_RESULT:

@@ -75,8 +75,14 @@ class JsonlMetricsStore:
         for k, v in metrics.items():
             if k != "step":
                 row[k] = v
-        self._fh.write(dumps(row) + "\n")
-        self._fh.flush()
+        line = dumps(row) + "\n"
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+        except OSError as exc:
+            from kitchen.telemetry.jsonl import _with_path
+
+            raise _with_path(exc, self.path, line) from None
 
     def read(self) -> list[dict[str, Any]]:
         if self._fh is not None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import gzip
+import zlib
 import hashlib
 import json
 import os
@@ -173,7 +174,17 @@ class HFDatasetStore:
         return DataError(f"Dataset file {where} not found.{hint}")
 
     def _iter_jsonl(self, given: str, path: Path) -> Iterator[dict[str, Any]]:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        gz = path.name.lower().endswith(".gz")
+        try:  # issue 13: a .gz that is not gzip (or is truncated) is one paragraph, not a traceback
+            yield from self._jsonl_rows(given, path, gz)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise DataError(
+                f"{given}: not a valid gzip file ({type(exc).__name__}: {exc}). A .gz dataset must be gzip-compressed "
+                "JSON Lines; decompress it or drop the .gz suffix if it is plain text."
+            ) from None
+
+    def _jsonl_rows(self, given: str, path: Path, gz: bool) -> Iterator[dict[str, Any]]:
+        opener = gzip.open if gz else open
         loads = json.loads
         with opener(path, "rb") as fh:
             for lineno, raw in enumerate(fh, 1):
@@ -193,6 +204,8 @@ class HFDatasetStore:
                         f"{given}: line {lineno} is not valid UTF-8 text (byte {exc.start + 1}). "
                         "Save the file as UTF-8 with one JSON object per line."
                     ) from None
+                except RecursionError:  # issue 13: a deeply nested line
+                    raise DataError(_too_deep(f"{given}: line {lineno}")) from None
                 if type(row) is not dict:
                     raise DataError(
                         f"{given}: line {lineno} is {_describe_json_type(row)}, not a JSON object. "
@@ -220,6 +233,8 @@ class HFDatasetStore:
             ) from None
         except UnicodeDecodeError:
             raise DataError(f"{given}: not valid UTF-8 text. Save the file as UTF-8.") from None
+        except RecursionError:  # issue 13: deeply nested JSON
+            raise DataError(_too_deep(given)) from None
         rows = data
         if isinstance(data, dict):
             lists = [(k, v) for k, v in data.items() if isinstance(v, list)]
@@ -309,6 +324,11 @@ class HFDatasetStore:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _too_deep(where: str) -> str:
+    return (f"{where} nests JSON arrays/objects too deeply to parse (hundreds of levels). "
+            "An example is an object with a messages list (or prompt/completion strings); flatten the data.")
 
 
 def _first_line(exc: BaseException) -> str:

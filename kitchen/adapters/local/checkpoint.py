@@ -159,6 +159,12 @@ def write_state(
 
     final = Path(final_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # issue 13: refuse up front when the checkpoint cannot fit, naming the bytes it needs
+    from kitchen.diskfull import ensure_space
+
+    tensors = [*weights.values(), *(optimizer[0].values() if optimizer is not None else ())]
+    needed = sum(int(t.numel()) * int(t.element_size()) for t in tensors if hasattr(t, "numel")) + 64 * 1024
+    ensure_space(final.parent, needed, f"checkpoint {final.name}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         _save_tensors(tmp / "weights.safetensors", weights)

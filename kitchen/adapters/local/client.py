@@ -63,6 +63,23 @@ def _resolved(value: Any) -> Future:
     return f
 
 
+def _check_threads(threads: Any) -> int | None:
+    """``threads``: None/0 = every core; otherwise a positive integer (issue 13)."""
+    if threads is None or threads == 0:
+        return None
+    try:
+        value = int(threads)
+        ok = value > 0 and float(threads) == value
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"adapters.training.threads={threads!r} is not allowed: give a positive number of CPU threads "
+            "(or 0 / leave it unset to use every core this process may use)."
+        )
+    return value
+
+
 def default_threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -81,7 +98,7 @@ class LocalTrainingClient:
         checkpoint_dir: str | None = None,
         **unused: Any,
     ) -> None:
-        self.threads = int(threads) if threads else None
+        self.threads = _check_threads(threads)  # issue 13: threads=-2 is a config error, not a torch crash
         self.cache_dir = cache_dir
         self.cpu_bf16_autocast = bool(cpu_bf16_autocast)
         self.checkpoint_dir: str | None = str(checkpoint_dir) if checkpoint_dir else None
@@ -148,8 +165,17 @@ class LocalTrainingClient:
         model, tokenizer, info = load_model(config.base_model, cache_dir=self.cache_dir, dtype=dtype, device=device)
         self._model_info = info
         lora = config.lora
+        warnings_out: list[str] = []  # issue 13: surfaced as run.warning events by InitSession
         if lora.rank and lora.rank > 0:
             import peft
+
+            hidden = int(getattr(model.config, "hidden_size", 0) or 0)
+            if hidden and lora.rank > hidden:
+                warnings_out.append(
+                    f"lora_rank={lora.rank} is larger than the model's hidden size ({hidden}): the adapter cannot "
+                    f"have a higher rank than {hidden}, so the extra rank only costs memory and time. "
+                    f"Use lora_rank <= {hidden} (or lora_rank=0 for full fine-tuning)."
+                )
 
             targets = self._target_modules(model, lora)
             torch.manual_seed(config.seed)  # LoRA init depends on the seed only
@@ -165,7 +191,16 @@ class LocalTrainingClient:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tied-embedding notes when lm_head is a target
-                model = peft.get_peft_model(model, pcfg)
+                try:
+                    model = peft.get_peft_model(model, pcfg)
+                except (MemoryError, RuntimeError) as exc:  # issue 13: a rank too large to allocate
+                    if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower() and "out of memory" not in str(exc).lower():
+                        raise
+                    raise ConfigError(
+                        f"lora_rank={lora.rank} is too large: the adapter matrices do not fit in memory on {device} "
+                        f"({str(exc).splitlines()[0][:160]}). Use a smaller lora_rank (the model's hidden size is "
+                        f"{hidden or 'unknown'}; ranks of 8-64 are typical)."
+                    ) from None
             self._lora = True
         else:
             if lora.rank < 0:
@@ -198,6 +233,7 @@ class LocalTrainingClient:
             "threads": torch.get_num_threads() if device == "cpu" else None,
             "cpu_bf16_autocast": self.cpu_bf16_autocast and device == "cpu",
             "lora_rank": int(lora.rank),
+            "warnings": warnings_out,
             "trainable_params": int(trainable),
             "total_params": int(total),
             "trainable_fraction": trainable / max(total, 1),

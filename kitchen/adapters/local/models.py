@@ -265,11 +265,25 @@ def gguf_cache_dir(gguf: Path, cache_dir: str | os.PathLike | None = None) -> Pa
     return cache_root(cache_dir) / "models" / f"{gguf.stem}-{size}"
 
 
+def _check_gguf_magic(gguf: Path) -> None:
+    try:
+        with open(gguf, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise BackendError(f"Cannot read the model file {gguf}: {exc.strerror or exc}.") from None
+    if head != b"GGUF":
+        raise BackendError(
+            f"The model file {gguf} is not a GGUF file (it does not start with the GGUF magic bytes; "
+            f"it starts with {head!r}). Pass a .gguf model file, a model folder, a hub id or an alias such as tiny-llama."
+        )
+
+
 def convert_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None, *, quiet: bool = False) -> Path:
     """Dequantise ``gguf`` once into a cached safetensors model dir; returns that dir."""
     target = gguf_cache_dir(gguf, cache_dir)
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
+    _check_gguf_magic(gguf)  # issue 13: a garbage .gguf is one paragraph, not a transformers traceback
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -282,8 +296,14 @@ def convert_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None, *, quie
         )
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:  # issue 13: damaged/unsupported file
+            raise BackendError(
+                f"Could not read the GGUF model {gguf}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}. "
+                "Check that the file is a complete GGUF of a supported architecture (re-download it if it was cut short)."
+            ) from None
         if not getattr(tokenizer, "chat_template", None):
             raise BackendError(f"The tokenizer in {gguf} has no chat template; cannot use it for chat recipes.")
         clean = rebuild_clean(model)

@@ -32,6 +32,7 @@ from typing import Any, Callable, TypeVar
 
 from kitchen.adapters.tinker.credentials import KEY_ENV, require_api_key
 from kitchen.errors import BackendError, KitchenError
+from kitchen.redact import redact_url
 from kitchen.ports.types import (
     AdamParams,
     CheckpointRef,
@@ -136,7 +137,7 @@ def to_backend_error(exc: BaseException, what: str, base_url: str | None, attemp
 
     if isinstance(exc, KitchenError):
         return exc
-    where = f"the Tinker server at {base_url}" if base_url else "the Tinker service"
+    where = f"the Tinker server at {redact_url(base_url)}" if base_url else "the Tinker service"
     status = _status_of(exc)
     msg = _scrub(_server_message(exc))
     if status == 401:
@@ -283,7 +284,7 @@ class TinkerTrainingClient:
         self._runner = _OpRunner(self)
 
     def __repr__(self) -> str:
-        return f"TinkerTrainingClient(base_url={self.base_url!r}, max_retries={self.max_retries}, timeout_s={self.timeout_s})"
+        return f"TinkerTrainingClient(base_url={redact_url(self.base_url) if self.base_url else None!r}, max_retries={self.max_retries}, timeout_s={self.timeout_s})"
 
     def __getstate__(self) -> dict[str, Any]:  # live SDK clients (and the credential they hold) never travel
         state = {k: v for k, v in self.__dict__.items() if k not in ("_service", "_training", "_tokenizer", "_runner")}
@@ -362,7 +363,7 @@ class TinkerTrainingClient:
         self._steps = 0
         info = self._training.get_info()
         return {"backend": "tinker", "model": config.base_model, "model_id": str(info.model_id),
-                "lora_rank": info.lora_rank, "base_url": self.base_url or "default", "device": "remote"}
+                "lora_rank": info.lora_rank, "base_url": redact_url(self.base_url or "default"), "device": "remote"}
 
     def get_tokenizer(self) -> Any:
         if self._tokenizer is not None:
@@ -425,7 +426,8 @@ class TinkerTrainingClient:
             target = self.checkpoint_dir / name
             target.mkdir(parents=True, exist_ok=True)
             pointer = {"tinker_path": ref.path, "step": step, "name": name,
-                       "base_model": self.config.base_model if self.config else None, "base_url": self.base_url}
+                       "base_model": self.config.base_model if self.config else None,
+                       "base_url": redact_url(self.base_url) if self.base_url else None}  # no credentials on disk
             tmp = target / f".{POINTER_FILE}.tmp"
             tmp.write_text(json.dumps(pointer, indent=2))
             os.replace(tmp, target / POINTER_FILE)
@@ -471,7 +473,7 @@ class TinkerTrainingClient:
             "tinker_path": str(resp.path),
             "base_model": info.model_data.model_name,
             "lora_rank": info.lora_rank,
-            "base_url": self.base_url,
+            "base_url": redact_url(self.base_url) if self.base_url else None,  # no credentials on disk
             "note": "LoRA weights live on the Tinker server; load them with tinker.ServiceClient().create_sampling_client(model_path=tinker_path).",
         }
         (target / WEIGHTS_POINTER_FILE).write_text(json.dumps(pointer, indent=2))
