@@ -62,7 +62,8 @@ def compose_spec(overrides: list[str], recipe_dirs: Iterable[str] = ()) -> tuple
 
 def preflight(spec: RunSpec, workflow: Workflow, check_run_dir: bool = True) -> Prepared:
     """Everything that can fail before a run touches the disk or loads weights."""
-    from kitchen.config.instantiate import build, resolve
+    from kitchen.config.instantiate import build, resolve, target_of
+    from kitchen.errors import ConfigError
     from kitchen.engine.runner import Runner
     from kitchen.rundir import RunDir
 
@@ -76,7 +77,11 @@ def preflight(spec: RunSpec, workflow: Workflow, check_run_dir: bool = True) -> 
         mode = rundir.check_can_start(resume=resume, overwrite=spec.overwrite)
     for sink in spec.telemetry.sinks:
         resolve("sinks", sink)
+    target_of("adapters", dict(spec.adapters.training))  # refuses a forbidden _target_ without importing it
     store = build("adapters", dict(spec.adapters.dataset_store))
+    if not callable(getattr(store, "load", None)):
+        raise ConfigError(f"adapters={spec.adapters.name}: the dataset_store _target_ '{spec.adapters.dataset_store['_target_']}' "
+                          f"built a {type(store).__name__}, which has no load(source) method (the DatasetStore port).")
     ctx = Context(spec=spec, adapters=Adapters(training=None, dataset_store=store), bus=EventBus(), run_dir=rundir.path)  # type: ignore[arg-type]
     ctx.progress.resume_from = lifecycle.resume_record(rundir, spec.resume_from) if mode == "resume" else None
     Runner(workflow).validate(ctx)

@@ -25,6 +25,22 @@ from kitchen.errors import ConfigError, KitchenError
 # Names of missing modules -> the extra that installs them (for optional sinks and such).
 EXTRAS: dict[str, str] = {}
 
+# A config may name any class or factory, but never these modules' functions: a recipe
+# someone shared must not be able to run a shell command or rewrite files by naming
+# `os.system` or `shutil.rmtree` as an adapter.
+REFUSED_MODULES = frozenset({"os", "posix", "nt", "subprocess", "shutil", "sys", "builtins", "importlib", "pty",
+                             "socket", "pickle", "marshal", "ctypes", "runpy", "code", "pathlib", "io", "tempfile"})
+
+
+def check_allowed(target: str, label: str) -> None:
+    """Refuse a ``_target_`` in a module that no config has a reason to call into."""
+    top = target.replace(":", ".").split(".")[0]
+    if top in REFUSED_MODULES:
+        raise ConfigError(
+            f"{label} names '{target}', a function of the standard module '{top}'. Kitchen does not call into "
+            f"{', '.join(sorted(REFUSED_MODULES - {'nt', 'posix'}))} from a config; name a class or factory of your own."
+        )
+
 
 def target_of(kind: str, entry: str | Mapping[str, Any]) -> tuple[str, dict[str, Any], str]:
     """``(dotted target, options, label)`` for a short name or a ``_target_`` node."""
@@ -38,6 +54,7 @@ def target_of(kind: str, entry: str | Mapping[str, Any]) -> tuple[str, dict[str,
         target = options.pop("_target_", None)
         if not isinstance(target, str) or not target:
             raise ConfigError(f"A {kind[:-1]} given as a mapping needs a _target_ naming a class or function, got {dict(entry)!r}.")
+        check_allowed(target, f"The {kind[:-1]} _target_")
         return target, options, f"{kind[:-1]} {target}"
     raise ConfigError(f"A {kind[:-1]} is a name or a mapping with _target_, not {entry!r}.")
 
