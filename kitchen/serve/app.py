@@ -206,6 +206,8 @@ class TinkerApp:
         from kitchen.adapters.local.models import canonical_name
 
         found = self.models.get(canonical_name(requested))
+        if found is None and self.state.backend == "local" and requested and Path(requested).expanduser().exists():
+            return requested  # a model directory or run dir on this machine (e.g. a distillation teacher)
         if found is None:
             raise RequestError(404, f"model {requested!r} is not served here; this server serves: {', '.join(self.models.values())} "
                                     "(start it with --model NAME to serve another)")

@@ -362,6 +362,10 @@ class TinkerTrainingClient:
         import tinker
 
         self.config = config
+        if self.base_url:  # issue 12: a dead or closed server is exit 2 within a minute, not a hang
+            from kitchen.adapters.tinker.probe import check_reachable
+
+            check_reachable(self.base_url)
 
         def create() -> tuple[Any, Any]:
             service = tinker.ServiceClient(base_url=self.base_url)
