@@ -155,3 +155,31 @@ def test_two_clients_in_two_processes_train_as_if_alone(local_server, sdk_env, t
         assert together[seed]["losses"] == pytest.approx(solo[seed]["losses"], rel=1e-5), seed
         assert together[seed]["lps"] == pytest.approx(solo[seed]["lps"], abs=1e-5), seed
     assert solo[1]["losses"] != pytest.approx(solo[2]["losses"], rel=1e-3)  # really two different runs
+
+
+@pytest.mark.parametrize("rank", [0, 4], ids=["full-ft", "lora"])
+def test_lru_evicts_loaded_samplers_and_reloads_them_from_disk(tmp_path, sdk_env, rank):
+    """With --max-loaded-samplers 1, switching between two snapshots reloads each from disk
+    with the same numbers; rank 0 (full fine-tuning) snapshots hold every weight."""
+    import tinker
+    from tinker import types
+
+    tokens = list(range(5, 25))
+    prompt = types.ModelInput.from_ints(tokens[:8])
+    with serve_subprocess(KEY, "local", state_dir=str(tmp_path / "s"), extra_args=("--max-loaded-samplers", "1")) as srv:
+        service = tinker.ServiceClient(base_url=srv.base_url)
+        tc = service.create_lora_training_client(base_model="tiny-llama", rank=rank, seed=0).result()
+        paths = []
+        for _ in range(2):
+            tc.forward_backward([_datum(types, tokens)], "cross_entropy").result()
+            tc.optim_step(types.AdamParams(learning_rate=5e-2)).result()
+            paths.append(tc.save_weights_for_sampler(f"s{len(paths)}").result().path)
+        a, b = (service.create_sampling_client(model_path=p).result() for p in paths)
+        first = a.compute_logprobs(prompt).result()
+        other = b.compute_logprobs(prompt).result()
+        again = a.compute_logprobs(prompt).result()  # evicted by b, reloaded from disk
+        assert again == pytest.approx(first, abs=1e-6)
+        assert other != pytest.approx(first, abs=1e-4)
+        metas = sorted((tmp_path / "s").rglob("sampler_weights/*/meta.json"))
+        assert [json.loads(m.read_text())["kind"] for m in metas] == ["full" if rank == 0 else "lora"] * 2
+        service.close("success").result()
