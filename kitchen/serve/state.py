@@ -137,9 +137,10 @@ class ModelWorker:
             try:
                 fn()
             except Exception as exc:  # the request fails; the model keeps serving
-                category = "user" if isinstance(exc, (KitchenError, ValueError, KeyError, IndexError)) else "server"
+                category = "user" if isinstance(exc, (KitchenError, ValueError, KeyError, IndexError, RequestError)) else "server"
                 log.warning("request %s on %s failed: %s", rec.request_id, self.model_id, exc, exc_info=category == "server")
-                rec.finish(latency_s=0.0, error=f"{type(exc).__name__}: {exc}", category=category)
+                msg = exc.message if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+                rec.finish(latency_s=0.0, error=msg, category=category)
 
 
 @dataclass
