@@ -88,7 +88,24 @@ def main() -> int:
             print(f"{f'pipeline_depth={depth}':>24}: {rate:6.2f} steps/s")
         (r0, l0), (r1, l1) = rates[0], rates[args.depth]
         print(f"{'speedup':>24}: {r1 / r0:.2f}x (goal >= 1.8x); identical losses: {l0 == l1}")
+    print()
+    per_call_overhead(args.steps)
     return 0
+
+
+def per_call_overhead(steps: int) -> None:
+    """HTTP + server overhead per SDK call on loopback: no injected latency, noop compute,
+    unpipelined, so every step is 2 calls plus their result polls, end to end."""
+    key = os.environ["TINKER_API_KEY"]
+    with serve_subprocess(key, "noop", latency_ms=0.0) as srv:
+        client = TinkerTrainingClient(base_url=srv.base_url)
+        client.start_session(SessionConfig(base_model="noop", lora=LoraConfig(rank=8), seed=0))
+        batches = make_batches(client.get_tokenizer(), steps + 3)
+        run(client, batches[:3], 1)  # warm up
+        elapsed, _ = run(client, batches[3:], 1)
+        client.close()
+    per_call_ms = elapsed / (2 * steps) * 1000
+    print(f"per-call overhead (latency 0, noop, unpipelined): {per_call_ms:.2f} ms per call (goal <= 10 ms)")
 
 
 def run_workflow(base_url: str, steps: int, depth: int) -> tuple[float, list[float]]:

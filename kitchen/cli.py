@@ -198,10 +198,20 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)."),
     port: int = typer.Option(8000, help="Port (0 picks a free one)."),
     backend: str = typer.Option("local", help="local (torch) or noop."),
-    state_dir: Optional[Path] = typer.Option(None, help="Where checkpoints and tokenizers live (default: a temp dir)."),
+    model: Optional[List[str]] = typer.Option(None, "--model", help="A model to serve (repeatable; default: HuggingFaceTB/SmolLM2-135M-Instruct and tiny-llama)."),
+    state_dir: Optional[Path] = typer.Option(None, help="Where checkpoints, sampler weights and run metadata persist (default: a temp dir)."),
     latency_ms: float = typer.Option(0.0, help="Injected server-side latency per call (benchmarks)."),
     faults: Optional[str] = typer.Option(None, help="Injected faults, e.g. 'forward_backward:503:2,optim_step:stall:1' (tests; also KITCHEN_SERVE_FAULTS)."),
+    stall_s: Optional[float] = typer.Option(None, help="How long a 'stall' fault holds a request (default 30)."),
     ready_file: Optional[Path] = typer.Option(None, help="Write the bound port here once listening."),
+    api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the API key (default KITCHEN_SERVE_API_KEY, then TINKER_API_KEY)."),
+    log_level: str = typer.Option("WARNING", help="DEBUG, INFO (one access line per request), WARNING, ERROR."),
+    max_loaded_samplers: int = typer.Option(4, help="Sampler weight sets kept in memory (LRU; the rest stay on disk)."),
+    max_body_mb: float = typer.Option(256.0, help="Largest request body accepted (413 beyond)."),
+    max_decompression_ratio: float = typer.Option(64.0, help="Largest zstd expansion accepted (413 beyond)."),
+    workers: int = typer.Option(16, help="Threads answering requests (a bounded pool)."),
+    read_timeout_s: float = typer.Option(60.0, help="Time allowed to send a request body (408 beyond)."),
+    idle_timeout_s: float = typer.Option(30.0, help="Idle keep-alive connections are closed after this."),
 ) -> None:
     """Serve the Tinker REST API on this machine, backed by a kitchen backend.
 
@@ -209,10 +219,18 @@ def serve(
     (never a command-line argument); with neither set, one is generated and printed once.
     Then: TINKER_BASE_URL=http://127.0.0.1:PORT TINKER_API_KEY=... kitchen run adapters=tinker
     """
+    # issue 12: options are validated in kitchen/serve/options.py (exit 2, one paragraph)
+    from kitchen.serve.options import ServeOptions
+
+    opts = ServeOptions(host=host, port=port, backend=backend, models=list(model or []),
+                        state_dir=str(state_dir) if state_dir else None, latency_ms=latency_ms, faults=faults,
+                        stall_s=stall_s, ready_file=str(ready_file) if ready_file else None, api_key_env=api_key_env,
+                        log_level=log_level, max_loaded_samplers=max_loaded_samplers, max_body_mb=max_body_mb,
+                        max_decompression_ratio=max_decompression_ratio, workers=workers,
+                        read_timeout_s=read_timeout_s, idle_timeout_s=idle_timeout_s).validate()
     from kitchen.serve import run_server
 
-    run_server(host=host, port=port, backend=backend, latency_ms=latency_ms, faults=faults,
-               ready_file=str(ready_file) if ready_file else None, state_dir=str(state_dir) if state_dir else None)
+    raise typer.Exit(run_server(opts))
 
 
 def main() -> None:

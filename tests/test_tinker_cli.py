@@ -108,3 +108,25 @@ def test_distillation_on_tinker_with_a_run_dir_teacher(kitchen, server, tmp_path
     assert r.code == 0, r
     rows = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m.get("split") is None]
     assert [m["step"] for m in rows] == [1, 2] and all("teacher_kl" in m for m in rows)
+
+
+def test_closed_port_fails_fast_with_the_url(tmp_path):
+    """Nothing listening: exit 2 within about a minute, one paragraph naming the URL, no hang."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # now closed: connections are refused
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "TINKER_BASE_URL": url, "TINKER_API_KEY": KEY, "HOME": str(tmp_path)}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "kitchen.cli", "run", *TINY, "adapters=tinker", "max_retries=0",
+                           f"run_dir={tmp_path / 'x'}"], env=env, capture_output=True, text=True, timeout=150)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 2, proc.stderr
+    assert url in proc.stderr and "Traceback" not in proc.stderr
+    assert elapsed < 90, elapsed

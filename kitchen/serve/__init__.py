@@ -5,16 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 
-def run_server(*args: Any, **kwargs: Any) -> None:
+def run_server(opts: Any) -> int:
+    """Serve with validated :class:`kitchen.serve.options.ServeOptions` (imports the server lazily)."""
     from kitchen.serve.app import run_server as _run
 
-    _run(*args, **kwargs)
+    return _run(opts)
 
 
-def make_server(*args: Any, **kwargs: Any) -> Any:
-    from kitchen.serve.app import make_server as _make
-
-    return _make(*args, **kwargs)
-
-
-__all__ = ["run_server", "make_server"]
+__all__ = ["run_server"]

@@ -1,4 +1,4 @@
-"""``python -m kitchen.serve``: run the Tinker-compatible server.
+"""``python -m kitchen.serve``: run the Tinker-compatible server (same options as ``kitchen serve``).
 
 The API key is read from an environment variable (``--api-key-env``, default
 KITCHEN_SERVE_API_KEY then TINKER_API_KEY), never from the command line, so it does
@@ -8,35 +8,47 @@ not show in ``ps``. With no key set, one is generated and printed once.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kitchen.serve.options import ServeOptions
+
+    d = ServeOptions()
     p = argparse.ArgumentParser(prog="python -m kitchen.serve", description="Serve the Tinker training/sampling API from a local kitchen backend.")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port (0 = pick a free one; see --ready-file)")
+    p.add_argument("--host", default=d.host, help="interface to bind (default 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=d.port, help="port (0 = pick a free one; see --ready-file)")
     p.add_argument("--api-key-env", default=None, help="environment variable holding the API key (default: KITCHEN_SERVE_API_KEY, then TINKER_API_KEY)")
-    p.add_argument("--backend", default="local", choices=["local", "noop"], help="local = real torch training; noop = instant fake training")
-    p.add_argument("--latency-ms", type=float, default=0.0, help="delay every future's result by this much (simulates a remote service)")
+    p.add_argument("--backend", default=d.backend, help="local = real torch training; noop = instant fake training")
+    p.add_argument("--model", action="append", default=[], help="a model to serve (repeatable; default: SmolLM2-135M-Instruct and tiny-llama)")
+    p.add_argument("--latency-ms", type=float, default=d.latency_ms, help="delay every future's result by this much (simulates a remote service)")
     p.add_argument("--faults", default=None, help="fault injection, e.g. forward_backward:503:2,optim_step:stall:1 (or env KITCHEN_SERVE_FAULTS)")
     p.add_argument("--stall-s", type=float, default=None, help="how long a 'stall' fault holds a request (default 30, env KITCHEN_SERVE_STALL_S)")
-    p.add_argument("--state-dir", default=None, help="where checkpoints and tokenizers go (default: a fresh temp dir)")
+    p.add_argument("--state-dir", default=None, help="where checkpoints, sampler weights and run metadata persist (default: a fresh temp dir)")
     p.add_argument("--ready-file", default=None, help="write {host, port, base_url, pid} as JSON here once listening")
-    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO (one access line per request), WARNING, ERROR")
+    p.add_argument("--max-loaded-samplers", type=int, default=d.max_loaded_samplers, help="sampler weight sets kept in memory (LRU; the rest stay on disk)")
+    p.add_argument("--max-body-mb", type=float, default=d.max_body_mb, help="largest request body accepted (413 beyond)")
+    p.add_argument("--max-decompression-ratio", type=float, default=d.max_decompression_ratio, help="largest zstd expansion accepted (413 beyond)")
+    p.add_argument("--workers", type=int, default=d.workers, help="threads answering requests (bounded pool)")
+    p.add_argument("--read-timeout-s", type=float, default=d.read_timeout_s, help="time allowed to send a request body (408 beyond)")
+    p.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s, help="idle keep-alive connections are closed after this")
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from kitchen.errors import KitchenError
-    from kitchen.serve.app import run_server
-    from kitchen.serve.faults import FaultSpecError
 
+    opts = ServeOptions(host=args.host, port=args.port, backend=args.backend, models=args.model, state_dir=args.state_dir,
+                        latency_ms=args.latency_ms, faults=args.faults, stall_s=args.stall_s, ready_file=args.ready_file,
+                        api_key_env=args.api_key_env, log_level=args.log_level, max_loaded_samplers=args.max_loaded_samplers,
+                        max_body_mb=args.max_body_mb, max_decompression_ratio=args.max_decompression_ratio, workers=args.workers,
+                        read_timeout_s=args.read_timeout_s, idle_timeout_s=args.idle_timeout_s)
     try:
-        run_server(host=args.host, port=args.port, backend=args.backend, latency_ms=args.latency_ms, faults=args.faults,
-                   ready_file=args.ready_file, state_dir=args.state_dir, stall_s=args.stall_s, api_key_env=args.api_key_env)
-    except (KitchenError, FaultSpecError, OSError) as exc:
-        print(f"kitchen serve: {exc}", file=sys.stderr)
+        opts.validate()
+        from kitchen.serve import run_server
+
+        return run_server(opts)
+    except KitchenError as exc:
+        print(f"kitchen serve: {exc.render()}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

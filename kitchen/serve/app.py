@@ -1,8 +1,9 @@
-"""``kitchen serve``: a Tinker-compatible HTTP server backed by a kitchen TrainingClient.
+"""``kitchen serve``: a Tinker-compatible HTTP server backed by kitchen TrainingClients.
 
 It implements the slice of the Tinker REST API (``/api/v1/...``) that the official
-``tinker`` SDK uses for LoRA training and sampling, so unmodified SDK code - and the
-kitchen's own ``TinkerTrainingClient`` - can train against a local model.
+``tinker`` SDK uses for LoRA training, sampling, checkpoints and training-run
+metadata, so unmodified SDK code - and the kitchen's own ``TinkerTrainingClient`` -
+can train against a local model.
 
 Wire format (as the SDK 0.38 speaks it): JSON everywhere except ``forward_backward``,
 whose request body is protobuf (``tinker_public_pb2.ForwardBackwardRequest``, zstd
@@ -10,9 +11,9 @@ decoded when ``Content-Encoding: zstd``), and the results of forward/forward_bac
 and sampling, which ``retrieve_future`` returns as protobuf
 (``ForwardBackwardOutput`` / ``SampleResponse``). Auth is the ``X-API-Key`` header.
 
-Built on the standard library's ``ThreadingHTTPServer``: the SDK's needs are plain
-POST/GET with JSON or protobuf bodies plus long-polling, which a thread per connection
-serves well, and it adds no dependency.
+This module is the endpoint logic (:class:`TinkerApp`); the guarded HTTP layer
+(uvicorn + Starlette) is :mod:`kitchen.serve.http`, server state
+:mod:`kitchen.serve.state`, sampler weights :mod:`kitchen.serve.snapshots`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ import json
 import logging
 import os
 import secrets
-import socket
+import re
+import signal
 import sys
 import threading
 import time
-import traceback
 import uuid
 from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,20 +40,26 @@ from tinker.proto import tinker_public_pb2 as pb
 from kitchen.ports.types import LOSS_FNS, AdamParams, CheckpointRef, LoraConfig, SamplingParams
 from kitchen.serve import wire
 from kitchen.serve.faults import FaultPlan
+from kitchen.ports.tinker_ext import NOOP_TOKENIZER_ID, STEP_METRIC, session_settings
 from kitchen.serve.state import (
-    NOOP_TOKENIZER_ID,
+    CHECKPOINT_NAME_RULE,
     FutureRecord,
     ModelWorker,
     RequestError,
     SamplerRecord,
     ServerState,
+    check_checkpoint_name,
 )
 
 log = logging.getLogger("kitchen.serve")
 
 PROTO = "application/x-protobuf"
 KEY_ENV_VARS = ("KITCHEN_SERVE_API_KEY", "TINKER_API_KEY")
-LOCAL_MODELS = ("tiny-llama", "smollm2-135m-instruct")
+# Served by default (``--model`` replaces the list). Advertised by Hugging Face id where
+# there is one, so ``AutoTokenizer.from_pretrained(model_name)`` works in clients;
+# kitchen's aliases (smollm2-135m-instruct, tiny) are still accepted.
+DEFAULT_MODELS = ("HuggingFaceTB/SmolLM2-135M-Instruct", "tiny-llama")
+NOOP_MODEL = "noop"
 
 
 def _parse(model_cls: type[pydantic.BaseModel], body: Any, extra_names: tuple[str, ...] = ()) -> Any:
@@ -69,14 +75,16 @@ def _parse(model_cls: type[pydantic.BaseModel], body: Any, extra_names: tuple[st
 
 
 class TinkerApp:
-    """Endpoint logic, independent of the HTTP plumbing."""
+    """Endpoint logic, independent of the HTTP plumbing (see :mod:`kitchen.serve.http`)."""
 
-    def __init__(self, state: ServerState, api_key: str, faults: FaultPlan, stall_s: float = 30.0) -> None:
+    def __init__(self, state: ServerState, api_key: str, faults: FaultPlan, stall_s: float = 30.0,
+                 models: list[str] | None = None) -> None:
         self.state = state
         self._api_key = api_key.encode()
         self.faults = faults
         self.stall_s = stall_s
         self._tok_lock = threading.Lock()
+        self.models = served_models(state.backend, models)
 
     def __repr__(self) -> str:  # never show the key
         return f"TinkerApp(backend={self.state.backend!r})"
@@ -88,22 +96,19 @@ class TinkerApp:
             raise RequestError(401, "invalid API key: set TINKER_API_KEY in the client to the key this kitchen server was started with")
 
     # ---- routing -----------------------------------------------------------------------
-    def route(self, method: str, path: str) -> Callable[[Any], Any]:
+    def route(self, method: str, path: str, query: dict[str, str] | None = None) -> tuple[Callable[[Any], Any], str]:
+        """(handler, endpoint name for metrics/faults/logs), or a RequestError (404/405 with a message)."""
+        query = query or {}
         path = path.split("?", 1)[0].rstrip("/")
         if not path.startswith("/api/v1/"):
-            raise RequestError(404, f"no such endpoint: {method} {path}")
+            raise RequestError(404, f"no such endpoint: {method} {path} (the Tinker API lives under /api/v1/)")
         name = path[len("/api/v1/"):]
         gets = {
             "healthz": self.healthz,
             "get_server_capabilities": self.capabilities,
+            "training_runs": lambda _b: self.list_training_runs(query),
+            "checkpoints": lambda _b: self.list_user_checkpoints(query),
         }
-        if method == "GET":
-            if name in gets:
-                return gets[name]
-            if name.startswith("samplers/"):
-                sampler_id = name[len("samplers/"):]
-                return lambda _body: self.get_sampler(sampler_id)
-            raise RequestError(404, f"no such endpoint: GET {path}")
         posts = {
             "client/config": self.client_config,
             "client/dynamic_config": lambda _b: {"refresh_interval_sec": 3600},
@@ -121,21 +126,56 @@ class TinkerApp:
             "create_sampling_session": self.create_sampling_session,
             "asample": self.asample,
             "retrieve_future": self.retrieve_future,
+            "weights_info": self.weights_info,
         }
-        if method == "POST":
-            if name in posts:
-                return posts[name]
-            if name.startswith("sessions/") and name.endswith("/finish"):
-                return lambda _b: {}
-        raise RequestError(404, f"no such endpoint: {method} {path} (kitchen serve implements the LoRA training and sampling API only)")
+        unsupported = {
+            "save_weights_external": "exporting weights (save_weights_external) is not offered by kitchen serve: the "
+                                     "weights already live on this machine under the server's --state-dir (runs/<run>/); "
+                                     "use save_weights / save_weights_for_sampler and read them there",
+            "copy_weights": "copying weights between runs is not offered by kitchen serve",
+            "create_custom_loss": "custom server-side losses are not offered by kitchen serve; use forward_backward_custom "
+                                  "(client-side) or a built-in loss_fn",
+            "join_sampling_session": "join_sampling_session is not offered by kitchen serve (its client/config turns it off)",
+            "retrieve_futures": "batched retrieve_futures is not offered by kitchen serve; use retrieve_future",
+            "auth/token": "kitchen serve uses plain API keys (X-API-Key), not JWT exchange",
+        }
+        if name in unsupported:
+            raise RequestError(400, unsupported[name])
+        if method == "GET" and name in gets:
+            return gets[name], name.replace("/", "_")
+        if method == "POST" and name in posts:
+            return posts[name], name.replace("/", "_")
+        m = re.fullmatch(r"training_runs/([^/]+)(/checkpoints(?:/(weights|sampler_weights)/([^/]+)(/publish)?)?)?", name)
+        if m:
+            run_id, ckpts, kind, ckpt, publish = m.groups()
+            if not ckpts and method == "GET":
+                return (lambda _b: self.get_training_run(run_id)), "training_run"
+            if ckpts and not kind and method == "GET":
+                return (lambda _b: self.list_checkpoints(run_id)), "list_checkpoints"
+            if kind and not publish and method == "DELETE":
+                return (lambda _b: self.delete_checkpoint(run_id, kind, ckpt)), "delete_checkpoint"
+            if kind and publish and method in ("POST", "DELETE"):
+                return (lambda _b: self.set_public(run_id, kind, ckpt, method == "POST")), "publish_checkpoint"
+        if re.fullmatch(r"training_runs/[^/]+/checkpoints/.+", name):
+            raise RequestError(400, f"{method} {path}: kitchen serve supports GET/DELETE of checkpoints and publish/unpublish; "
+                                    "external weights URLs and TTLs are not offered")
+        if method == "GET" and name.startswith("samplers/"):
+            sampler_id = name[len("samplers/"):]
+            return (lambda _body: self.get_sampler(sampler_id)), "get_sampler"
+        if method == "POST" and name.startswith("sessions/") and name.endswith("/finish"):
+            return (lambda _b: {}), "finish_session"
+        if name.startswith(("sessions", "audit", "projects", "whoami", "checkpoint_storage")):
+            raise RequestError(400, f"{method} {path}: session listing, projects and audit logs are not offered by kitchen serve")
+        raise RequestError(404, f"no such endpoint: {method} {path} (kitchen serve implements the Tinker training, "
+                                "sampling and checkpoint API)")
 
     # ---- service -----------------------------------------------------------------------
     def healthz(self, _body: Any) -> dict:
         return {"status": "ok"}
 
     def capabilities(self, _body: Any) -> dict:
-        names = list(LOCAL_MODELS) if self.state.backend == "local" else ["noop", *LOCAL_MODELS]
-        return {"supported_models": [{"model_name": n, "trainable": True, "sampleable": True, "max_context_length": 1024} for n in names]}
+        return {"supported_models": [{"model_name": n, "trainable": True, "sampleable": True, "max_context_length": 2048}
+                                     for n in self.models.values()]}
 
     def client_config(self, _body: Any) -> dict:
         # Plain API-key auth, the httpx transport, uncompressed proto, per-request polling.
@@ -161,9 +201,17 @@ class TinkerApp:
     def _untyped(rec: FutureRecord) -> dict:
         return {"request_id": rec.request_id, "model_id": rec.model_id}
 
-    def _extra(self, metadata: dict[str, Any] | None) -> dict[str, Any]:
-        md = metadata or {}
-        return {k[len("kitchen_"):]: v for k, v in md.items() if isinstance(k, str) and k.startswith("kitchen_")}
+    def served_name(self, requested: str) -> str:
+        """The advertised name for a requested model (an alias, hub id or local path), or 404."""
+        from kitchen.adapters.local.models import canonical_name
+
+        found = self.models.get(canonical_name(requested))
+        if found is None and self.state.backend == "local" and requested and Path(requested).expanduser().exists():
+            return requested  # a model directory or run dir on this machine (e.g. a distillation teacher)
+        if found is None:
+            raise RequestError(404, f"model {requested!r} is not served here; this server serves: {', '.join(self.models.values())} "
+                                    "(start it with --model NAME to serve another)")
+        return found
 
     def _finish_start(self, worker: ModelWorker) -> None:
         worker.start()
@@ -201,20 +249,24 @@ class TinkerApp:
         lc = req.lora_config
         if lc is None:
             raise RequestError(400, "create_model needs a lora_config (kitchen serve trains LoRA adapters)")
-        if lc.rank <= 0:
-            raise RequestError(400, f"LoRA rank must be positive, got {lc.rank}")
-        if self.state.backend == "local" and req.base_model not in LOCAL_MODELS and "/" not in req.base_model and not Path(req.base_model).exists():
-            raise RequestError(404, f"model {req.base_model!r} is not served here; try one of {', '.join(LOCAL_MODELS)} or a Hugging Face id")
-        extra = self._extra(req.user_metadata)
+        if lc.rank < 0 or (lc.rank == 0 and self.state.backend != "local"):
+            raise RequestError(400, f"LoRA rank must be positive (0 = full fine-tuning, local backend only), got {lc.rank}")
+        base_model = self.served_name(req.base_model)
+        extra = session_settings(req.user_metadata)
         lora_kw: dict[str, Any] = dict(rank=lc.rank, train_mlp=lc.train_mlp, train_attn=lc.train_attn, train_unembed=lc.train_unembed)
-        if extra.get("lora_alpha") not in (None, "", "None"):
-            lora_kw["alpha"] = float(extra["lora_alpha"])
-        if extra.get("lora_dropout") not in (None, ""):
-            lora_kw["dropout"] = float(extra["lora_dropout"])
+        try:
+            if extra.get("lora_alpha") not in (None, "", "None"):
+                lora_kw["alpha"] = float(extra["lora_alpha"])
+            if extra.get("lora_dropout") not in (None, "", "None"):
+                lora_kw["dropout"] = float(extra["lora_dropout"])
+            if extra.get("max_length") not in (None, "", "None"):
+                int(extra["max_length"])
+        except (TypeError, ValueError) as exc:
+            raise RequestError(400, f"bad kitchen_* user_metadata: {exc}") from None
         model_id = f"{req.session_id}:train:{req.model_seq_id}"
-        worker = ModelWorker(model_id, req.base_model, LoraConfig(**lora_kw), lc.seed or 0, self.state.backend,
+        worker = ModelWorker(model_id, base_model, LoraConfig(**lora_kw), lc.seed or 0, self.state.backend,
                              self.state.ckpt_root(), extra)
-        self.state.add_model(worker)
+        self.state.add_model(worker, user_metadata=req.user_metadata)
         rec = self._future(model_id)
 
         def work() -> None:
@@ -234,7 +286,7 @@ class TinkerApp:
             "type": "get_info",
             "model_id": worker.model_id,
             "model_data": {"arch": arch, "model_name": worker.base_model, "tokenizer_id": worker.tokenizer_id},
-            "is_lora": True,
+            "is_lora": worker.lora.rank > 0,
             "lora_rank": worker.lora.rank,
             "model_name": worker.base_model,
         }
@@ -282,7 +334,7 @@ class TinkerApp:
             result = worker.client.optim_step(params).result()
             worker.steps = result.step
             metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-            metrics["kitchen_step"] = float(result.step)
+            metrics[STEP_METRIC] = float(result.step)
             rec.finish(latency_s=self.state.latency_s, json_body={"metrics": metrics, "type": "optim_step"})
 
         worker.submit(rec, work)
@@ -292,10 +344,9 @@ class TinkerApp:
     def save_weights(self, body: Any) -> dict:
         req = _parse(tt.SaveWeightsRequest, body)
         worker = self.state.model(req.model_id)
-        rec = self._future(worker.model_id)
         name = req.path or f"step-{worker.steps:06d}"
-        if "/" in name or name in (".", ".."):
-            raise RequestError(400, f"checkpoint name {name!r} must not contain '/'")
+        check_checkpoint_name(name, "checkpoint")
+        rec = self._future(worker.model_id)
 
         def work() -> None:
             ref = worker.client.save_state(name, worker.steps)
@@ -308,11 +359,16 @@ class TinkerApp:
                 "backend": worker.backend_kind,
                 "local_path": ref.path,
                 "name": name,
+                "created": time.time(),
             }
             meta_file = worker.ckpt_dir / "weights" / f"{name}.kitchen.json"
             meta_file.parent.mkdir(parents=True, exist_ok=True)
-            meta_file.write_text(json.dumps(meta, indent=2, default=str))
-            rec.finish(latency_s=self.state.latency_s, json_body={"path": self.state.state_path(worker.model_id, name), "type": "save_weights"})
+            tmp = meta_file.with_name(meta_file.name + ".tmp")
+            tmp.write_text(json.dumps(meta, indent=2, default=str))
+            os.replace(tmp, meta_file)
+            path = self.state.state_path(worker.model_id, name)
+            self.state.touch_run(worker.model_id, last_checkpoint=path)
+            rec.finish(latency_s=self.state.latency_s, json_body={"path": path, "type": "save_weights"})
 
         worker.submit(rec, work)
         return self._untyped(rec)
@@ -320,7 +376,7 @@ class TinkerApp:
     def load_weights(self, body: Any) -> dict:
         req = _parse(tt.LoadWeightsRequest, body)
         local_path, meta = self.state.resolve_state(req.path)
-        ref = CheckpointRef(name=meta.get("name", Path(local_path).name), path=meta.get("local_path", str(local_path)), step=int(meta.get("step", 0)))
+        ref = CheckpointRef(name=meta.get("name", Path(local_path).name), path=str(local_path), step=int(meta.get("step", 0)))
         if req.session_id is not None:  # create-via-load: a new model whose first request is the load
             if req.session_id not in self.state.sessions:
                 raise RequestError(404, f"unknown session_id {req.session_id!r}")
@@ -328,10 +384,11 @@ class TinkerApp:
                 raise RequestError(400, "load_weights with session_id needs model_seq_id")
             model_id = f"{req.session_id}:train:{req.model_seq_id}"
             lora = LoraConfig(**{k: v for k, v in meta["lora"].items() if k in LoraConfig.__dataclass_fields__})
-            extra = {**meta.get("extra", {}), **self._extra(req.user_metadata)}
-            worker = ModelWorker(model_id, req.base_model or meta["base_model"], lora, int(meta.get("seed", 0)),
+            extra = {**meta.get("extra", {}), **session_settings(req.user_metadata)}
+            base = self.served_name(req.base_model or meta["base_model"])
+            worker = ModelWorker(model_id, base, lora, int(meta.get("seed", 0)),
                                  self.state.backend, self.state.ckpt_root(), extra)
-            self.state.add_model(worker)
+            self.state.add_model(worker, user_metadata=req.user_metadata)
             creating = True
         else:
             if req.model_id is None:
@@ -350,27 +407,131 @@ class TinkerApp:
         worker.submit(rec, work)
         return self._untyped(rec)
 
+    def weights_info(self, body: Any) -> dict:
+        if not isinstance(body, dict) or not isinstance(body.get("tinker_path"), str):
+            raise RequestError(400, "weights_info needs {\"tinker_path\": \"tinker://RUN/weights/NAME\"} (or sampler_weights)")
+        path = body["tinker_path"]
+        if "/sampler_weights/" in path:
+            self.state.check_sampler_path(path)
+            meta = self.state.snapshots.meta(path)
+            if meta is None:
+                raise RequestError(404, f"sampler weights {path!r} not found on this server")
+        else:
+            _, meta = self.state.resolve_state(path)
+        lora = meta.get("lora", {})
+        rank = int(lora.get("rank", 0))
+        return {"base_model": meta.get("base_model"), "is_lora": rank > 0, "lora_rank": rank or None,
+                "train_unembed": lora.get("train_unembed"), "train_mlp": lora.get("train_mlp"), "train_attn": lora.get("train_attn")}
+
+    # ---- training runs & checkpoints (REST) --------------------------------------------
+    def _page(self, query: dict[str, str]) -> tuple[int, int]:
+        try:
+            limit = int(query.get("limit", 20))
+            offset = int(query.get("offset", 0))
+        except ValueError:
+            raise RequestError(400, "limit and offset must be integers") from None
+        if limit < 1 or limit > 1000 or offset < 0:
+            raise RequestError(400, "limit must be 1-1000 and offset >= 0")
+        return limit, offset
+
+    def list_training_runs(self, query: dict[str, str]) -> dict:
+        limit, offset = self._page(query)
+        runs = self.state.list_runs()
+        page = [self._training_run(r) for r in runs[offset:offset + limit]]
+        return {"training_runs": page, "cursor": {"offset": offset, "limit": limit, "total_count": len(runs)}}
+
+    def get_training_run(self, run_id: str) -> dict:
+        run = self.state.get_run(run_id)
+        if run is None:
+            raise RequestError(404, f"training run {run_id!r} not found on this server")
+        return self._training_run(run)
+
+    def _training_run(self, run: dict[str, Any]) -> dict:
+        rank = int(run.get("lora", {}).get("rank", 0))
+        ckpts = self._checkpoints(run["training_run_id"])
+        last = max((c for c in ckpts if c["checkpoint_type"] == "training"), key=lambda c: c["time"], default=None)
+        last_s = max((c for c in ckpts if c["checkpoint_type"] == "sampler"), key=lambda c: c["time"], default=None)
+        md = run.get("user_metadata") or {}
+        return {"training_run_id": run["training_run_id"], "base_model": run["base_model"], "model_owner": "kitchen",
+                "is_lora": rank > 0, "lora_rank": rank or None, "corrupted": False,
+                "last_request_time": _iso(run.get("last_request_time", run.get("created", 0))),
+                "last_checkpoint": last, "last_sampler_checkpoint": last_s,
+                "user_metadata": {str(k): str(v) for k, v in md.items()}}
+
+    def _checkpoints(self, run_id: str) -> list[dict]:
+        out: list[dict] = []
+        for meta in self.state.training_checkpoints(run_id):
+            name = meta.get("name", "")
+            out.append({"checkpoint_id": f"weights/{name}", "checkpoint_type": "training", "time": _iso(meta.get("created", 0)),
+                        "tinker_path": self.state.state_path(run_id, name), "size_bytes": meta.get("size_bytes"),
+                        "public": bool(meta.get("public", False))})
+        for meta in self.state.snapshots.list_for(run_id):
+            key = meta["key"]
+            out.append({"checkpoint_id": "sampler_weights/" + key.rsplit("/", 1)[-1], "checkpoint_type": "sampler",
+                        "time": _iso(meta.get("created", 0)), "tinker_path": key, "size_bytes": meta.get("bytes"),
+                        "public": bool(meta.get("public", False))})
+        return out
+
+    def list_checkpoints(self, run_id: str) -> dict:
+        if self.state.get_run(run_id) is None:
+            raise RequestError(404, f"training run {run_id!r} not found on this server")
+        return {"checkpoints": self._checkpoints(run_id)}
+
+    def list_user_checkpoints(self, query: dict[str, str]) -> dict:
+        limit, offset = self._page(query)
+        all_ckpts = [c for r in self.state.list_runs() for c in self._checkpoints(r["training_run_id"])]
+        all_ckpts.sort(key=lambda c: c["time"], reverse=True)
+        return {"checkpoints": all_ckpts[offset:offset + limit],
+                "cursor": {"offset": offset, "limit": limit, "total_count": len(all_ckpts)}}
+
+    def delete_checkpoint(self, run_id: str, kind: str, name: str) -> Any:
+        path = f"tinker://{run_id}/{kind}/{name}"
+        if kind == "sampler_weights":
+            self.state.check_sampler_path(path)
+            found = self.state.snapshots.delete(path)
+        else:
+            found = self.state.delete_state(path)
+        if not found:
+            raise RequestError(404, f"checkpoint {path!r} not found on this server")
+        return {}
+
+    def set_public(self, run_id: str, kind: str, name: str, public: bool) -> Any:
+        path = f"tinker://{run_id}/{kind}/{name}"
+        if kind == "sampler_weights":
+            self.state.check_sampler_path(path)
+            meta_file = self.state.snapshots.folder(path) / "meta.json"
+        else:
+            local, _ = self.state.resolve_state(path)
+            meta_file = local.parent / f"{local.name}.kitchen.json"
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            raise RequestError(404, f"checkpoint {path!r} not found on this server") from None
+        meta["public"] = public
+        meta_file.write_text(json.dumps(meta, indent=2, default=str))
+        return {}
+
     # ---- sampling ----------------------------------------------------------------------
     def save_weights_for_sampler(self, body: Any) -> dict:
         req = _parse(tt.SaveWeightsForSamplerRequest, body)
         worker = self.state.model(req.model_id)
         if req.path is None and req.sampling_session_seq_id is None:
             raise RequestError(400, "save_weights_for_sampler needs a path or a sampling_session_seq_id")
-        if req.path is not None and "/" in req.path:
-            raise RequestError(400, f"sampler weights name {req.path!r} must not contain '/'")
+        if req.path is not None:
+            check_checkpoint_name(req.path, "sampler weights name")
         rec = self._future(worker.model_id)
 
         def work() -> None:
-            sampler = worker.client.sampling_client()  # a frozen snapshot of the current weights
             if req.path is not None:
                 path = self.state.sampler_path(worker.model_id, req.path)
-                with self.state.lock:
-                    self.state.sampler_snapshots[path] = SamplerRecord(path, worker.base_model, path, sampler)
+                self.state.snapshots.save(worker, path, ephemeral=False)
+                self.state.touch_run(worker.model_id, last_sampler_checkpoint=path)
                 rec.finish(latency_s=self.state.latency_s, json_body={"path": path, "type": "save_weights_for_sampler"})
             else:
                 sid = f"{worker.model_id.split(':')[0]}:sample:{uuid.uuid4().hex[:8]}"
+                self.state.snapshots.save(worker, sid, ephemeral=True)
                 with self.state.lock:
-                    self.state.samplers[sid] = SamplerRecord(sid, worker.base_model, None, sampler)
+                    self.state.samplers[sid] = SamplerRecord(sid, worker.base_model, sid)
                 rec.finish(latency_s=self.state.latency_s, json_body={"sampling_session_id": sid, "type": "save_weights_for_sampler"})
 
         worker.submit(rec, work)
@@ -382,17 +543,13 @@ class TinkerApp:
             raise RequestError(404, f"unknown session_id {req.session_id!r}")
         sid = f"{req.session_id}:sample:{req.sampling_session_seq_id}"
         if req.model_path:
-            with self.state.lock:
-                snap = self.state.sampler_snapshots.get(req.model_path)
-            if snap is None:
+            self.state.check_sampler_path(req.model_path)
+            meta = self.state.snapshots.meta(req.model_path)
+            if meta is None:
                 raise RequestError(404, f"sampler weights {req.model_path!r} not found (save them with save_weights_for_sampler on this server)")
-            record = SamplerRecord(sid, snap.base_model, req.model_path, snap.client)
+            record = SamplerRecord(sid, meta["base_model"], req.model_path)
         elif req.base_model:
-            try:
-                sampler = self.state.base_sampler(req.base_model)
-            except Exception as exc:
-                raise RequestError(404, f"cannot load base model {req.base_model!r}: {exc}") from None
-            record = SamplerRecord(sid, req.base_model, None, sampler)
+            record = SamplerRecord(sid, self.served_name(req.base_model), None)
         else:
             raise RequestError(400, "create_sampling_session needs model_path or base_model")
         with self.state.lock:
@@ -410,10 +567,11 @@ class TinkerApp:
         req = _parse(tt.SampleRequest, body)
         with self.state.lock:
             record = self.state.samplers.get(req.sampling_session_id or "")
-            if record is None and req.model_path:
-                record = self.state.sampler_snapshots.get(req.model_path)
+        if record is None and req.model_path:
+            self.state.check_sampler_path(req.model_path)
+            record = SamplerRecord("direct", "", req.model_path)
         if record is None and req.base_model:
-            record = SamplerRecord("base", req.base_model, None, self.state.base_sampler(req.base_model))
+            record = SamplerRecord("base", self.served_name(req.base_model), None)
         if record is None:
             raise RequestError(404, f"unknown sampling session {req.sampling_session_id!r}")
         try:
@@ -422,21 +580,26 @@ class TinkerApp:
             raise RequestError(400, str(exc)) from None
         if not tokens:
             raise RequestError(400, "prompt is empty")
-        if req.num_samples < 1:
-            raise RequestError(400, "num_samples must be at least 1")
+        if req.num_samples < 1 or req.num_samples > 1024:
+            raise RequestError(400, f"num_samples must be 1-1024, got {req.num_samples}")
         sp = req.sampling_params
         stop = sp.stop
         stop_t: tuple = () if stop is None else ((stop,) if isinstance(stop, str) else tuple(stop))
-        params = SamplingParams(max_tokens=sp.max_tokens if sp.max_tokens is not None else 64, temperature=sp.temperature,
+        max_tokens = sp.max_tokens if sp.max_tokens is not None else 64
+        if max_tokens < 0 or max_tokens > 65536:
+            raise RequestError(400, f"max_tokens must be 0-65536, got {max_tokens}")
+        params = SamplingParams(max_tokens=max_tokens, temperature=sp.temperature,
                                 top_p=sp.top_p, top_k=sp.top_k, stop=stop_t, seed=sp.seed)
         rec = self._future(None)
         n = req.num_samples
         want_prompt_lp = bool(req.prompt_logprobs)
+        state = self.state
 
         def work() -> None:
-            result = record.client.sample(tokens, n, params).result()
-            plp = record.client.compute_logprobs(tokens).result() if want_prompt_lp else None
-            rec.finish(latency_s=self.state.latency_s, payload=wire.sample_result_to_proto(result, plp))
+            client = state.snapshots.get(record.model_path) if record.model_path else state.base_sampler(record.base_model)
+            result = client.sample(tokens, n, params).result()
+            plp = client.compute_logprobs(tokens).result() if want_prompt_lp else None
+            rec.finish(latency_s=state.latency_s, payload=wire.sample_result_to_proto(result, plp))
 
         self.state.submit_sample(rec, work)
         out = self._untyped(rec)
@@ -456,118 +619,43 @@ class TinkerApp:
         return rec.json_body or {}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "kitchen-serve"
-    app: TinkerApp  # set on the subclass
+def _iso(ts: float) -> str:
+    import datetime as _dt
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s - %s", self.address_string(), format % args)
+    return _dt.datetime.fromtimestamp(float(ts or 0), tz=_dt.timezone.utc).isoformat()
 
-    def setup(self) -> None:
-        super().setup()
-        # Small request/response pairs on keep-alive connections: without TCP_NODELAY,
-        # Nagle + delayed ACKs add ~40 ms to many calls.
+
+def served_models(backend: str, models: list[str] | None) -> dict[str, str]:
+    """canonical name -> advertised name, for the models this server accepts.
+
+    A kitchen alias of a model with a Hugging Face id is advertised by that id; anything
+    else (a local directory, a cached hub id, ``tiny-llama``) by the name given.
+    """
+    from kitchen.adapters.local.models import DEFAULT_MODEL, SMOLLM2_HF_ID, canonical_name
+
+    names = list(models) if models else list(DEFAULT_MODELS)
+    if backend == "noop" and not models:
+        names = [NOOP_MODEL, *names]
+    out: dict[str, str] = {}
+    for n in names:
+        canon = canonical_name(n)
+        out[canon] = SMOLLM2_HF_ID if canon == DEFAULT_MODEL else n
+    return out
+
+
+def check_models(backend: str, models: list[str]) -> None:
+    """Every ``--model`` must be something the local backend can load (no download)."""
+    from kitchen.adapters.local.models import resolve_model
+    from kitchen.errors import KitchenError
+    from kitchen.serve.options import ServeOptionError
+
+    for m in models:
+        if backend == "noop":
+            continue
         try:
-            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-    def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            # headers and body in one write
-            self._headers_buffer.append(b"\r\n")  # type: ignore[attr-defined]
-            self._headers_buffer.append(body)  # type: ignore[attr-defined]
-            self.flush_headers()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json", headers)
-
-    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        self._send_json(status, {"error": message, "status": status}, headers)
-
-    def _read_body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length > 0 else b""
-        if self.headers.get("Content-Encoding", "").lower() == "zstd":
-            import zstandard
-
-            raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=1 << 31)
-        ctype = (self.headers.get("Content-Type") or "").lower()
-        if PROTO in ctype:
-            return raw
-        if not raw:
-            return {}
-        try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise RequestError(400, f"request body is not valid JSON: {exc}") from None
-
-    def _handle(self, method: str) -> None:
-        app = self.app
-        try:
-            presented = self.headers.get("X-API-Key")
-            if not presented:
-                auth = self.headers.get("Authorization") or ""
-                presented = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-            try:
-                body = self._read_body()
-            except RequestError:
-                app.check_key(presented)
-                raise
-            app.check_key(presented)
-            handler = app.route(method, self.path)
-            endpoint = self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-            rule = app.faults.take(endpoint) if app.faults else None
-            if rule is not None:
-                if rule.kind == "stall":
-                    log.info("fault: stalling %s for %.1fs", endpoint, app.stall_s)
-                    time.sleep(app.stall_s)
-                    self.close_connection = True
-                    return
-                log.info("fault: answering %s with %s", endpoint, rule.status)
-                self._error(int(rule.status or 503), f"injected fault for {endpoint} (KITCHEN_SERVE_FAULTS)", {"retry-after-ms": "50"})
-                return
-            result = handler(body)
-            if isinstance(result, tuple):
-                ctype, payload = result
-                self._send(200, payload, ctype)
-            else:
-                self._send_json(200, result)
-        except RequestError as exc:
-            self._error(exc.status, exc.message)
-        except Exception as exc:  # a bug: 500 with the message, traceback to the log
-            log.error("internal error on %s %s: %s\n%s", method, self.path, exc, traceback.format_exc())
-            self._error(500, f"internal server error: {type(exc).__name__}: {exc}")
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._handle("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._handle("POST")
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._handle("PUT")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._handle("DELETE")
-
-
-class KitchenServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-    app: TinkerApp
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
+            resolve_model(m)
+        except KitchenError as exc:
+            raise ServeOptionError(f"--model {m!r}: {exc.render()}") from None
 
 
 def resolve_api_key(api_key: str | None = None, env_var: str | None = None) -> tuple[str, bool]:
@@ -582,11 +670,9 @@ def resolve_api_key(api_key: str | None = None, env_var: str | None = None) -> t
     return "tml-kitchen-" + secrets.token_urlsafe(24), True
 
 
-def make_server(host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, backend: str = "local",
-                latency_ms: float = 0.0, faults: str | None = None, state_dir: str | None = None,
-                stall_s: float | None = None, api_key_env: str | None = None) -> KitchenServer:
-    """Build (but do not start) the server; ``server.port`` is the bound port."""
-    key, generated = resolve_api_key(api_key, api_key_env)
+def build_app(opts: Any, api_key: str | None = None) -> TinkerApp:
+    """The endpoint logic for validated :class:`~kitchen.serve.options.ServeOptions`."""
+    key, generated = resolve_api_key(api_key, opts.api_key_env)
     if generated:
         print(
             "kitchen serve: no API key in KITCHEN_SERVE_API_KEY or TINKER_API_KEY; generated one for this run:\n"
@@ -596,35 +682,55 @@ def make_server(host: str = "127.0.0.1", port: int = 8000, api_key: str | None =
         )
     elif not key.startswith(("tml-", "eyJ")):
         print("kitchen serve: warning: the Tinker SDK only sends keys that start with 'tml-'", file=sys.stderr, flush=True)
-    plan = FaultPlan.parse(faults if faults is not None else os.environ.get("KITCHEN_SERVE_FAULTS"))
-    if stall_s is None:
-        stall_s = float(os.environ.get("KITCHEN_SERVE_STALL_S", "30"))
-    state = ServerState(backend=backend, latency_ms=latency_ms, state_dir=state_dir)
-    app = TinkerApp(state, key, plan, stall_s=stall_s)
-    handler = type("KitchenHandler", (_Handler,), {"app": app})
-    server = KitchenServer((host, port), handler)
-    server.app = app
-    return server
+    plan = FaultPlan.parse(opts.faults if opts.faults is not None else os.environ.get("KITCHEN_SERVE_FAULTS"))
+    stall_s = opts.stall_s if opts.stall_s is not None else float(os.environ.get("KITCHEN_SERVE_STALL_S", "30"))
+    state = ServerState(backend=opts.backend, latency_ms=opts.latency_ms, state_dir=opts.state_dir,
+                        max_loaded_samplers=opts.max_loaded_samplers)
+    return TinkerApp(state, key, plan, stall_s=stall_s, models=opts.models)
 
 
-def run_server(host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, backend: str = "local",
-               latency_ms: float = 0.0, faults: str | None = None, ready_file: str | None = None,
-               state_dir: str | None = None, stall_s: float | None = None, api_key_env: str | None = None) -> None:
-    """Serve the Tinker API until interrupted. ``port=0`` picks a free port; the actual
-    address is printed and, with ``ready_file``, written there as JSON once listening."""
-    server = make_server(host, port, api_key, backend, latency_ms, faults, state_dir, stall_s, api_key_env)
-    url = f"http://{host}:{server.port}"
-    print(f"kitchen serve: listening on {url} (backend={backend}, latency_ms={latency_ms:g}"
-          + (f", faults={server.app.faults.rules}" if server.app.faults else "") + ")", flush=True)
-    if ready_file:
-        target = Path(ready_file)
+def run_server(opts: Any) -> int:
+    """Serve until SIGTERM/SIGINT, then finish queued work, persist, and return 0.
+
+    ``opts`` is a validated :class:`~kitchen.serve.options.ServeOptions`; ``port=0`` picks
+    a free port; the address is printed and, with ``ready_file``, written as JSON there.
+    """
+    import uvicorn
+
+    from kitchen.serve.http import Limits, build_asgi
+    from kitchen.serve.metrics import ServeMetrics, state_gauges
+    from kitchen.serve.options import configure_logging
+
+    configure_logging(opts.log_level)
+    check_models(opts.backend, opts.models)
+    sock = opts.bind()
+    app = build_app(opts)
+    limits = Limits(max_body_bytes=int(opts.max_body_mb * 1024 * 1024), max_decompression_ratio=opts.max_decompression_ratio,
+                    read_timeout_s=opts.read_timeout_s, workers=opts.workers)
+    asgi = build_asgi(app, limits, ServeMetrics(state_gauges(app.state)))
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host}:{port}"
+    config = uvicorn.Config(asgi, log_config=None, access_log=False, timeout_keep_alive=int(max(1, opts.idle_timeout_s)),
+                            limit_concurrency=max(64, 16 * opts.workers), timeout_graceful_shutdown=30,
+                            lifespan="off", server_header=False)
+    server = uvicorn.Server(config)
+    # uvicorn re-raises a captured SIGTERM/SIGINT after its graceful shutdown; with these
+    # handlers that re-raise is harmless, so we get to drain and exit 0.
+    stopped: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stopped.append(signum))
+    print(f"kitchen serve: listening on {url} (backend={opts.backend}, models={', '.join(app.models.values())}, "
+          f"state_dir={app.state.root}, latency_ms={opts.latency_ms:g}"
+          + (f", faults={app.faults.rules}" if app.faults else "") + ")", flush=True)
+    if opts.ready_file:
+        target = Path(opts.ready_file)
         tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps({"host": host, "port": server.port, "base_url": url, "pid": os.getpid()}))
+        tmp.write_text(json.dumps({"host": host, "port": port, "base_url": url, "pid": os.getpid()}))
         os.replace(tmp, target)
     try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
+        server.run(sockets=[sock])
     finally:
-        server.server_close()
-        server.app.state.shutdown()
+        print("kitchen serve: stopping; finishing queued work", file=sys.stderr, flush=True)
+        app.state.shutdown(drain_s=60.0)
+        print("kitchen serve: stopped", file=sys.stderr, flush=True)
+    return 0

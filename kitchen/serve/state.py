@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +27,6 @@ from kitchen.ports.types import LoraConfig, SessionConfig
 
 log = logging.getLogger("kitchen.serve")
 
-NOOP_TOKENIZER_ID = "kitchen-noop-bytes"  # no ':' (the SDK cuts tokenizer ids at ':')
 LONG_POLL_S = 20.0  # < the SDK's 45 s retrieve_future timeout
 MAX_FUTURES = 20000
 
@@ -61,6 +60,16 @@ class FutureRecord:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+# One rule for checkpoint names at save and at load: a name that saves always loads.
+CHECKPOINT_NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_checkpoint_name(name: str, what: str = "checkpoint name") -> None:
+    if not isinstance(name, str) or not CHECKPOINT_NAME_RULE.fullmatch(name):
+        raise RequestError(400, f"{what} {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
+                                "starting with a letter or digit (no spaces, ':' or '/')")
 
 
 def make_backend(kind: str) -> Any:
@@ -128,22 +137,25 @@ class ModelWorker:
             try:
                 fn()
             except Exception as exc:  # the request fails; the model keeps serving
-                category = "user" if isinstance(exc, (KitchenError, ValueError, KeyError, IndexError)) else "server"
+                category = "user" if isinstance(exc, (KitchenError, ValueError, KeyError, IndexError, RequestError)) else "server"
                 log.warning("request %s on %s failed: %s", rec.request_id, self.model_id, exc, exc_info=category == "server")
-                rec.finish(latency_s=0.0, error=f"{type(exc).__name__}: {exc}", category=category)
+                msg = exc.message if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+                rec.finish(latency_s=0.0, error=msg, category=category)
 
 
 @dataclass
 class SamplerRecord:
     sampler_id: str
     base_model: str
-    model_path: str | None
-    client: Any  # kitchen SamplingClient
+    model_path: str | None  # a snapshot key (tinker:// path or unnamed id); None = the base model
 
 
 class ServerState:
-    def __init__(self, *, backend: str = "noop", latency_ms: float = 0.0, state_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, *, backend: str = "noop", latency_ms: float = 0.0, state_dir: str | os.PathLike[str] | None = None,
+                 max_loaded_samplers: int = 4) -> None:
         import tempfile
+
+        from kitchen.serve.snapshots import SnapshotStore
 
         self.backend = backend
         self.latency_s = max(0.0, latency_ms) / 1000.0
@@ -154,10 +166,11 @@ class ServerState:
         self.models: dict[str, ModelWorker] = {}
         self.futures: "OrderedDict[str, FutureRecord]" = OrderedDict()
         self.samplers: dict[str, SamplerRecord] = {}
-        self.sampler_snapshots: dict[str, SamplerRecord] = {}  # tinker sampler path -> snapshot
+        self.snapshots = SnapshotStore(self.root, backend, max_loaded_samplers, make_backend)
         self.base_samplers: dict[str, Any] = {}
-        self._sample_queue: "queue.Queue[tuple[FutureRecord, Callable[[], Any]]]" = queue.Queue()
-        threading.Thread(target=self._sample_loop, name="sampler", daemon=True).start()
+        self._sample_queue: "queue.Queue[tuple[FutureRecord, Callable[[], Any]] | None]" = queue.Queue()
+        self._sample_thread = threading.Thread(target=self._sample_loop, name="sampler", daemon=True)
+        self._sample_thread.start()
 
     # ---- futures -------------------------------------------------------------------
     def new_future(self, model_id: str | None) -> FutureRecord:
@@ -199,11 +212,63 @@ class ServerState:
             raise RequestError(404, f"unknown model_id {model_id!r}")
         return worker
 
-    def add_model(self, worker: ModelWorker) -> None:
+    def add_model(self, worker: ModelWorker, user_metadata: dict[str, Any] | None = None) -> None:
         with self.lock:
             if worker.model_id in self.models:
                 raise RequestError(409, f"model {worker.model_id!r} already exists")
             self.models[worker.model_id] = worker
+        now = time.time()
+        self._write_run(worker.model_id, {
+            "training_run_id": worker.model_id, "base_model": worker.base_model, "lora": asdict(worker.lora),
+            "seed": worker.seed, "backend": worker.backend_kind, "created": now, "last_request_time": now,
+            "user_metadata": {str(k): str(v) for k, v in (user_metadata or {}).items()},
+        })
+
+    # ---- training runs (run.json per model, so they survive a restart) ----------------
+    def _run_file(self, run_id: str) -> Path:
+        return self.ckpt_root() / _safe(run_id) / "run.json"
+
+    def _write_run(self, run_id: str, data: dict[str, Any]) -> None:
+        f = self._run_file(run_id)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f"run.json.tmp{uuid.uuid4().hex[:6]}")
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, f)
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._run_file(run_id).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def touch_run(self, run_id: str, **fields: Any) -> None:
+        with self.lock:
+            run = self.get_run(run_id)
+            if run is not None:
+                run.update(fields, last_request_time=time.time())
+                self._write_run(run_id, run)
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        runs = []
+        for f in self.ckpt_root().glob("*/run.json"):
+            try:
+                runs.append(json.loads(f.read_text()))
+            except (OSError, ValueError):
+                continue
+        return sorted(runs, key=lambda r: r.get("created", 0), reverse=True)
+
+    def training_checkpoints(self, run_id: str) -> list[dict[str, Any]]:
+        out = []
+        for f in sorted((self.ckpt_root() / _safe(run_id) / "weights").glob("*.kitchen.json")):
+            try:
+                out.append(json.loads(f.read_text()))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def pending_futures(self) -> int:
+        with self.lock:
+            return sum(1 for f in self.futures.values() if not f.event.is_set())
 
     # ---- checkpoints ----------------------------------------------------------------
     def ckpt_root(self) -> Path:
@@ -220,11 +285,30 @@ class ServerState:
         if not m:
             raise RequestError(400, f"not a training-state path: {tinker_path!r} (expected tinker://RUN/weights/NAME)")
         run, name = m.group(1), m.group(2)
+        check_checkpoint_name(name)
         base = self.ckpt_root() / _safe(run) / "weights"
-        meta_file = base / f"{_safe(name)}.kitchen.json"
-        if not meta_file.exists():
-            raise RequestError(404, f"checkpoint {tinker_path!r} not found on this server")
-        return base / name, json.loads(meta_file.read_text())
+        meta_file = base / f"{name}.kitchen.json"
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            raise RequestError(404, f"checkpoint {tinker_path!r} not found on this server") from None
+        return base / name, meta
+
+    def delete_state(self, tinker_path: str) -> bool:
+        import shutil
+
+        local, _ = self.resolve_state(tinker_path)
+        (local.parent / f"{local.name}.kitchen.json").unlink(missing_ok=True)
+        shutil.rmtree(local, ignore_errors=True)
+        return True
+
+    def check_sampler_path(self, path: str) -> None:
+        from kitchen.serve.snapshots import SAMPLER_PATH
+
+        m = SAMPLER_PATH.fullmatch(path or "")
+        if not m:
+            raise RequestError(400, f"not a sampler weights path: {path!r} (expected tinker://RUN/sampler_weights/NAME)")
+        check_checkpoint_name(m.group(2), "sampler weights name")
 
     # ---- sampling worker --------------------------------------------------------------
     def submit_sample(self, rec: FutureRecord, fn: Callable[[], Any]) -> None:
@@ -232,13 +316,17 @@ class ServerState:
 
     def _sample_loop(self) -> None:
         while True:
-            rec, fn = self._sample_queue.get()
+            item = self._sample_queue.get()
+            if item is None:
+                return
+            rec, fn = item
             try:
                 fn()
             except Exception as exc:
-                category = "user" if isinstance(exc, (KitchenError, ValueError)) else "server"
+                category = "user" if isinstance(exc, (KitchenError, ValueError, RequestError)) else "server"
                 log.warning("sample request %s failed: %s", rec.request_id, exc)
-                rec.finish(latency_s=0.0, error=f"{type(exc).__name__}: {exc}", category=category)
+                msg = exc.message if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
+                rec.finish(latency_s=0.0, error=msg, category=category)
 
     def base_sampler(self, base_model: str) -> Any:
         with self.lock:
@@ -251,8 +339,18 @@ class ServerState:
             self.base_samplers[base_model] = sampler
         return sampler
 
-    def shutdown(self) -> None:
+    def shutdown(self, drain_s: float = 0.0) -> None:
+        """Stop the workers after the work already queued (waiting up to ``drain_s``).
+
+        Everything a client was told exists is already on disk (checkpoints, sampler
+        weights, run.json are written before their futures finish); draining lets an
+        in-flight save complete instead of being cut off.
+        """
         with self.lock:
             workers = list(self.models.values())
         for w in workers:
             w.stop()
+        self._sample_queue.put(None)
+        deadline = time.monotonic() + drain_s
+        for t in [w._thread for w in workers] + [self._sample_thread]:
+            t.join(max(0.0, deadline - time.monotonic()))

@@ -31,7 +31,7 @@ class ServerProcess:
 @contextlib.contextmanager
 def serve_subprocess(api_key: str, backend: str = "noop", *, latency_ms: float = 0.0, faults: str | None = None,
                      stall_s: float | None = None, state_dir: str | None = None, startup_timeout_s: float = 120.0,
-                     log_level: str = "WARNING") -> Iterator[ServerProcess]:
+                     log_level: str = "WARNING", extra_args: tuple[str, ...] = ()) -> Iterator[ServerProcess]:
     """Yield a running server; the key travels in the environment, never on the command line."""
     with tempfile.TemporaryDirectory(prefix="kitchen-serve-test-") as tmp:
         ready = Path(tmp) / "ready.json"
@@ -43,6 +43,7 @@ def serve_subprocess(api_key: str, backend: str = "noop", *, latency_ms: float =
             cmd += ["--faults", faults]
         if stall_s is not None:
             cmd += ["--stall-s", str(stall_s)]
+        cmd += list(extra_args)
         env = {**os.environ, "KITCHEN_SERVE_API_KEY": api_key}
         env.pop("KITCHEN_SERVE_FAULTS", None)
         with open(log_path, "wb") as log_file:
@@ -58,7 +59,7 @@ def serve_subprocess(api_key: str, backend: str = "noop", *, latency_ms: float =
                 info = json.loads(ready.read_text())
                 yield ServerProcess(info["base_url"], int(info["port"]), proc, log_path)
             finally:
-                proc.terminate()
+                proc.terminate()  # SIGTERM: the server drains and exits 0
                 try:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:

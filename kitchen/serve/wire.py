@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from tinker.proto import tinker_public_pb2 as pb
 
+from kitchen.ports.tinker_ext import LOSS_METRIC, total_weight
 from kitchen.ports.types import Datum, ForwardBackwardResult, SampleResult
 
 _NP = {
@@ -26,26 +27,44 @@ class WireError(ValueError):
     """A request the server cannot decode (answered with 400)."""
 
 
-def _tensor_to_list(t: "pb.Tensor", name: str) -> list[Any]:
+def _tensor_to_list(t: "pb.Tensor", name: str, expected: int) -> list[Any]:
+    """The tensor's values, flattened; shapes and sizes are checked against the body and
+    against ``expected`` (the datum's token count) *before* anything is allocated, so a
+    small body cannot claim a huge tensor."""
     np_dtype = _NP.get(t.dtype)
     if np_dtype is None:
         raise WireError(f"loss_fn_inputs[{name!r}] has unsupported dtype {t.dtype}")
+    shape = [int(x) for x in t.shape]
+    if any(x < 0 for x in shape):
+        raise WireError(f"loss_fn_inputs[{name!r}] has a negative dimension in shape {shape}")
+    numel = math.prod(shape) if shape else None
+    if numel is not None and numel != expected:
+        raise WireError(f"loss_fn_inputs[{name!r}] has shape {shape} ({numel} values) but model_input has {expected} tokens")
+    itemsize = np.dtype(np_dtype).itemsize
     which = t.WhichOneof("encoding")
     if which == "sparse_csr":
-        shape = list(t.shape)
         if len(shape) != 2:
-            raise WireError(f"loss_fn_inputs[{name!r}] is sparse but not 2-D")
-        dense = np.zeros(shape, dtype=np_dtype)
-        values = np.frombuffer(t.sparse_csr.values, dtype=np_dtype)
-        crow = np.frombuffer(t.sparse_csr.crow_indices, dtype=np.int64)
-        col = np.frombuffer(t.sparse_csr.col_indices, dtype=np.int64)
-        for r in range(shape[0]):
-            for k in range(int(crow[r]), int(crow[r + 1])):
-                dense[r, int(col[k])] = values[k]
-        arr = dense
-    else:
-        arr = np.frombuffer(t.dense, dtype=np_dtype)
-    return arr.reshape(-1).tolist()
+            raise WireError(f"loss_fn_inputs[{name!r}] is sparse but its shape {shape} is not 2-D")
+        sp = t.sparse_csr
+        if len(sp.values) % itemsize or len(sp.crow_indices) % 8 or len(sp.col_indices) % 8:
+            raise WireError(f"loss_fn_inputs[{name!r}]: sparse buffers are not whole numbers of elements")
+        values = np.frombuffer(sp.values, dtype=np_dtype)
+        crow = np.frombuffer(sp.crow_indices, dtype=np.int64)
+        col = np.frombuffer(sp.col_indices, dtype=np.int64)
+        rows, cols = shape
+        if len(crow) != rows + 1 or len(col) != len(values) or (len(crow) and (crow[0] != 0 or crow[-1] != len(values))) \
+                or np.any(np.diff(crow) < 0) or (len(col) and (col.min() < 0 or col.max() >= cols)):
+            raise WireError(f"loss_fn_inputs[{name!r}]: inconsistent sparse CSR indices for shape {shape}")
+        dense = np.zeros(rows * cols, dtype=np_dtype)  # == expected values: bounded by the token count
+        row_of = np.repeat(np.arange(rows, dtype=np.int64), np.diff(crow))
+        dense[row_of * cols + col] = values
+        return dense.tolist()
+    if len(t.dense) % itemsize:
+        raise WireError(f"loss_fn_inputs[{name!r}]: {len(t.dense)} bytes is not a whole number of {np.dtype(np_dtype).name} values")
+    arr = np.frombuffer(t.dense, dtype=np_dtype)
+    if len(arr) != expected:
+        raise WireError(f"loss_fn_inputs[{name!r}] has {len(arr)} entries but model_input has {expected} tokens")
+    return arr.tolist()
 
 
 def datums_from_proto(msg: "pb.ForwardBackwardRequest") -> list[Datum]:
@@ -55,13 +74,14 @@ def datums_from_proto(msg: "pb.ForwardBackwardRequest") -> list[Datum]:
         for chunk in d.model_input:
             if chunk.WhichOneof("chunk") not in (None, "encoded_text"):
                 raise WireError(f"datum {i}: only token (encoded_text) chunks are supported")
-            tokens.extend(np.frombuffer(chunk.encoded_text.tokens, dtype=np.int32).tolist())
-        inputs = {name: _tensor_to_list(t, name) for name, t in d.loss_fn_inputs.items()}
-        for name, values in inputs.items():
-            if len(values) != len(tokens):
-                raise WireError(
-                    f"datum {i}: loss_fn_inputs[{name!r}] has {len(values)} entries but model_input has {len(tokens)} tokens"
-                )
+            raw = chunk.encoded_text.tokens
+            if len(raw) % 4:
+                raise WireError(f"datum {i}: encoded_text.tokens is {len(raw)} bytes, not a whole number of int32 tokens")
+            tokens.extend(np.frombuffer(raw, dtype=np.int32).tolist())
+        try:
+            inputs = {name: _tensor_to_list(t, name, len(tokens)) for name, t in d.loss_fn_inputs.items()}
+        except WireError as exc:
+            raise WireError(f"datum {i}: {exc}") from None
         if "target_tokens" not in inputs:
             raise WireError(f"datum {i}: loss_fn_inputs needs 'target_tokens'")
         out.append(Datum(model_input=tokens, loss_fn_inputs=inputs))
@@ -76,19 +96,6 @@ def loss_config_from_proto(msg: "pb.ForwardBackwardRequest") -> dict[str, float]
         if v.WhichOneof("value") == "number":
             cfg[k] = float(v.number)
     return cfg
-
-
-def total_weight(data: list[Datum]) -> float:
-    """The normaliser between Tinker's ``loss:sum`` and the kitchen's per-token loss.
-
-    Shared by server and adapter so the round trip is exact: the sum of ``weights``
-    when present, else the token count; never 0.
-    """
-    total = 0.0
-    for d in data:
-        w = d.loss_fn_inputs.get("weights")
-        total += float(sum(w)) if w is not None else float(len(d.model_input))
-    return total if total > 0 else 1.0
 
 
 def _metric_key(name: str) -> str:
@@ -122,7 +129,7 @@ def fb_result_to_proto(result: ForwardBackwardResult, data: list[Datum]) -> byte
     if "loss:sum" not in result.metrics:
         msg.metrics["loss:sum"] = float(result.loss) * total_weight(data)
     # The port's loss exactly as the backend optimised it (read back by the kitchen adapter).
-    msg.metrics["kitchen_loss:mean"] = float(result.loss)
+    msg.metrics[LOSS_METRIC] = float(result.loss)
     return msg.SerializeToString()
 
 

@@ -33,6 +33,7 @@ from typing import Any, Callable, TypeVar
 from kitchen.adapters.tinker.credentials import KEY_ENV, require_api_key
 from kitchen.errors import BackendError, KitchenError
 from kitchen.redact import redact_url
+from kitchen.ports.tinker_ext import NOOP_TOKENIZER_ID, STEP_METRIC, session_metadata
 from kitchen.ports.types import (
     AdamParams,
     CheckpointRef,
@@ -47,7 +48,6 @@ from kitchen.ports.types import (
 log = logging.getLogger("kitchen.tinker")
 T = TypeVar("T")
 
-NOOP_TOKENIZER_ID = "kitchen-noop-bytes"
 POINTER_FILE = "tinker_checkpoint.json"
 WEIGHTS_POINTER_FILE = "tinker_weights.json"
 FATAL_STATUS = {400, 401, 403, 404, 422}
@@ -325,13 +325,8 @@ class TinkerTrainingClient:
 
     def _metadata(self, config: SessionConfig) -> dict[str, str]:
         lora = config.lora
-        return {
-            "kitchen_max_length": str(config.max_length),
-            "kitchen_dtype": config.dtype,
-            "kitchen_device": config.device,
-            "kitchen_lora_alpha": "" if lora.alpha is None else str(lora.alpha),
-            "kitchen_lora_dropout": str(lora.dropout),
-        }
+        return session_metadata({"max_length": config.max_length, "dtype": config.dtype, "device": config.device,
+                                 "lora_alpha": lora.alpha, "lora_dropout": lora.dropout})
 
     # ---- port ------------------------------------------------------------------------
     def start_session(self, config: SessionConfig) -> dict[str, Any]:
@@ -344,6 +339,10 @@ class TinkerTrainingClient:
         import tinker
 
         self.config = config
+        if self.base_url:  # issue 12: a dead or closed server is exit 2 within a minute, not a hang
+            from kitchen.adapters.tinker.probe import check_reachable
+
+            check_reachable(self.base_url)
 
         def create() -> tuple[Any, Any]:
             service = tinker.ServiceClient(base_url=self.base_url)
@@ -413,7 +412,7 @@ class TinkerTrainingClient:
 
         def convert(resp: Any) -> OptimStepResult:
             metrics = {k: float(v) for k, v in (resp.metrics or {}).items()}
-            step = int(metrics.pop("kitchen_step", expected))
+            step = int(metrics.pop(STEP_METRIC, expected))
             return OptimStepResult(step=step, metrics=metrics)
 
         op = _Op("optim_step", "optim_step", lambda: self._tc().optim_step(adam), convert, ordered=True)

@@ -14,6 +14,7 @@ from kitchen.ports.types import (
     SampleResult,
     SamplingParams,
 )
+from kitchen.ports.tinker_ext import LOSS_METRIC, total_weight
 
 INT_KEYS = {"target_tokens"}
 
@@ -39,15 +40,6 @@ def from_tinker_datum(d: tt.Datum) -> Datum:
     return Datum(model_input=d.model_input.to_ints(), loss_fn_inputs=inputs)
 
 
-def total_weight(data: list[Datum]) -> float:
-    """Same normaliser as the server's (kitchen.serve.wire.total_weight)."""
-    total = 0.0
-    for d in data:
-        w = d.loss_fn_inputs.get("weights")
-        total += float(sum(w)) if w is not None else float(len(d.model_input))
-    return total if total > 0 else 1.0
-
-
 def fb_output_to_result(out: tt.ForwardBackwardOutput, data: list[Datum]) -> ForwardBackwardResult:
     """Tinker reports ``loss:sum`` (sum of weighted token losses); the port wants the
     weighted token mean, so divide by the total weight."""
@@ -63,10 +55,10 @@ def fb_output_to_result(out: tt.ForwardBackwardOutput, data: list[Datum]) -> For
         loss_sum = -sum(
             lp * w for d, lps in zip(data, logprobs) for lp, w in zip(lps, d.loss_fn_inputs.get("weights", [1.0] * len(lps)))
         )
-    metrics.pop("kitchen_loss", None)
+    metrics.pop(LOSS_METRIC.split(":", 1)[0], None)
     metrics["loss_sum"] = float(loss_sum)
     # kitchen serve reports the port's loss as the backend optimised it; real Tinker does not.
-    loss = out.metrics.get("kitchen_loss:mean")
+    loss = out.metrics.get(LOSS_METRIC)
     if loss is None:
         loss = float(loss_sum) / total_weight(data)
     return ForwardBackwardResult(loss=float(loss), logprobs=logprobs, metrics=metrics)
