@@ -64,16 +64,14 @@ def build_adapters(spec: RunSpec) -> Adapters:
     return Adapters(training=make("training", spec.adapters.training), dataset_store=make("dataset_store", spec.adapters.dataset_store))
 
 
-def build_bus(spec: RunSpec, run_dir: Path) -> EventBus:
+def build_bus(spec: RunSpec, run_dir: Path, sink_run: Any = None) -> EventBus:
+    # issue 10: every sink (shipped short name or a user's _target_) comes from one instantiate path.
+    from kitchen.telemetry.sinks import SinkContext, build_sinks
+
     bus = EventBus()
-    if "console" in spec.telemetry.sinks:
-        from kitchen.telemetry.console import ConsoleSink
-
-        bus.subscribe(ConsoleSink())
-    if "jsonl" in spec.telemetry.sinks:
-        from kitchen.telemetry.jsonl import JsonlSink
-
-        bus.subscribe(JsonlSink(run_dir))
+    run = sink_run if sink_run is not None else SinkContext(run_dir=run_dir)
+    for sink in build_sinks(spec.telemetry.sinks, run):
+        bus.subscribe(sink)
     return bus
 
 
@@ -144,13 +142,23 @@ def execute(spec: RunSpec) -> RunResult:
     ctx.state["resume_record"] = resume_record
     runner = Runner(workflow)
     runner.validate(ctx)  # bad data fails here too: nothing has been written or moved yet
+    from kitchen.telemetry.jsonl import redact
+    from kitchen.telemetry.sinks import SinkContext, resolve_sinks
+
+    resolve_sinks(spec.telemetry.sinks)  # issue 10: unknown sink / missing tracker SDK fails before any file is written
+    config = redact(spec.model_dump(mode="json"))
+    git_sha = _git_sha()
+    sink_run = SinkContext(  # issue 10: what every sink's constructor gets as run=
+        run_dir=rundir.path, config=config, recipe=spec.recipe, workflow=spec.workflow.name, backend=spec.adapters.name,
+        model=spec.model, resume=mode == "resume", previous_info=previous, git_sha=git_sha,
+    )
 
     rundir.path.mkdir(parents=True, exist_ok=True)
     moved = rundir.move_aside() if mode == "overwrite" else None
-    bus = ctx.bus = build_bus(spec, rundir.path)
+    bus = ctx.bus = build_bus(spec, rundir.path, sink_run)
     if moved is not None:
         ctx.emit(ev.RUN_INFO, message=f"the previous run was moved to {moved}")
-    write_config(rundir, spec.model_dump(mode="json"))  # the complete validated spec, defaults included
+    write_config(rundir, config)  # the complete validated spec, defaults included
     started = time.time()
     info: dict[str, Any] = dict(previous or {})
     info.update(
@@ -164,11 +172,12 @@ def execute(spec: RunSpec) -> RunResult:
         started_at=info.get("started_at", started),
         resumed_at=started if mode == "resume" else None,
         ended_at=None,
-        git_sha=_git_sha(),
+        git_sha=git_sha,
         versions=_versions(),
         argv=[a for a in sys.argv[1:] if "key" not in a.lower() and "token" not in a.lower()],
         pid=os.getpid(),
     )
+    info["trackers"] = sink_run.trackers  # issue 10: tracker run ids, so a resume continues the same tracker run
     rundir.write_info(info)
     ctx.emit(
         ev.WORKFLOW_START, workflow=workflow.name, recipe=spec.recipe, run_dir=str(rundir.path),
@@ -201,6 +210,8 @@ def execute(spec: RunSpec) -> RunResult:
         rundir.write_info(info)
         ctx.emit(ev.WORKFLOW_STOP, status=status, step=ctx.step, duration_s=ended - started, final_metrics=final, run_dir=str(rundir.path))
         bus.close()
+        if sink_run.trackers:  # issue 10: tracker ids remembered while the run went on (info["trackers"] is this dict)
+            rundir.write_info(info)
         try:
             adapters.training.close()
         except Exception:  # noqa: BLE001

@@ -7,7 +7,7 @@ key, with a did-you-mean for unknown keys.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -39,7 +39,12 @@ class AdaptersSpec(_Strict):
 
 class TelemetrySpec(_Strict):
     name: str = "default"
-    sinks: list[Literal["console", "jsonl"]] = Field(default_factory=lambda: ["console", "jsonl"])
+    # issue 10: a short name (console, jsonl, wandb, tensorboard, mlflow, prometheus), {name: {options}},
+    # or a mapping with _target_ naming the user's own sink; checked by kitchen.telemetry.sinks.resolve_sinks.
+    sinks: list[Union[str, dict[str, Any]]] = Field(
+        default_factory=lambda: ["console", "jsonl"],
+        description="sink names (console, jsonl, wandb, tensorboard, mlflow, prometheus) or {_target_: my.Sink, ...}",
+    )
     console_every_s: float = Field(2.0, ge=0, description="plain-output throttle when stdout is not a TTY")
 
 
@@ -115,6 +120,13 @@ class RunSpec(_Strict):
     # Distillation
     teacher: Optional[str] = Field(None, description="teacher model (alias, path, or RUN_DIR)")
     distill_mode: Literal["on_policy", "off_policy"] = "on_policy"
+
+    # --- issue 10 keys ---
+    objective: Optional[str] = Field(
+        None, description="sweeps: the metric whose final value each job returns to the sweeper (e.g. loss, test_nll)"
+    )
+    objective_mode: Literal["min", "max"] = Field("min", description="sweeps: whether a lower (min) or higher (max) objective is better")
+    # --- end issue 10 keys ---
 
     @classmethod
     def from_config(cls, data: dict[str, Any], source: str = "the composed config") -> "RunSpec":

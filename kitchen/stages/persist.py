@@ -41,3 +41,4 @@ class SaveWeights(Stage):
         where = ctx.training.save_weights(str(RunDir(ctx.run_dir).final))
         ctx.metadata["final_weights"] = where
         ctx.emit(ev.RUN_INFO, message=f"final weights: {where}")
+        ctx.emit(ev.ARTIFACT_SAVED, kind="weights", path=str(where), step=ctx.step)  # issue 10: trackers log the final weights
