@@ -42,7 +42,9 @@ def _fail(exc: KitchenError) -> None:
         import traceback
 
         traceback.print_exception(exc)
-    _stderr().print(f"[bold red]error:[/] {exc.render()}", markup=True)
+    from rich.markup import escape
+
+    _stderr().print(f"[bold red]error:[/] {escape(exc.render())}", markup=True)  # issue 10: keep "[wandb]" in messages
     raise typer.Exit(exc.exit_code)
 
 

@@ -106,8 +106,15 @@ def _names() -> str:
     return ", ".join(BUILTIN_SINKS)
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked or half-installed package
+        return False
+
+
 def _missing_modules(entry: SinkEntry) -> list[str]:
-    return [m for m in entry.requires if importlib.util.find_spec(m) is None]
+    return [m for m in entry.requires if not _installed(m)]
 
 
 def resolve_sinks(entries: Iterable[Any]) -> list[_Resolved]:

@@ -82,7 +82,7 @@ class PrometheusSink:
         if isinstance(tokens, (int, float)) and tokens > 0:
             self.tokens.inc(tokens)
         self.steps.inc()
-        if len(d) > 8:  # extras beyond the common keys
+        if not d.keys() <= _OWN:  # extras beyond the common keys (reward_mean, grad_norm...)
             children = self._metric_children
             for k, v in numeric_items(d, _OWN):
                 if ":" in k:
