@@ -237,29 +237,11 @@ def hydra_task(cfg: Any) -> dict[str, Any]:
         return {"status": "failed", "user_error": exc}
 
 
-def hydra_sweep_task(cfg: Any) -> dict[str, Any]:
-    """The task function for each multirun job: never raises, so one failure can't stop the sweep."""
-    from hydra.core.hydra_config import HydraConfig
+def hydra_sweep_task(cfg: Any) -> Any:
+    """The task function for each multirun job (issue 10: moved to kitchen.sweeps, which adds the objective)."""
+    from kitchen.sweeps import sweep_task
 
-    from kitchen.config.compose import register_resolvers
-
-    register_resolvers()  # a launcher may run this job in a fresh process (joblib, submitit)
-    run_dir = None
-    try:
-        run_dir = HydraConfig.get().runtime.output_dir
-        from kitchen.config.compose import to_container
-
-        data = to_container(cfg)
-        data["run_dir"] = run_dir
-        spec, _ = spec_from_config(data)
-        return vars(execute(spec))
-    except KitchenError as exc:
-        return {"status": "failed", "run_dir": run_dir, "error": exc.render(), "metrics": {}}
-    except Exception as exc:  # noqa: BLE001
-        import traceback
-
-        return {"status": "failed", "run_dir": run_dir, "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(), "metrics": {}}
+    return sweep_task(cfg)
 
 
 __all__ = ["BackendError", "RunResult", "execute", "hydra_sweep_task", "hydra_task"]

@@ -111,14 +111,33 @@ def run(
 
 
 def _run_sweep(overrides: list[str], recipes_dir: list[str]) -> None:
-    from kitchen.app import hydra_sweep_task
+    # issue 10: jobs report through a shared JSONL file (kitchen.sweeps), so optimising sweepers
+    # (Optuna) that keep the job returns to themselves still get a summary.
+    import tempfile
+
     from kitchen.cli_views import print_sweep_summary
     from kitchen.config.compose import launch
+    from kitchen.sweeps import SWEEP_LOG_ENV, read_records, sweep_overrides, sweep_task
 
-    returns = launch(overrides, hydra_sweep_task, multirun=True, recipe_dirs=recipes_dir)
-    jobs = [job for batch in (returns or []) for job in batch]
-    failed = print_sweep_summary(jobs)
-    raise typer.Exit(1 if failed else 0)
+    with tempfile.TemporaryDirectory(prefix="kitchen-sweep-") as tmp:
+        log_path = os.path.join(tmp, "jobs.jsonl")
+        os.environ[SWEEP_LOG_ENV] = log_path
+        stopped = None
+        try:
+            launch(sweep_overrides(overrides), sweep_task, multirun=True, recipe_dirs=recipes_dir)
+        except KitchenError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. Optuna when no trial completed: the summary still prints
+            if _STATE["debug"]:
+                raise
+            stopped = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.environ.pop(SWEEP_LOG_ENV, None)
+        records = read_records(log_path)
+    failed = print_sweep_summary(records)
+    if stopped:
+        _stderr().print(f"[bold red]error:[/] the sweeper stopped: {stopped}", markup=True, highlight=False)
+    raise typer.Exit(1 if failed or stopped or not records else 0)
 
 
 @app.command()
@@ -186,11 +205,12 @@ def validate(overrides: Optional[List[str]] = OverridesArg, recipes_dir: Optiona
 @_guard
 def runs(
     roots: Optional[List[Path]] = typer.Argument(None, help="Folders to scan (default: runs/ and multirun/)."),
+    root: Optional[List[Path]] = typer.Option(None, "--root", help="Find runs anywhere below this folder, sweeps included (repeatable)."),
 ) -> None:
     """List past runs: dir, recipe, status, steps, final loss, duration."""
     from kitchen.cli_views import print_runs
 
-    print_runs(roots or [Path("runs"), Path("multirun")])
+    print_runs([*(roots or []), *(root or [])] or [Path("runs"), Path("multirun")])
 
 
 @app.command()

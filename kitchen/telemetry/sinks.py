@@ -199,8 +199,16 @@ def _build_one(item: _Resolved, run: SinkContext, instantiate: Callable[..., Any
 
 
 def console_sink(run: SinkContext, **options: Any) -> Any:
+    """The console; inside a sweep job, plain lines prefixed with the job number (parallel jobs share a terminal)."""
+    import os
+
+    from kitchen.sweeps import SWEEP_JOB_ENV
     from kitchen.telemetry.console import ConsoleSink
 
+    job = os.environ.get(SWEEP_JOB_ENV)
+    if job is not None:
+        options.setdefault("prefix", f"[job {job}] ")
+        options.setdefault("live", False)
     return ConsoleSink(**options)
 
 
