@@ -72,6 +72,9 @@ def build_bus(spec: RunSpec, run_dir: Path, sink_run: Any = None) -> EventBus:
     run = sink_run if sink_run is not None else SinkContext(run_dir=run_dir)
     for sink in build_sinks(spec.telemetry.sinks, run):
         bus.subscribe(sink)
+    from kitchen.telemetry.sdk_logs import SdkLogRouter
+
+    bus.subscribe(SdkLogRouter(run_dir))  # SDK retry chatter to RUN_DIR/debug.log, not through the bar
     return bus
 
 

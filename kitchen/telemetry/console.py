@@ -57,7 +57,7 @@ _MAX_EXTRAS = 4
 _BOOKKEEPING = ("num_", "time/", "input_tokens")
 _LIVE_UPDATE_S = 0.1  # at most ~10 progress updates per second
 _BAR_WIDTH = 20
-_DESC_WIDTH = 28
+_DESC_WIDTH = 32
 
 
 # -------------------------------------------------------------------------- formatting
@@ -313,6 +313,8 @@ class ConsoleSink:
         self._stage = stage or None
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, description=self._description())
+            if self._last is not None:  # re-fit the stats to the room the new description leaves
+                self._update_progress(self._last, time.monotonic())
 
     def _description(self) -> str:
         return escape(_shorten(self._workflow + (f" · {self._stage}…" if self._stage else ""), _DESC_WIDTH))
@@ -435,7 +437,7 @@ class ConsoleSink:
         # labelled elapsed time never wrap or shrink; the stats text gives way (ellipsis) first.
         self._progress = Progress(
             TextColumn("[bold blue]{task.description}", table_column=Column(no_wrap=True)),
-            BarColumn(bar_width=_BAR_WIDTH),
+            BarColumn(bar_width=self._bar_width()),
             MofNCompleteColumn(table_column=Column(no_wrap=True)),
             TextColumn("elapsed", style="dim", table_column=Column(no_wrap=True)),
             TimeElapsedColumn(table_column=Column(no_wrap=True)),
@@ -460,7 +462,7 @@ class ConsoleSink:
         # The stats give way first on a narrow terminal: cut them to what is left after the
         # description, the bar, "step/total" and "elapsed h:mm:ss" (6 column gaps).
         total = self._total or 0
-        fixed = len(self._description()) + _BAR_WIDTH + 2 * len(str(max(total, int(step or 0)))) + 1 + len("elapsed 0:00:00") + 6
+        fixed = len(self._description()) + self._bar_width() + 2 * len(str(max(total, int(step or 0)))) + 1 + len("elapsed 0:00:00") + 6
         room = max(8, self.console.width - fixed - 1)
         self._progress.update(
             self._task,
@@ -468,6 +470,9 @@ class ConsoleSink:
             total=self._total,
             stats=escape(_shorten(" · ".join(stats), room)),
         )
+
+    def _bar_width(self) -> int:
+        return _BAR_WIDTH if self.console.width >= 100 else 8  # narrow terminals keep the numbers, not the bar
 
     def _stop_progress(self, clear: bool = False) -> None:
         progress, self._progress = self._progress, None
@@ -508,8 +513,8 @@ class ConsoleSink:
             rows.append(("duration", fmt_duration(d.get("duration_s"))))
         if self._run_dir:
             rows.append(("run dir", self._run_dir))
-        if self._error and status != "completed":
-            rows.append(("error", _shorten(self._error, 300)))
+        # The error itself is printed once, by whoever ends the run (the CLI's one paragraph, the
+        # traceback, or the sweep summary), not repeated here.
 
         if self.live:
             color = {"completed": "green", "failed": "red", "interrupted": "yellow"}.get(status, "white")
