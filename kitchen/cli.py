@@ -236,6 +236,21 @@ def serve(
                ready_file=str(ready_file) if ready_file else None, state_dir=str(state_dir) if state_dir else None)
 
 
+@app.command()
+@_guard
+def plot(
+    run_dirs: List[Path] = typer.Argument(..., help="Run dirs, or folders above them such as a sweep dir."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: loss and every eval metric)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write a PNG here (matplotlib); without it, draw in the terminal."),
+) -> None:
+    """Training and evaluation curves from metrics.jsonl, one line per run (issue 10)."""
+    from kitchen.plot import plot as draw
+
+    chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    result = draw(run_dirs, chosen, out)
+    typer.echo(f"wrote {result}" if out is not None else result)
+
+
 def main() -> None:
     try:
         app()
