@@ -262,8 +262,8 @@ def _break(name: str, sink, monkeypatch) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         monkeypatch.setattr(SummaryWriter, "add_scalar", failing(SummaryWriter.add_scalar))
-    elif name == "prometheus":
-        monkeypatch.setattr(sink.loss, "set", failing(sink.loss.set))
+    elif name == "prometheus":  # steps are read at scrape time; evals update prometheus_client gauges
+        monkeypatch.setattr(sink.eval, "labels", failing(sink.eval.labels))
 
 
 @pytest.mark.parametrize("name", ["wandb", "mlflow", "tensorboard", "prometheus"])
@@ -282,13 +282,15 @@ def test_a_tracker_failing_mid_run_is_dropped_with_one_warning(name, tmp_path, m
         bus.emit("workflow.start", workflow="supervised", total_steps=40)
         for step in range(1, 41):
             bus.emit("training.step", step=step, total_steps=40, loss=1.0, lr=1e-4)
+            if step % 5 == 0:
+                bus.emit("eval.result", step=step, split="test", metrics={"test_nll": 1.0})
         bus.emit("workflow.stop", status="completed", step=40)
         bus.close()
     warnings = [r for r in caplog.records if "failed and was dropped" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
     assert "quota exceeded" in warnings[0].getMessage()
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 40  # the run (and the other sinks) went on
+    assert len(rows) == 48  # 40 steps + 8 evals: the run (and the other sinks) went on
 
 
 # ---------------------------------------------------------------------------- bad input
