@@ -115,6 +115,9 @@ def validate_run(spec: RunSpec) -> None:
 
     workflow = get_workflow(spec.workflow.name)
     RunDir(Path(spec.run_dir)).check_can_start(resume=spec.resume, overwrite=spec.overwrite)
+    from kitchen.telemetry.sinks import resolve_sinks
+
+    resolve_sinks(spec.telemetry.sinks)  # issue 10: unknown sink names and missing tracker extras, as `run` checks them
     rows: dict[str, int] = {}
     if spec.dataset or spec.test_dataset:
         from hydra.utils import instantiate

@@ -306,6 +306,11 @@ def test_unknown_sink_lists_the_sinks_before_anything_is_written(tmp_path):
     assert "Traceback" not in r.text and not list(run_dir.glob("*"))  # Hydra may make the folder; nothing is written
 
 
+def test_validate_checks_sinks_like_run_does(tmp_path):
+    r = run_kitchen("validate", "recipe=sl_basic", "adapters=noop", f"run_dir={tmp_path / 'run'}", "telemetry.sinks=[jsonl,tensorbord]")
+    assert r.code == 2 and "Did you mean 'tensorboard'?" in r.err, r
+
+
 def test_missing_tracker_package_names_the_extra_before_the_run_starts(tmp_path):
     run_dir = tmp_path / "run"
     code = ("import sys; sys.modules['wandb'] = None; sys.argv = ['kitchen'] + sys.argv[1:]; "
