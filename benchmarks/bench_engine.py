@@ -4,7 +4,13 @@ Both loops call the same NoopTrainingClient (forward_backward + optim_step + res
 the same batches. The kitchen run has both sinks on (console, plain mode; JSONL files).
 Overhead per step = kitchen µs/step - bare µs/step. Goal: at most 50 µs/step.
 
-    .venv/bin/python benchmarks/bench_engine.py [--steps 10000]
+``--trackers`` adds one more kitchen run per tracker sink (jsonl + that tracker) and one
+with every sink on (W&B offline, TensorBoard, MLflow on a temp sqlite store, Prometheus on
+a loopback port). For each it prints the wall µs/step and the time the sinks' ``handle``
+calls took on the training thread (what a sink adds to the step; the trackers' own I/O runs
+on their background threads and shows up only as contention in the wall number).
+
+    .venv/bin/python benchmarks/bench_engine.py [--steps 10000] [--trackers]
 """
 
 from __future__ import annotations
@@ -36,21 +42,33 @@ def bare_loop(datums, steps: int, batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
-def kitchen_loop(steps: int, batch_size: int, run_dir: Path) -> tuple[float, list]:
+def kitchen_loop(steps: int, batch_size: int, run_dir: Path, sinks: list[str] | None = None) -> tuple[float, list]:
     from kitchen.app import execute
     from kitchen.preflight import compose_spec
 
     spec, _, _, _ = compose_spec([
         "adapters=noop", f"max_steps={steps}", f"batch_size={batch_size}", "~test_dataset",
         "num_preview_samples=0", "save_every=0", "eval_every=0", f"run_dir={run_dir}", "pipeline_depth=1",
+        *([f"telemetry.sinks=[{','.join(sinks)}]"] if sinks else []),
     ])
     import kitchen.app as app
 
     marks: dict[str, float] = {}
     original = app.build_bus
 
-    def build_bus(spec, run_dir):
-        bus = original(spec, run_dir)
+    handle_s: dict[str, float] = {}
+
+    def build_bus(spec, run_dir, *args):
+        bus = original(spec, run_dir, *args)
+        for sink in bus._sinks:  # time each sink's handle() on the training thread
+            name, inner = type(sink).__name__, sink.handle
+            handle_s.setdefault(name, 0.0)
+
+            def timed(event, inner=inner, name=name):
+                t = time.perf_counter()
+                inner(event)
+                handle_s[name] += time.perf_counter() - t
+            sink.handle = timed
 
         def mark(event):
             if event.name == "training.step":
@@ -65,13 +83,14 @@ def kitchen_loop(steps: int, batch_size: int, run_dir: Path) -> tuple[float, lis
     total = time.perf_counter() - t0
     app.build_bus = original
     # Time from the first to the last completed step covers steps-1 full iterations.
-    return (marks["last"] - marks["first"]) * steps / (steps - 1), [total]
+    return (marks["last"] - marks["first"]) * steps / (steps - 1), [total, handle_s]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--trackers", action="store_true", help="also measure every tracker sink (issue 10)")
     args = parser.parse_args()
 
     from kitchen.adapters.hf_datasets import HFDatasetStore
@@ -85,8 +104,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("KITCHEN_CACHE_DIR", tmp)
-        kitchen_s, (total_s,) = kitchen_loop(args.steps, args.batch_size, Path(tmp) / "run")
+        kitchen_s, (total_s, _) = kitchen_loop(args.steps, args.batch_size, Path(tmp) / "run")
         bare_s = bare_loop(datums, args.steps, args.batch_size)
+        tracked = []
+        if args.trackers:
+            os.environ.setdefault("WANDB_MODE", "offline")
+            os.environ.setdefault("WANDB_SILENT", "true")
+            os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
+            mlflow = f"{{mlflow: {{artifact_location: {tmp}/mlartifacts}}}}"  # not ./mlruns in the repo
+            for i, sinks in enumerate([["jsonl", "wandb"], ["jsonl", "tensorboard"], ["jsonl", mlflow], ["jsonl", "prometheus"],
+                                       ["console", "jsonl", "wandb", "tensorboard", mlflow, "prometheus"]]):
+                s, (t, handles) = kitchen_loop(args.steps, args.batch_size, Path(tmp) / f"run{i}", sinks)
+                tracked.append((sinks, s, t, handles))
     k_us = kitchen_s / args.steps * 1e6
     b_us = bare_s / args.steps * 1e6
     print()
@@ -94,6 +123,12 @@ def main() -> None:
     print(f"  bare python loop      {b_us:8.1f} µs/step")
     print(f"  kitchen workflow      {k_us:8.1f} µs/step   (whole run incl. setup: {total_s:.2f} s)")
     print(f"  orchestration overhead {k_us - b_us:7.1f} µs/step   goal <= 50 µs/step   ratio kitchen/bare {k_us / b_us:.2f}x")
+    for sinks, s, t, handles in tracked:
+        us = s / args.steps * 1e6
+        on_step = ", ".join(f"{name} {v / args.steps * 1e6:.1f}" for name, v in handles.items())
+        label = "+".join("mlflow" if s_.startswith("{mlflow") else s_ for s_ in sinks)
+        print(f"  sinks {label:<45} {us:8.1f} µs/step  overhead {us - b_us:6.1f}  (run incl. tracker flush {t:.1f} s)")
+        print(f"      handle() on the training thread, µs/step: {on_step}")
 
 
 if __name__ == "__main__":

@@ -57,13 +57,17 @@ def build_training(spec: RunSpec) -> Any:
         raise ConfigError(f"adapters={spec.adapters.name}: {exc.render()}") from None
 
 
-def build_bus(spec: RunSpec, run_dir: Path) -> EventBus:
-    """Every sink of ``telemetry.sinks``, built the one way (short name or ``_target_``)."""
-    from kitchen.config.instantiate import build
+def build_bus(spec: RunSpec, run_dir: Path, sink_run: Any = None) -> EventBus:
+    """Every sink of ``telemetry.sinks`` (a short name or a ``_target_``), built the one way."""
+    from kitchen.telemetry.sinks import SinkContext, build_sinks
 
     bus = EventBus()
-    for entry in spec.telemetry.sinks:
-        bus.subscribe(build("sinks", entry, run_dir=run_dir))
+    run = sink_run if sink_run is not None else SinkContext(run_dir=run_dir)
+    for sink in build_sinks(spec.telemetry.sinks, run):
+        bus.subscribe(sink)
+    from kitchen.telemetry.sdk_logs import SdkLogRouter
+
+    bus.subscribe(SdkLogRouter(run_dir))  # SDK retry chatter to RUN_DIR/debug.log, not through the bar
     return bus
 
 
@@ -169,7 +173,15 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
     """The run itself, while this process holds the run-dir lock (issue 13 split)."""
     from kitchen import lifecycle
 
-    bus = ctx.bus = build_bus(spec, rundir.path)
+    from kitchen.telemetry.jsonl import redact
+    from kitchen.telemetry.sinks import SinkContext
+
+    git_sha = _git_sha()
+    sink_run = SinkContext(  # what every sink's constructor gets as run=
+        run_dir=rundir.path, config=redact(spec.model_dump(mode="json")), recipe=spec.recipe, workflow=spec.workflow.name,
+        backend=spec.adapters.name, model=spec.model, resume=mode == "resume", previous_info=previous, git_sha=git_sha,
+    )
+    bus = ctx.bus = build_bus(spec, rundir.path, sink_run)
     if moved is not None:
         ctx.emit(ev.RUN_INFO, message=f"the previous run was moved to {moved}")
     lifecycle.report_leftovers(ctx, rundir)  # issue 13: temp files of killed writes
@@ -192,11 +204,12 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
         started_at=info.get("started_at", started),
         resumed_at=started if mode == "resume" else None,
         ended_at=None,
-        git_sha=_git_sha(),
+        git_sha=git_sha,
         versions=_versions(),
         argv=lifecycle.redacted_argv(),  # issue 13: hide secret-looking keys, keep max_tokens=...
         pid=os.getpid(),
     )
+    info["trackers"] = sink_run.trackers  # tracker run ids, so a resume continues the same tracker run
     try:
         rundir.write_info(info)
     except OSError as exc:
@@ -236,13 +249,16 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
                     total_steps=ctx.progress.total_steps, final_metrics=final, error=error,
                     eval_history=ctx.metadata.get("eval_history", []),
                     data_stats={k: v.to_dict() for k, v in ctx.metadata.items() if k.endswith("_data_stats") and hasattr(v, "to_dict")})
-        # issue 13: record this attempt; a failed one never rewrites an earlier completed record,
+        # record this attempt; a failed one never rewrites an earlier completed record,
         # and a run.json that does not fit on a full disk keeps its previous contents.
         if not lifecycle.finish_attempt(rundir, info, attempt, previous) and raised is not None:
             raised = lifecycle.note_unwritten_info(raised, rundir)
         lifecycle.quiet(lambda: ctx.emit(ev.WORKFLOW_STOP, status=status, step=ctx.step, duration_s=ended - started,
                                          final_metrics=final, run_dir=str(rundir.path)))
+        trackers_before = dict(sink_run.trackers)
         lifecycle.quiet(bus.close)
+        if sink_run.trackers != trackers_before:  # tracker ids remembered while the sinks closed
+            lifecycle.quiet(lambda: lifecycle.finish_attempt(rundir, info, attempt, previous))
         try:
             adapters.training.close()
         except Exception:  # noqa: BLE001
@@ -252,31 +268,11 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
     return RunResult(status=status, run_dir=str(rundir.path), step=ctx.step, metrics=final, signum=stopper.signum)
 
 
-def hydra_sweep_task(cfg: Any) -> dict[str, Any]:
-    """The task function for each multirun job: never raises, so one failure can't stop the sweep."""
-    from hydra.core.hydra_config import HydraConfig
+def hydra_sweep_task(cfg: Any) -> Any:
+    """The task function for each multirun job (kitchen.sweeps: never raises, returns the objective)."""
+    from kitchen.sweeps import sweep_task
 
-    from kitchen.config.compose import register_resolvers
-
-    register_resolvers()  # a launcher may run this job in a fresh process (joblib, submitit)
-    run_dir = None
-    try:
-        run_dir = HydraConfig.get().runtime.output_dir
-        from kitchen.config.compose import to_container
-
-        from kitchen.preflight import build_spec
-
-        data = to_container(cfg)
-        data["run_dir"] = run_dir
-        spec, _ = build_spec(data)
-        return vars(execute(spec))
-    except KitchenError as exc:
-        return {"status": "failed", "run_dir": run_dir, "error": exc.render(), "metrics": {}}
-    except Exception as exc:  # noqa: BLE001
-        import traceback
-
-        return {"status": "failed", "run_dir": run_dir, "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(), "metrics": {}}
+    return sweep_task(cfg)
 
 
 __all__ = ["BackendError", "RunResult", "execute", "execute_prepared", "hydra_sweep_task"]

@@ -42,7 +42,9 @@ def _fail(exc: KitchenError) -> None:
         import traceback
 
         traceback.print_exception(exc)
-    _stderr().print(f"[bold red]error:[/] {exc.render()}", markup=True)
+    from rich.markup import escape
+
+    _stderr().print(f"[bold red]error:[/] {escape(exc.render())}", markup=True)  # issue 10: keep "[wandb]" in messages
     raise typer.Exit(exc.exit_code)
 
 
@@ -96,20 +98,40 @@ def run(
 
 
 def _run_sweep(overrides: list[str], recipes_dir: list[str]) -> None:
-    """A Hydra multirun. Every job the basic sweeper would launch is preflighted first, so a
-    bad value fails before Hydra creates the sweep directory."""
-    from kitchen.app import hydra_sweep_task
+    """A Hydra multirun; jobs report through a shared JSONL file (kitchen.sweeps), so optimising
+    sweepers (Optuna) that keep the job returns to themselves still get a summary."""
+    import tempfile
+
     from kitchen.cli_views import print_sweep_summary
     from kitchen.config.compose import expand_sweep, launch
     from kitchen.preflight import compose_spec, preflight
+    from kitchen.sweeps import SWEEP_LOG_ENV, read_records, sweep_overrides, sweep_task
 
+    # Every value the sweep will try is preflighted first, so a bad one fails before Hydra
+    # creates the sweep directory.
     for job_overrides in expand_sweep(overrides):
         spec, workflow, _, _ = compose_spec(job_overrides, recipes_dir)
         preflight(spec, workflow, check_run_dir=False)  # Hydra gives each job a fresh sweep subdir
-    returns = launch(overrides, hydra_sweep_task, multirun=True, recipe_dirs=recipes_dir)
-    jobs = [job for batch in (returns or []) for job in batch]
-    failed = print_sweep_summary(jobs)
-    raise typer.Exit(1 if failed else 0)
+
+    with tempfile.TemporaryDirectory(prefix="kitchen-sweep-") as tmp:
+        log_path = os.path.join(tmp, "jobs.jsonl")
+        os.environ[SWEEP_LOG_ENV] = log_path
+        stopped = None
+        try:
+            launch(sweep_overrides(overrides), sweep_task, multirun=True, recipe_dirs=recipes_dir)
+        except KitchenError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. Optuna when no trial completed: the summary still prints
+            if _STATE["debug"]:
+                raise
+            stopped = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.environ.pop(SWEEP_LOG_ENV, None)
+        records = read_records(log_path)
+    failed = print_sweep_summary(records)
+    if stopped:
+        _stderr().print(f"[bold red]error:[/] the sweeper stopped: {stopped}", markup=True, highlight=False)
+    raise typer.Exit(1 if failed or stopped or not records else 0)
 
 
 @app.command()
@@ -185,11 +207,12 @@ def validate(overrides: Optional[List[str]] = OverridesArg, recipes_dir: Optiona
 @_guard
 def runs(
     roots: Optional[List[Path]] = typer.Argument(None, help="Folders to scan (default: runs/ and multirun/)."),
+    root: Optional[List[Path]] = typer.Option(None, "--root", help="Find runs anywhere below this folder, sweeps included (repeatable)."),
 ) -> None:
     """List past runs: dir, recipe, status, steps, final loss, duration."""
     from kitchen.cli_views import print_runs
 
-    print_runs(roots or [Path("runs"), Path("multirun")])
+    print_runs([*(roots or []), *(root or [])] or [Path("runs"), Path("multirun")])
 
 
 @app.command()
@@ -231,6 +254,21 @@ def serve(
     from kitchen.serve import run_server
 
     raise typer.Exit(run_server(opts))
+
+
+@app.command()
+@_guard
+def plot(
+    run_dirs: List[Path] = typer.Argument(..., help="Run dirs, or folders above them such as a sweep dir."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: loss and every eval metric)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write a PNG here (matplotlib); without it, draw in the terminal."),
+) -> None:
+    """Training and evaluation curves from metrics.jsonl, one line per run (issue 10)."""
+    from kitchen.plot import plot as draw
+
+    chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    result = draw(run_dirs, chosen, out)
+    typer.echo(f"wrote {result}" if out is not None else result)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -166,8 +167,8 @@ def _find_runs(roots: Iterable[Path]) -> list[Path]:
     for root in roots:
         if (root / "run.json").exists():
             found.append(root)
-        elif root.is_dir():
-            found += [p.parent for p in root.glob("*/run.json")] + [p.parent for p in root.glob("*/*/run.json")]
+        elif root.is_dir():  # issue 10: anywhere below the root (sweep jobs sit two or more levels down)
+            found += [p.parent for p in root.rglob("run.json") if "checkpoints" not in p.parent.parts]
     return sorted(set(found))
 
 
@@ -218,37 +219,53 @@ def print_runs(roots: Iterable[Path]) -> None:
         console.print("no runs found under " + ", ".join(str(r) for r in roots))
 
 
-def _varying(jobs: list[Any]) -> tuple[list[list[str]], list[str]]:
+def _varying(records: list[dict[str, Any]]) -> tuple[list[list[str]], list[str]]:
     """Split each job's overrides into the swept ones (differ between jobs) and the shared ones."""
-    per_job = [list(job.overrides or []) for job in jobs]
-    shared = [o for o in (per_job[0] if per_job else []) if all(o in other for other in per_job)]
+    per_job = [list(r.get("overrides") or []) for r in records]
+    shared = [o for o in (per_job[0] if per_job else []) if all(o in other for other in per_job)] if len(per_job) > 1 else []
     return [[o for o in ovs if o not in shared] for ovs in per_job], shared
 
 
-def print_sweep_summary(jobs: list[Any]) -> int:
-    swept, shared = _varying(jobs)
-    table = Table(title="sweep summary", caption=("shared: " + " ".join(shared)) if shared else None)
-    for col in ("job", "overrides", "status", "steps", "loss", "test nll", "run dir"):
+def print_sweep_summary(records: list[dict[str, Any]]) -> int:
+    """One row per job (records from kitchen.sweeps), best objective first; returns the failure count.
+
+    issue 10: sorted by the objective when the sweep has one, with the best job named below.
+    """
+    from kitchen.sweeps import rank
+
+    objective = next((r.get("objective_name") for r in records if r.get("objective_name")), None)
+    mode = next((r.get("objective_mode") for r in records if r.get("objective_mode")), "min")
+    ordered = rank(records, mode) if objective else list(records)
+    swept, shared = _varying(ordered)
+    title = f"sweep summary: {objective} ({'lower' if mode == 'min' else 'higher'} is better)" if objective else "sweep summary"
+    table = Table(title=title, caption=("shared: " + " ".join(shared)) if shared else None)
+    extra = [(k, label) for k, label in (("loss", "loss"), ("test_nll", "test nll")) if k != objective]
+    cols = ["job", "overrides", "status", "steps"] + ([f"{objective} (objective)"] if objective else []) + [label for _, label in extra] + ["run dir"]
+    for col in cols:
         table.add_column(col, overflow="fold")
     failed = 0
-    for num, job in enumerate(jobs):
-        try:
-            value = job.return_value or {}
-        except Exception as exc:  # noqa: BLE001 - a launcher-level failure
-            value = {"status": "failed", "error": str(exc)}
-        status = value.get("status", "failed")
+    for i, rec in enumerate(ordered):
+        status = str(rec.get("status") or "failed")
         if status != "completed":
             failed += 1
-        metrics = value.get("metrics") or {}
+        metrics = rec.get("metrics") or {}
         color = "green" if status == "completed" else "red"
-        table.add_row(str(num), " ".join(swept[num]), f"[{color}]{status}[/]", str(value.get("step", "-")),
-                      _fmt(metrics.get("loss")), _fmt(metrics.get("test_nll")), str(value.get("run_dir") or "-"))
+        row = [str(rec.get("job", "-")), " ".join(swept[i]), f"[{color}]{status}[/]", str(rec.get("step") if rec.get("step") is not None else "-")]
+        if objective:
+            row.append(_fmt(rec.get("objective")))
+        row += [_fmt(metrics.get(k)) for k, _ in extra] + [str(rec.get("run_dir") or "-")]
+        table.add_row(*row)
     console.print(table)
-    for num, job in enumerate(jobs):
-        try:
-            value = job.return_value or {}
-        except Exception:  # noqa: BLE001
-            continue
-        if value.get("error"):
-            console.print(f"[red]job {num} failed:[/] {value['error']}")
+    if objective:
+        best = ordered[0] if ordered and isinstance(ordered[0].get("objective"), (int, float)) else None
+        if best is not None:
+            console.print(f"[bold green]best:[/] job {best.get('job')} ({' '.join(swept[0]) or 'no swept keys'}) "
+                          f"{objective} {_fmt(best['objective'])} -> {best.get('run_dir')}", soft_wrap=True)
+        else:
+            console.print(f"[red]no job finished with a value for {objective}[/]")
+    for rec in records:
+        if rec.get("error"):
+            console.print(f"[red]job {rec.get('job')} failed:[/] {escape(str(rec['error']))}", soft_wrap=True)
+    if not records:
+        console.print("[red]no sweep job reported back[/] (see the launcher's log above)")
     return failed

@@ -53,9 +53,13 @@ BUILTINS: dict[str, dict[str, str]] = {
     "evaluators": {
         "greedy_preview": "kitchen.evaluators:GreedyPreview",
     },
-    "sinks": {
-        "console": "kitchen.telemetry.console:ConsoleSink",
-        "jsonl": "kitchen.telemetry.jsonl:JsonlSink",
+    "sinks": {  # the shipped ones are kitchen.telemetry.sinks.BUILTIN_SINKS (with their extras)
+        "console": "kitchen.telemetry.sinks:console_sink",
+        "jsonl": "kitchen.telemetry.sinks:jsonl_sink",
+        "wandb": "kitchen.telemetry.trackers.wandb_sink:WandbSink",
+        "tensorboard": "kitchen.telemetry.trackers.tensorboard_sink:TensorBoardSink",
+        "mlflow": "kitchen.telemetry.trackers.mlflow_sink:MlflowSink",
+        "prometheus": "kitchen.telemetry.trackers.prometheus_sink:PrometheusSink",
     },
 }
 

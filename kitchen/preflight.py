@@ -62,7 +62,7 @@ def compose_spec(overrides: list[str], recipe_dirs: Iterable[str] = ()) -> tuple
 
 def preflight(spec: RunSpec, workflow: Workflow, check_run_dir: bool = True) -> Prepared:
     """Everything that can fail before a run touches the disk or loads weights."""
-    from kitchen.config.instantiate import build, resolve, target_of
+    from kitchen.config.instantiate import build, target_of
     from kitchen.errors import ConfigError
     from kitchen.engine.runner import Runner
     from kitchen.rundir import RunDir
@@ -75,8 +75,9 @@ def preflight(spec: RunSpec, workflow: Workflow, check_run_dir: bool = True) -> 
     if check_run_dir:
         lifecycle.check_run_dir_path(rundir.path)
         mode = rundir.check_can_start(resume=resume, overwrite=spec.overwrite)
-    for sink in spec.telemetry.sinks:
-        resolve("sinks", sink)
+    from kitchen.telemetry.sinks import resolve_sinks
+
+    resolve_sinks(spec.telemetry.sinks)  # unknown names and missing tracker extras, without importing SDKs
     target_of("adapters", dict(spec.adapters.training))  # refuses a forbidden _target_ without importing it
     store = build("adapters", dict(spec.adapters.dataset_store))
     if not callable(getattr(store, "load", None)):

@@ -61,7 +61,9 @@ def test_console_plain_lines_eval_and_summary():
     lines = out.splitlines()
     step_lines = [ln for ln in lines if ln.startswith("step ")]
     assert step_lines[0].startswith("step 1/100 loss 2 lr 3.0e-04 tok/s 151")
-    assert "eta " in step_lines[0]
+    assert "eta " not in step_lines[0]  # no estimate from the warm-up step alone (issue 10)
+    assert "elapsed 0:00:00" in step_lines[0]  # labelled
+    assert "eta 0:00:48" in step_lines[1] and "elapsed 0:00:02" in step_lines[1]  # step 5: 95 steps left at 0.5 s/step
     assert step_lines[-1].startswith("step 100/100 ")
     assert "eta 0:00:00" in step_lines[-1]
     assert 2 < len(step_lines) < 100  # throttled (every total/20 steps), first and last always
@@ -124,7 +126,7 @@ def test_console_tolerates_missing_and_extra_keys():
         sink.handle(Event(name, data))
     sink.close()
     out = buf.getvalue()
-    assert "status failed" in out and "RuntimeError: boom" in out
+    assert "status failed" in out and "RuntimeError: boom" not in out  # the CLI prints the error once (issue 10)
 
 
 def test_console_extra_metrics_and_nan_loss():
@@ -179,7 +181,8 @@ def test_console_live_close_without_stop_and_failed_run():
     sink2.handle(Event("workflow.exception", {"error": "x", "type": "ValueError"}))
     sink2.handle(Event("workflow.stop", {"status": "failed", "step": 0}))
     sink2.close()
-    assert "ValueError: x" in sink2.console.file.getvalue()
+    out = sink2.console.file.getvalue()
+    assert "failed" in out and "ValueError: x" not in out  # the CLI prints the error, once (issue 10)
 
 
 def test_fmt_duration():

@@ -45,7 +45,9 @@ class AdaptersSpec(_Strict):
 class TelemetrySpec(_Strict):
     name: str = "default"
     sinks: list[Union[str, dict[str, Any]]] = Field(
-        default_factory=lambda: ["console", "jsonl"], description="sink names, or {_target_: ...} nodes for your own sink classes")
+        default_factory=lambda: ["console", "jsonl"],
+        description="sink names (console, jsonl, wandb, tensorboard, mlflow, prometheus, a plugin's) or {_target_: my.Sink, ...}",
+    )
 
 
 class RunSpec(_Strict):
@@ -105,6 +107,9 @@ class RunSpec(_Strict):
     preview_max_tokens: int = Field(48, gt=0)
     pipeline_depth: int = Field(1, ge=0, description="steps kept in flight before awaiting results (remote backends)")
     max_retries: int = Field(3, ge=0, description="kitchen-level retries of a failed backend call")
+    objective: Optional[str] = Field(
+        None, description="sweeps: the metric whose final value each job returns to the sweeper (e.g. loss, test_nll)")
+    objective_mode: Literal["min", "max"] = Field("min", description="sweeps: whether a lower (min) or higher (max) objective is better")
     resume_from: Optional[str] = Field(
         None, description="resume from this checkpoint instead of the newest: an index name (step_000010) or a checkpoint folder's path; implies resume=true")
     evaluators: list[Union[str, dict[str, Any]]] = Field(

@@ -80,3 +80,4 @@ class SaveWeights(Stage):
         ctx.metadata["final_weights"] = where
         mirror(ctx, where)
         ctx.emit(ev.RUN_INFO, message=f"final weights: {where}")
+        ctx.emit(ev.ARTIFACT_SAVED, kind="weights", path=str(where), step=ctx.step)  # trackers log the final weights

@@ -29,12 +29,15 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from kitchen.telemetry.events import (
     EVAL_RESULT,
     EVAL_START,
+    EVAL_STOP,
+    STAGE_START,
+    STAGE_STOP,
     RUN_INFO,
     RUN_WARNING,
     SAMPLE,
@@ -53,6 +56,8 @@ _MAX_EXTRAS = 4
 # Backend bookkeeping (token/sequence counts, "loss:sum"-style keys) stays in metrics.jsonl only.
 _BOOKKEEPING = ("num_", "time/", "input_tokens")
 _LIVE_UPDATE_S = 0.1  # at most ~10 progress updates per second
+_BAR_WIDTH = 20
+_DESC_WIDTH = 32
 
 
 # -------------------------------------------------------------------------- formatting
@@ -121,8 +126,10 @@ class ConsoleSink:
         every: int | None = None,
         interval_s: float = 2.0,
         sample_interval_s: float = 10.0,
+        prefix: str = "",
     ) -> None:
         self.console = console if console is not None else Console()
+        self.prefix = prefix  # "[job 3] " in a parallel sweep
         if live is None:
             live = self.console.is_terminal and not self.console.is_dumb_terminal
         self.live = bool(live)
@@ -137,6 +144,8 @@ class ConsoleSink:
         self._resumed_from = 0
         self._t0 = time.monotonic()
         self._last: Mapping[str, Any] | None = None  # last training.step payload
+        self._eta_base: tuple[float, float] | None = None  # (step, elapsed) at the first step: warm-up excluded
+        self._stage: str | None = None  # the top-level stage running now (evaluate, save_weights...)
         self._first_loss: Any = None
         self._evals_first: dict[str, Any] = {}
         self._evals_last: dict[str, Any] = {}
@@ -167,6 +176,9 @@ class ConsoleSink:
             TRAINING_CHECKPOINT: self._on_checkpoint,
             EVAL_RESULT: self._on_eval,
             EVAL_START: self._on_eval_start,
+            EVAL_STOP: self._on_stage_stop,
+            STAGE_START: self._on_stage_start,
+            STAGE_STOP: self._on_stage_stop,
             SAMPLE: self._on_sample,
             RUN_INFO: self._on_info,
             RUN_WARNING: self._on_warning,
@@ -191,7 +203,10 @@ class ConsoleSink:
         if self._pending and self._progress is not None and self._last is not None:
             self._update_progress(self._last, time.monotonic())  # the bar shows the real step
         if isinstance(renderable, str):
-            self.console.print(renderable, style=style, markup=False, highlight=False, soft_wrap=True)
+            self.console.print(self.prefix + renderable, style=style, markup=False, highlight=False, soft_wrap=True)
+        elif self.prefix:
+            self.console.print(Text(self.prefix.rstrip(), style="dim"))
+            self.console.print(renderable)
         else:
             self.console.print(renderable)
 
@@ -233,6 +248,11 @@ class ConsoleSink:
         if not self._seen_step:
             self._seen_step = True
             self._first_loss = d.get("loss")
+            first_step, first_elapsed = _num(d.get("step")), _num(d.get("elapsed_s"))
+            if first_elapsed is None:
+                first_elapsed = time.monotonic() - self._t0
+            if first_step is not None:
+                self._eta_base = (first_step, first_elapsed)
             if self._total is None:
                 total = _num(d.get("total_steps"))
                 if total:
@@ -279,6 +299,25 @@ class ConsoleSink:
         # evals can take a while: bring a throttled bar up to date before one starts
         if self._pending and self._progress is not None and self._last is not None:
             self._update_progress(self._last, time.monotonic())
+        self._show_stage("evaluate")
+
+    def _on_stage_start(self, d: Mapping[str, Any]) -> None:
+        # Only top-level stages are announced (the training loop's own stages are not), so the
+        # bar says what a long pause is: load_model, evaluate, save_checkpoint, save_weights...
+        self._show_stage(str(d.get("stage") or ""))
+
+    def _on_stage_stop(self, d: Mapping[str, Any]) -> None:
+        self._show_stage(None)
+
+    def _show_stage(self, stage: str | None) -> None:
+        self._stage = stage or None
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=self._description())
+            if self._last is not None:  # re-fit the stats to the room the new description leaves
+                self._update_progress(self._last, time.monotonic())
+
+    def _description(self) -> str:
+        return escape(_shorten(self._workflow + (f" · {self._stage}…" if self._stage else ""), _DESC_WIDTH))
 
     def _on_checkpoint(self, d: Mapping[str, Any]) -> None:
         name = d.get("name")
@@ -326,9 +365,10 @@ class ConsoleSink:
 
     def _on_stop(self, d: Mapping[str, Any]) -> None:
         if self.live:
-            if self._pending and self._last is not None:
+            failed = d.get("status") not in ("completed", "interrupted")
+            if self._pending and self._last is not None and not failed:
                 self._update_progress(self._last, time.monotonic())
-            self._stop_progress()
+            self._stop_progress(clear=failed)  # a failed run's bar is stale: clear it
         elif self._last is not None and self._printed_step != self._last.get("step"):
             self._print(self._step_line(self._last))  # the last step is always shown
             self._printed_step = self._last.get("step")
@@ -342,13 +382,20 @@ class ConsoleSink:
         step, total = _num(d.get("step")), self._total
         if step is None or not total:
             return None
-        elapsed = _num(d.get("elapsed_s"))
-        if elapsed is None:
-            elapsed = time.monotonic() - self._t0
-        done = step - self._resumed_from
-        if done <= 0 or elapsed <= 0:
+        elapsed = self._elapsed(d)
+        # The rate is measured from the end of the first step: its warm-up (compilation, caches,
+        # a remote session starting) would otherwise inflate every early estimate.
+        if self._eta_base is None:
             return None
-        return max(0.0, (total - step) * elapsed / done)
+        base_step, base_elapsed = self._eta_base
+        done, spent = step - base_step, elapsed - base_elapsed
+        if done <= 0 or spent <= 0:
+            return None
+        return max(0.0, (total - step) * spent / done)
+
+    def _elapsed(self, d: Mapping[str, Any]) -> float:
+        elapsed = _num(d.get("elapsed_s"))
+        return elapsed if elapsed is not None else time.monotonic() - self._t0
 
     def _extras(self, d: Mapping[str, Any]) -> list[tuple[str, str]]:
         out = []
@@ -363,15 +410,17 @@ class ConsoleSink:
     def _stats(self, d: Mapping[str, Any]) -> list[str]:
         """loss, lr, tok/s, extra metrics and ETA of one training.step, as "name value" items."""
         stats = [f"loss {fmt_num(d.get('loss'))}"]
+        eta = self._eta(d)
+        if eta is not None:  # right after the loss, so a narrow terminal still shows it
+            stats.append(f"eta {fmt_duration(eta)}")
         if d.get("lr") is not None:
             stats.append(f"lr {fmt_lr(d.get('lr'))}")
         tps = _num(d.get("tokens_per_s"))
         if tps is not None and math.isfinite(tps):
             stats.append(f"tok/s {tps:.0f}")
         stats.extend(f"{k} {v}" for k, v in self._extras(d))
-        eta = self._eta(d)
-        if eta is not None:
-            stats.append(f"eta {fmt_duration(eta)}")
+        if not self.live:  # the live bar has its own labelled elapsed column
+            stats.append(f"elapsed {fmt_duration(self._elapsed(d))}")
         return stats
 
     def _step_line(self, d: Mapping[str, Any]) -> str:
@@ -384,18 +433,21 @@ class ConsoleSink:
     def _start_progress(self) -> None:
         if self._progress is not None:
             return
+        # Column order and widths keep what matters at 80 columns: the step counter and the
+        # labelled elapsed time never wrap or shrink; the stats text gives way (ellipsis) first.
         self._progress = Progress(
-            TextColumn("[bold blue]{task.description}"),
-            BarColumn(bar_width=30),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
+            TextColumn("[bold blue]{task.description}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=self._bar_width()),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            TextColumn("elapsed", style="dim", table_column=Column(no_wrap=True)),
+            TimeElapsedColumn(table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[stats]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
             console=self.console,
             refresh_per_second=5,
             transient=False,
         )
         self._task = self._progress.add_task(
-            escape(self._workflow), total=self._total, completed=self._resumed_from, stats=""
+            self._description(), total=self._total, completed=self._resumed_from, stats=""
         )
         self._progress.start()
 
@@ -407,17 +459,27 @@ class ConsoleSink:
         self._pending = False
         stats = self._stats(d)
         step = _num(d.get("step"))
+        # The stats give way first on a narrow terminal: cut them to what is left after the
+        # description, the bar, "step/total" and "elapsed h:mm:ss" (6 column gaps).
+        total = self._total or 0
+        fixed = len(self._description()) + self._bar_width() + 2 * len(str(max(total, int(step or 0)))) + 1 + len("elapsed 0:00:00") + 6
+        room = max(8, self.console.width - fixed - 1)
         self._progress.update(
             self._task,
             completed=step if step is not None else None,
             total=self._total,
-            stats=escape(" · ".join(stats)),
+            stats=escape(_shorten(" · ".join(stats), room)),
         )
 
-    def _stop_progress(self) -> None:
+    def _bar_width(self) -> int:
+        return _BAR_WIDTH if self.console.width >= 100 else 8  # narrow terminals keep the numbers, not the bar
+
+    def _stop_progress(self, clear: bool = False) -> None:
         progress, self._progress = self._progress, None
         if progress is not None:
             try:
+                if clear:
+                    progress.live.transient = True
                 progress.stop()
             except Exception:  # noqa: BLE001 - never let the bar end a run
                 pass
@@ -451,8 +513,8 @@ class ConsoleSink:
             rows.append(("duration", fmt_duration(d.get("duration_s"))))
         if self._run_dir:
             rows.append(("run dir", self._run_dir))
-        if self._error and status != "completed":
-            rows.append(("error", _shorten(self._error, 300)))
+        # The error itself is printed once, by whoever ends the run (the CLI's one paragraph, the
+        # traceback, or the sweep summary), not repeated here.
 
         if self.live:
             color = {"completed": "green", "failed": "red", "interrupted": "yellow"}.get(status, "white")

@@ -31,11 +31,12 @@ EVAL_RESULT = "eval.result"
 SAMPLE = "sample.completion"  # a sampled completion shown to the user (before/after, rollouts)
 RUN_INFO = "run.info"  # free-form notes: model loaded, resume point, warnings
 RUN_WARNING = "run.warning"
+ARTIFACT_SAVED = "artifact.saved"  # issue 10: files worth tracking were written (path, kind="weights"...)
 
 ALL_EVENTS = (
     WORKFLOW_START, WORKFLOW_STOP, WORKFLOW_EXCEPTION, STAGE_START, STAGE_STOP, STAGE_EXCEPTION,
     TRAINING_STEP, TRAINING_EPOCH, TRAINING_CHECKPOINT, EVAL_START, EVAL_STOP, EVAL_RESULT,
-    SAMPLE, RUN_INFO, RUN_WARNING,
+    SAMPLE, RUN_INFO, RUN_WARNING, ARTIFACT_SAVED,
 )
 
 
