@@ -114,20 +114,17 @@ def validate_run(spec: RunSpec) -> None:
 
     workflow = get_workflow(spec.workflow.name)
     RunDir(Path(spec.run_dir)).check_can_start(resume=spec.resume, overwrite=spec.overwrite)
-    rows: dict[str, int] = {}
-    if spec.dataset or spec.test_dataset:
+    summary = ""
+    if spec.dataset and spec.workflow.name != "reinforcement":  # issue 9: same loader as the run's load stage
         from hydra.utils import instantiate
 
-        store = instantiate(spec.adapters.dataset_store)
-        for key in ("dataset", "test_dataset"):
-            source = getattr(spec, key)
-            if source:
-                rows[key] = len(store.load(source))
+        from kitchen.dataload import load_training_rows
+
+        summary = load_training_rows(spec, instantiate(spec.adapters.dataset_store)).summary()
     if spec.adapters.name == "tinker" and not os.environ.get("TINKER_API_KEY"):
         raise BackendError("adapters=tinker needs an API key in the TINKER_API_KEY environment variable, and it is not set. Export TINKER_API_KEY=... (it is never written to the run dir).")
-    counts = ", ".join(f"{k}: {v} rows" for k, v in rows.items())
     console.print(f"[green]ok[/]: recipe {spec.recipe}, workflow {workflow.name}, adapters {spec.adapters.name}, model {spec.model}"
-                  + (f", {counts}" if counts else "") + f"; would write to {spec.run_dir}")
+                  + (f", {summary}" if summary else "") + f"; would write to {spec.run_dir}")
 
 
 def _find_runs(roots: Iterable[Path]) -> list[Path]:

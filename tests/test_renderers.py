@@ -337,7 +337,7 @@ def test_build_sft_data_targets_are_the_assistant(chat_tok):
 @pytest.mark.parametrize(
     "row, fragment",
     [
-        ({"text": "hi"}, 'no "messages" field'),
+        ({"txt": "hi"}, 'no "messages" field'),  # {"text": ...} is a valid (continued pretraining) row
         ("just a string", 'no "messages" field'),
         ({"messages": "hi"}, "must be a list"),
         ({"messages": []}, "empty list"),

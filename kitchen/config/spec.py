@@ -12,6 +12,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kitchen.errors import ConfigError, did_you_mean
+from kitchen.train.formats import CANONICAL_FIELDS  # issue 9
 
 TrainOnWhat = Literal["last_assistant_message", "all_assistant_messages", "all_messages", "all_tokens"]
 
@@ -63,6 +64,23 @@ class RunSpec(_Strict):
     renderer: str = Field("auto", description="auto | chat_template | role_colon")
     train_on_what: TrainOnWhat = "last_assistant_message"
     max_length: int = Field(512, gt=0, description="tokens per sequence; longer ones are truncated, counted and warned about")
+
+    # --- issue 9 keys --- (data formats and sources; see kitchen/dataload.py and kitchen/train/formats.py)
+    dataset_format: str = Field(
+        "auto", description="row format: auto (detect from the first row) | messages | sharegpt | alpaca | "
+        "prompt_completion | text (SFT) | preference (DPO)")
+    dataset_columns: dict[str, Optional[str]] = Field(
+        default_factory=lambda: dict.fromkeys(CANONICAL_FIELDS),
+        description="your column for a canonical field, e.g. dataset_columns.messages=dialog "
+        "(every canonical field is listed, unset, so Hydra accepts the override without +)")
+    dataset_split: Optional[str] = Field(None, description="split of a hub dataset or save_to_disk DatasetDict (default: train, or the only one)")
+    dataset_subset: Optional[str] = Field(None, description="config (subset) of a hub dataset")
+    test_dataset_split: Optional[str] = Field(None, description="split of test_dataset (default: test, else the only one)")
+    test_dataset_subset: Optional[str] = Field(None, description="config (subset) of test_dataset")
+    test_split_fraction: float = Field(
+        0.0, ge=0, lt=1, description="carve this fraction of the train rows off as the test set (shuffled by seed; needs no test_dataset)")
+    tokenize_num_proc: int = Field(1, ge=1, description="processes that tokenize the dataset (datasets.map num_proc)")
+    # --- end issue 9 keys ---
 
     # Optimisation
     learning_rate: float = Field(1e-4, gt=0)

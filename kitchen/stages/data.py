@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kitchen.engine.context import Context
 from kitchen.engine.stage import Stage, register_stage
-from kitchen.errors import ConfigError, DataError
+from kitchen.errors import DataError
 from kitchen.telemetry import events as ev
 
 
@@ -14,16 +14,18 @@ class LoadDataset(Stage):
 
     def validate(self, ctx: Context) -> None:
         """Load before the run starts, so a missing or malformed file fails before anything is written."""
-        if not ctx.spec.dataset:
-            raise ConfigError(f"Recipe '{ctx.spec.recipe}' needs a dataset: pass dataset=PATH (a JSONL, JSON, CSV or Parquet file).")
-        store = ctx.adapters.dataset_store
-        ctx.state["train_rows"] = store.load(ctx.spec.dataset)
-        ctx.state["test_rows"] = store.load(ctx.spec.test_dataset) if ctx.spec.test_dataset else []
+        # issue 9: formats, splits, subsets, column mapping and test_split_fraction all live in kitchen.dataload
+        from kitchen.dataload import load_training_rows
+
+        loaded = load_training_rows(ctx.spec, ctx.adapters.dataset_store)
+        ctx.state["loaded_data"] = loaded  # issue 9: tokenize_splits keys the token cache on it
+        ctx.state["train_rows"] = loaded.train.rows
+        ctx.state["test_rows"] = loaded.test.rows
 
     def execute(self, ctx: Context) -> None:
         if "train_rows" not in ctx.state:
             self.validate(ctx)
-        ctx.emit(ev.RUN_INFO, message=f"dataset: {len(ctx.state['train_rows'])} train rows, {len(ctx.state['test_rows'])} test rows")
+        ctx.emit(ev.RUN_INFO, message=ctx.state["loaded_data"].summary())  # issue 9: shows the detected format
 
 
 def tokenize_splits(ctx: Context, cached, noun: str) -> None:
@@ -32,12 +34,16 @@ def tokenize_splits(ctx: Context, cached, noun: str) -> None:
     Sets ``ctx.state["train_data"]`` / ``["test_data"]``; an empty training set is a DataError.
     """
     renderer, tokenizer, spec = ctx.state["renderer"], ctx.state["tokenizer"], ctx.spec
-    for split, source, rows_key in (("train", spec.dataset, "train_rows"), ("test", spec.test_dataset, "test_rows")):
-        if not source:
+    loaded = ctx.state["loaded_data"]
+    for split in ("train", "test"):
+        part = getattr(loaded, split)  # issue 9: a LoadedSplit (rows + what the cache keys on)
+        if not part.rows:
             ctx.state[f"{split}_data"] = []
             continue
-        rows = ctx.state[rows_key]
-        data, stats, hit = cached(source, lambda rows=rows: rows, tokenizer, renderer)
+        rows = part.rows
+        data, stats, hit = cached(part.source, lambda rows=rows: rows, tokenizer, renderer,
+                                  source_fingerprint=part.fingerprint, extra=part.extra,
+                                  num_proc=spec.tokenize_num_proc)
         ctx.state[f"{split}_data"] = data
         ctx.metadata[f"{split}_data_stats"] = stats
         ctx.emit(ev.RUN_INFO, message=f"{split}: {len(data)} {noun} tokenized" + (" (from cache)" if hit else ""))

@@ -6,7 +6,9 @@ A rendered sequence ``tokens`` with per-token ``weights`` becomes a Datum with
 
 Helpers here cover the three data shapes the workflows need:
 
-* SFT rows ``{"messages": [...]}`` -> :func:`build_sft_data`;
+* SFT rows ``{"messages": [...]}`` (per-message ``weight`` 0/1 honoured) or
+  ``{"text": ...}`` (every token trained) -> :func:`build_sft_data` (other shapes are
+  normalised to these by :mod:`kitchen.train.formats`);
 * preference rows ``{"prompt": [...], "chosen": ..., "rejected": ...}`` ->
   :func:`build_preference_data` (two datums per row sharing the prompt tokens, weight
   on the completion only);
@@ -111,12 +113,23 @@ def build_sft_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
     data: list[Datum] = []
     for i, row in enumerate(rows):
         stats.examples += 1
+        if isinstance(row, Mapping) and "messages" not in row and isinstance(row.get("text"), str):
+            example = renderer.build_text(row["text"])  # continued pretraining: loss on every token
+            stats.truncated += example.truncated
+            if example.empty or len(example.tokens) < 2:
+                stats.dropped_empty += 1
+                continue
+            datum = rendered_to_datum(example)
+            data.append(datum)
+            stats._add(datum)
+            continue
         if not isinstance(row, Mapping) or "messages" not in row:
             got = f"keys {sorted(row)}" if isinstance(row, Mapping) else f"a {type(row).__name__}"
             raise _row_error(source, i, f'no "messages" field (got {got})', SFT_EXPECTED)
         messages = row["messages"]
         problem = message_problem(messages)
-        if problem is None and needs_assistant and not any(m["role"] == "assistant" for m in messages):
+        weighted = problem is None and any(m.get("weight") is not None for m in messages)
+        if problem is None and needs_assistant and not weighted and not any(m["role"] == "assistant" for m in messages):
             problem = f"no assistant message to train on (train_on_what={renderer.train_on_what.value})"
         if problem:
             raise _row_error(source, i, problem, SFT_EXPECTED)

@@ -123,6 +123,12 @@ def message_problem(messages: Any) -> str | None:
     return None
 
 
+def _weight_of(message: Mapping[str, Any], default: bool) -> bool:
+    """Whether a message trains: its own ``weight`` (0/1) when set, else ``default``."""
+    w = message.get("weight")
+    return bool(w) if w is not None else default
+
+
 def _check_messages(messages: Any) -> list[dict]:
     problem = message_problem(messages)
     if problem:
@@ -189,10 +195,35 @@ class Renderer:
                 chosen = [s for s in spans if s.role == "assistant"]
             else:  # ALL_MESSAGES
                 chosen = spans
+            if any(m.get("weight") is not None for m in msgs):
+                # a per-message weight (0/1) decides for its message; the others follow train_on_what
+                picked = {s.index for s in chosen}
+                chosen = [s for s in spans if _weight_of(msgs[s.index], s.index in picked)]
             for s in chosen:
                 for k in range(s.action_start, s.action_end):
                     weights[k] = 1.0
         return self._truncate(tokens, weights)
+
+    def build_text(self, text: str) -> RenderedExample:
+        """Plain text for continued pretraining: ``[bos] text eos``, every token trained."""
+        if not isinstance(text, str):
+            raise DataError(f"Invalid text example: 'text' must be a string, got {type(text).__name__}.")
+        tokens = self._bos_prefix() + self._encode(text)
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if eos is not None:
+            tokens.append(int(eos))
+        return self._truncate(tokens, [1.0] * len(tokens))
+
+    def _bos_prefix(self) -> list[int]:
+        """``[bos]`` when the tokenizer itself prepends one by default, else ``[]``."""
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if bos is None or bos == getattr(self.tokenizer, "eos_token_id", None):
+            return []
+        try:
+            with_special = list(self.tokenizer.encode("a", add_special_tokens=True))
+        except TypeError:
+            return []
+        return [bos] if with_special and with_special[0] == bos else []
 
     def build_completion(self, prompt: Sequence[Mapping[str, Any]],
                          completion: Sequence[Mapping[str, Any]]) -> RenderedExample:

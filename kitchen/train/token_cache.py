@@ -223,7 +223,7 @@ def cached_sft_data(path: str | os.PathLike | None, rows_loader: Callable[..., I
                     tokenizer: Any, renderer: Renderer, *, cache_dir: str | os.PathLike | None = None,
                     use_cache: bool = True, source_fingerprint: str | None = None,
                     extra: Mapping[str, Any] | None = None,
-                    source: str | None = None) -> tuple[list[Datum], DataStats, bool]:
+                    source: str | None = None, num_proc: int = 1) -> tuple[list[Datum], DataStats, bool]:
     """SFT datums for the dataset at ``path``: ``(datums, stats, hit)``.
 
     ``rows_loader`` (``loader()`` or ``loader(path)``) is only called on a miss. Data
@@ -243,7 +243,7 @@ def cached_preference_data(path: str | os.PathLike | None, rows_loader: Callable
                            tokenizer: Any, renderer: Renderer, *, cache_dir: str | os.PathLike | None = None,
                            use_cache: bool = True, source_fingerprint: str | None = None,
                            extra: Mapping[str, Any] | None = None,
-                           source: str | None = None) -> tuple[list[tuple[Datum, Datum]], DataStats, bool]:
+                           source: str | None = None, num_proc: int = 1) -> tuple[list[tuple[Datum, Datum]], DataStats, bool]:
     """Like :func:`cached_sft_data` for preference rows: ``(pairs, stats, hit)``."""
     label = source or (str(path) if path is not None else "dataset")
     return _cached(
