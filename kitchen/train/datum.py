@@ -36,8 +36,8 @@ def datum_from_rendered(tokens: Sequence[int], weights: Sequence[float]) -> Datu
     if len(tokens) < 2:
         raise ValueError("a datum needs at least 2 tokens (one input, one target)")
     return Datum(
-        model_input=[int(t) for t in tokens[:-1]],
-        loss_fn_inputs={"target_tokens": [int(t) for t in tokens[1:]], "weights": [float(w) for w in weights[1:]]},
+        model_input=list(map(int, tokens[:-1])),
+        loss_fn_inputs={"target_tokens": list(map(int, tokens[1:])), "weights": list(map(float, weights[1:]))},
     )
 
 
@@ -94,6 +94,8 @@ def _row_error(source: str, index: int, problem: str, expected: str) -> DataErro
     return DataError(f"{source}: row {index} is invalid: {problem}. Expected {expected}.")
 
 
+RENDER_BATCH = 256  # conversations per batched tokenizer call
+
 SFT_EXPECTED = (
     'each row to be an object with "messages": a list of {"role": "system"|"user"|"assistant"|"tool", '
     '"content": "<text>"} with at least one assistant message'
@@ -111,17 +113,38 @@ def build_sft_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
     needs_assistant = renderer.train_on_what in (TrainOnWhat.LAST_ASSISTANT_MESSAGE, TrainOnWhat.ALL_ASSISTANT_MESSAGES)
     stats = DataStats()
     data: list[Datum] = []
+    pending: list[tuple[int, Any]] = []  # conversations rendered together: one batched tokenizer call
+
+    def add(example: RenderedExample) -> None:
+        stats.truncated += example.truncated
+        if example.empty or len(example.tokens) < 2:
+            stats.dropped_empty += 1
+            return
+        datum = rendered_to_datum(example)
+        data.append(datum)
+        stats._add(datum)
+
+    def flush() -> None:
+        if not pending:
+            return
+        try:
+            examples = renderer.build_supervised_many([m for _, m in pending])
+        except DataError:  # find the row that failed
+            examples = []
+            for i, messages in pending:
+                try:
+                    examples.append(renderer.build_supervised(messages))
+                except DataError as exc:
+                    raise DataError(f"{source}: row {i}: {exc.message}", hint=exc.hint) from exc
+        for example in examples:
+            add(example)
+        pending.clear()
+
     for i, row in enumerate(rows):
         stats.examples += 1
         if isinstance(row, Mapping) and "messages" not in row and isinstance(row.get("text"), str):
-            example = renderer.build_text(row["text"])  # continued pretraining: loss on every token
-            stats.truncated += example.truncated
-            if example.empty or len(example.tokens) < 2:
-                stats.dropped_empty += 1
-                continue
-            datum = rendered_to_datum(example)
-            data.append(datum)
-            stats._add(datum)
+            flush()  # keep the rows' order
+            add(renderer.build_text(row["text"]))  # continued pretraining: loss on every token
             continue
         if not isinstance(row, Mapping) or "messages" not in row:
             got = f"keys {sorted(row)}" if isinstance(row, Mapping) else f"a {type(row).__name__}"
@@ -133,17 +156,10 @@ def build_sft_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
             problem = f"no assistant message to train on (train_on_what={renderer.train_on_what.value})"
         if problem:
             raise _row_error(source, i, problem, SFT_EXPECTED)
-        try:
-            example = renderer.build_supervised(messages)
-        except DataError as exc:
-            raise DataError(f"{source}: row {i}: {exc.message}", hint=exc.hint) from exc
-        stats.truncated += example.truncated
-        if example.empty or len(example.tokens) < 2:
-            stats.dropped_empty += 1
-            continue
-        datum = rendered_to_datum(example)
-        data.append(datum)
-        stats._add(datum)
+        pending.append((i, messages))
+        if len(pending) >= RENDER_BATCH:
+            flush()
+    flush()
     _warn_dropped(stats, source, renderer.max_length)
     return data, stats
 
