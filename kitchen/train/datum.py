@@ -102,49 +102,34 @@ SFT_EXPECTED = (
 )
 
 
-def build_sft_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
-                   source: str = "dataset") -> tuple[list[Datum], DataStats]:
-    """Render every row's ``messages`` and shift into datums.
+def render_sft_examples(rows: Iterable[Mapping[str, Any]], renderer: Renderer, source: str = "dataset",
+                        start: int = 0) -> list[RenderedExample]:
+    """One :class:`RenderedExample` per row, in order (``start``: index of the first row, for errors).
 
-    Invalid rows raise DataError naming the row index. Examples left with no trained
-    token (after truncation) are dropped and counted in ``stats.dropped_empty``, with
-    one warning for the whole dataset.
+    Invalid rows raise DataError naming the row index. Conversations are rendered in
+    batches of :data:`RENDER_BATCH` (one tokenizer call each).
     """
     needs_assistant = renderer.train_on_what in (TrainOnWhat.LAST_ASSISTANT_MESSAGE, TrainOnWhat.ALL_ASSISTANT_MESSAGES)
-    stats = DataStats()
-    data: list[Datum] = []
-    pending: list[tuple[int, Any]] = []  # conversations rendered together: one batched tokenizer call
-
-    def add(example: RenderedExample) -> None:
-        stats.truncated += example.truncated
-        if example.empty or len(example.tokens) < 2:
-            stats.dropped_empty += 1
-            return
-        datum = rendered_to_datum(example)
-        data.append(datum)
-        stats._add(datum)
+    out: list[RenderedExample] = []
+    pending: list[tuple[int, Any]] = []
 
     def flush() -> None:
         if not pending:
             return
         try:
-            examples = renderer.build_supervised_many([m for _, m in pending])
+            out.extend(renderer.build_supervised_many([m for _, m in pending]))
         except DataError:  # find the row that failed
-            examples = []
             for i, messages in pending:
                 try:
-                    examples.append(renderer.build_supervised(messages))
+                    out.append(renderer.build_supervised(messages))
                 except DataError as exc:
                     raise DataError(f"{source}: row {i}: {exc.message}", hint=exc.hint) from exc
-        for example in examples:
-            add(example)
         pending.clear()
 
-    for i, row in enumerate(rows):
-        stats.examples += 1
+    for i, row in enumerate(rows, start):
         if isinstance(row, Mapping) and "messages" not in row and isinstance(row.get("text"), str):
             flush()  # keep the rows' order
-            add(renderer.build_text(row["text"]))  # continued pretraining: loss on every token
+            out.append(renderer.build_text(row["text"]))  # continued pretraining: loss on every token
             continue
         if not isinstance(row, Mapping) or "messages" not in row:
             got = f"keys {sorted(row)}" if isinstance(row, Mapping) else f"a {type(row).__name__}"
@@ -160,6 +145,28 @@ def build_sft_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
         if len(pending) >= RENDER_BATCH:
             flush()
     flush()
+    return out
+
+
+def build_sft_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
+                   source: str = "dataset") -> tuple[list[Datum], DataStats]:
+    """Render every row (``messages`` or ``text``) and shift into datums.
+
+    Invalid rows raise DataError naming the row index. Examples left with no trained
+    token (after truncation) are dropped and counted in ``stats.dropped_empty``, with
+    one warning for the whole dataset.
+    """
+    stats = DataStats()
+    data: list[Datum] = []
+    for example in render_sft_examples(rows, renderer, source):
+        stats.examples += 1
+        stats.truncated += example.truncated
+        if example.empty or len(example.tokens) < 2:
+            stats.dropped_empty += 1
+            continue
+        datum = rendered_to_datum(example)
+        data.append(datum)
+        stats._add(datum)
     _warn_dropped(stats, source, renderer.max_length)
     return data, stats
 
@@ -206,14 +213,11 @@ def preference_pair(renderer: Renderer, prompt: Any, chosen: Any, rejected: Any)
     return renderer.build_completion(p, c), renderer.build_completion(p, r)  # type: ignore[arg-type]
 
 
-def build_preference_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
-                          source: str = "dataset") -> tuple[list[tuple[Datum, Datum]], DataStats]:
-    """``(chosen_datum, rejected_datum)`` per row. A pair where either side has nothing
-    left to train on after truncation is dropped and counted."""
-    stats = DataStats()
-    pairs: list[tuple[Datum, Datum]] = []
-    for i, row in enumerate(rows):
-        stats.examples += 1
+def render_preference_examples(rows: Iterable[Mapping[str, Any]], renderer: Renderer, source: str = "dataset",
+                               start: int = 0) -> list[tuple[RenderedExample, RenderedExample]]:
+    """``(chosen, rejected)`` rendered examples per row, in order; DataError names a bad row."""
+    out = []
+    for i, row in enumerate(rows, start):
         if not isinstance(row, Mapping) or not all(k in row for k in ("prompt", "chosen", "rejected")):
             got = f"keys {sorted(row)}" if isinstance(row, Mapping) else f"a {type(row).__name__}"
             raise _row_error(source, i, f"missing fields (got {got})", PREFERENCE_EXPECTED)
@@ -226,6 +230,18 @@ def build_preference_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
             rejected = renderer.build_completion(parts[0], parts[2])  # type: ignore[arg-type]
         except DataError as exc:
             raise DataError(f"{source}: row {i}: {exc.message}", hint=exc.hint) from exc
+        out.append((chosen, rejected))
+    return out
+
+
+def build_preference_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
+                          source: str = "dataset") -> tuple[list[tuple[Datum, Datum]], DataStats]:
+    """``(chosen_datum, rejected_datum)`` per row. A pair where either side has nothing
+    left to train on after truncation is dropped and counted."""
+    stats = DataStats()
+    pairs: list[tuple[Datum, Datum]] = []
+    for chosen, rejected in render_preference_examples(rows, renderer, source):
+        stats.examples += 1
         stats.truncated += chosen.truncated or rejected.truncated
         if chosen.empty or rejected.empty:
             stats.dropped_empty += 1
