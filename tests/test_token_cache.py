@@ -137,8 +137,7 @@ def test_corrupt_entry_is_a_miss_and_is_rewritten(tmp_path, dataset, chat_tok):
     d1, _, _ = cached_sft_data(dataset, Loader(), chat_tok, renderer, cache_dir=cdir)
     d1 = list(d1)  # the entry is memory-mapped: materialise before corrupting its files
     (entry,) = (cdir / "tokenized").glob("*.arrow")
-    for f in (entry / "table").glob("*.arrow"):
-        f.write_bytes(b"not arrow")
+    (entry / "table.arrow").write_bytes(b"not arrow")
     d2, _, hit = cached_sft_data(dataset, Loader(), chat_tok, renderer, cache_dir=cdir)
     assert not hit and d2 == d1
     assert cached_sft_data(dataset, Loader(), chat_tok, renderer, cache_dir=cdir)[2]

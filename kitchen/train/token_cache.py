@@ -13,7 +13,7 @@ The cache key is the sha256 of everything that can change the tokens or weights:
 
 Entries live in ``<root>/tokenized/<key>.arrow/`` where root is ``$KITCHEN_CACHE_DIR``,
 else ``$XDG_CACHE_HOME/crucible-kitchen``, else ``~/.cache/crucible-kitchen``. Each entry
-is an Arrow table (``datasets``' ``save_to_disk``) with every example's tokens and weights,
+is an Arrow IPC file with every example's tokens and weights,
 served memory-mapped (see "Arrow entries" below). Writes are atomic (temp dir +
 ``os.replace``); an unreadable entry is treated as a miss and rewritten.
 """
@@ -117,7 +117,7 @@ def cache_key(source_fingerprint: str, tokenizer: Any, renderer: Renderer, kind:
 
 # -- Arrow entries ----------------------------------------------------------------------
 #
-# An entry is a directory ``<key>.arrow/``: ``table/`` (``Dataset.save_to_disk``: one row
+# An entry is a directory ``<key>.arrow/``: ``table.arrow`` (an Arrow IPC file: one row
 # per source row with its rendered ``tokens``/``weights``, for preference data
 # ``chosen_*``/``rejected_*``, plus ``truncated``/``empty``/``n_tokens``/``n_trained``)
 # and ``kitchen.json`` (key, fields, stats), written last. The directory is built under a
@@ -161,43 +161,48 @@ def _columns(groups: list[tuple], prefixes: tuple[str, ...]) -> dict[str, list]:
     return cols
 
 
-def _features(kind: str):
-    import datasets
+def _schema(kind: str):
+    import pyarrow as pa
 
-    seq = {}
+    fields = []
     for p in (("chosen_", "rejected_") if kind == "preference" else ("",)):
-        seq[f"{p}tokens"] = datasets.Sequence(datasets.Value("int32"))
-        seq[f"{p}weights"] = datasets.Sequence(datasets.Value("float32"))
-    seq.update(truncated=datasets.Value("bool"), empty=datasets.Value("bool"),
-               n_tokens=datasets.Value("int64"), n_trained=datasets.Value("int64"))
-    return datasets.Features(seq)
+        fields += [pa.field(f"{p}tokens", pa.list_(pa.int32())), pa.field(f"{p}weights", pa.list_(pa.float32()))]
+    fields += [pa.field("truncated", pa.bool_()), pa.field("empty", pa.bool_()),
+               pa.field("n_tokens", pa.int64()), pa.field("n_trained", pa.int64())]
+    return pa.schema(fields)
 
 
 def tokenize_to_table(rows: Iterable[Mapping[str, Any]], renderer: Renderer, kind: str, source: str,
                       num_proc: int = 1):
-    """Render ``rows`` into a ``datasets.Dataset`` of tokenized columns (``num_proc`` processes)."""
+    """Render ``rows`` into a ``pyarrow.Table`` of tokenized columns.
+
+    One process renders in place (pyarrow only: importing ``datasets`` costs seconds);
+    ``num_proc > 1`` goes through ``datasets.map`` in that many processes.
+    """
+    import pyarrow as pa
+
+    rows = list(rows)
+    if num_proc <= 1 or len(rows) < 2 * MAP_BATCH:
+        from kitchen.train.datum import render_preference_examples, render_sft_examples
+
+        if kind == "preference":
+            cols = _columns(render_preference_examples(rows, renderer, source), ("chosen_", "rejected_"))
+        else:
+            cols = _columns([(e,) for e in render_sft_examples(rows, renderer, source)], ("",))
+        return pa.Table.from_pydict(cols, schema=_schema(kind))
     import datasets
     from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
 
-    rows = list(rows)
     fn = _preference_columns if kind == "preference" else _sft_columns
     bars = is_progress_bar_enabled()
     disable_progress_bars()
     try:
-        if num_proc <= 1 or len(rows) < 2 * MAP_BATCH:
-            # one process: no JSON round trip through Arrow
-            from kitchen.train.datum import render_preference_examples, render_sft_examples
-
-            if kind == "preference":
-                cols = _columns(render_preference_examples(rows, renderer, source), ("chosen_", "rejected_"))
-            else:
-                cols = _columns([(e,) for e in render_sft_examples(rows, renderer, source)], ("",))
-            return datasets.Dataset.from_dict(cols, features=_features(kind))
         raw = datasets.Dataset.from_dict({"row": [json.dumps(r, ensure_ascii=False) for r in rows]})
-        return raw.map(fn, batched=True, batch_size=MAP_BATCH, with_indices=True, num_proc=num_proc,
-                       remove_columns=["row"], features=_features(kind), keep_in_memory=False,
-                       fn_kwargs={"renderer": renderer, "source": source}, new_fingerprint=hashlib.sha256(
-                           f"{source}:{len(rows)}:{kind}:{os.getpid()}".encode()).hexdigest()[:16])
+        out = raw.map(fn, batched=True, batch_size=MAP_BATCH, with_indices=True, num_proc=num_proc,
+                      remove_columns=["row"], features=datasets.Features.from_arrow_schema(_schema(kind)),
+                      fn_kwargs={"renderer": renderer, "source": source},
+                      new_fingerprint=hashlib.sha256(f"{source}:{len(rows)}:{kind}:{os.getpid()}".encode()).hexdigest()[:16])
+        return out.data.table.combine_chunks()
     finally:
         if bars:
             enable_progress_bars()
@@ -270,16 +275,20 @@ class ArrowDatums(Sequence):
         return f"<ArrowDatums {self._kind}: {len(self)} examples>"
 
 
+def _open_table(path: Path):
+    """The Arrow file at ``path``, memory-mapped (pages are read on access, not up front)."""
+    import pyarrow as pa
+
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+
+
 def _read_entry(entry: Path, key: str, kind: str):
     meta = entry / "kitchen.json"
     try:
         payload = json.loads(meta.read_text())
         if payload.get("code_version") != CODE_VERSION or payload.get("key") != key:
             return None
-        import datasets
-
-        table = datasets.load_from_disk(str(entry / "table"))
-        return ArrowDatums(table, kind), DataStats(**payload["stats"])
+        return ArrowDatums(_open_table(entry / "table.arrow"), kind), DataStats(**payload["stats"])
     except FileNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001 - any unreadable entry is a miss, rewritten below
@@ -288,17 +297,14 @@ def _read_entry(entry: Path, key: str, kind: str):
 
 
 def _write_entry(entry: Path, table, payload: dict[str, Any]):
-    """Save ``table`` + ``kitchen.json`` under a temp dir, then rename it to ``entry``; the saved table."""
-    import datasets
-
-    from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
+    """Write ``table.arrow`` + ``kitchen.json`` under a temp dir, rename it to ``entry``; the table, memory-mapped."""
+    import pyarrow as pa
 
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".", suffix=".tmp", dir=entry.parent))
-    bars = is_progress_bar_enabled()
-    disable_progress_bars()
     try:
-        table.save_to_disk(str(tmp / "table"))
+        with pa.OSFile(str(tmp / "table.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=MAP_BATCH * 16)
         (tmp / "kitchen.json").write_text(json.dumps(payload, default=str))
         if entry.exists():
             shutil.rmtree(entry, ignore_errors=True)
@@ -306,10 +312,7 @@ def _write_entry(entry: Path, table, payload: dict[str, Any]):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        if bars:
-            enable_progress_bars()
-    return datasets.load_from_disk(str(entry / "table"))
+    return _open_table(entry / "table.arrow")
 
 
 def _load_rows(rows_loader: Callable[..., Iterable[Mapping[str, Any]]], path: Any) -> Iterable[Mapping[str, Any]]:
