@@ -1,6 +1,6 @@
-"""``DatasetStore`` over local files and the Hugging Face ``datasets`` cache. Never networks.
+"""``DatasetStore`` over local files, hub dataset repositories and the ``datasets`` cache.
 
-``HFDatasetStore().load(source, split=None) -> list[dict]``
+``HFDatasetStore().load(source, split=None, subset=None, prefer=("train",)) -> list[dict]``
 
 * ``*.jsonl`` (also ``*.jsonl.gz``): read **directly with ``json``, whatever the size**, and
   not through ``datasets``. We have to parse every line anyway to give a line-numbered
@@ -14,16 +14,23 @@
 * ``*.csv`` / ``*.tsv`` / ``*.parquet``: ``datasets.load_dataset("csv"|"parquet",
   data_files=...)`` with offline mode forced on and progress bars off.
 * a directory written by ``Dataset.save_to_disk``: ``datasets.load_from_disk``.
-* anything else that does not look like a path (``openai/gsm8k``, ``gsm8k:main`` for a
-  config): a hub dataset, **only from the local cache** - offline mode is forced for the
-  call, and a dataset that is not cached is a ``DataError`` saying how to fetch it.
+* a directory of shards of one type (``part-0.parquet``, ``part-1.parquet``...):
+  concatenated in name order.
+* anything else that does not look like a path (``org/name``; ``org/name:config`` or
+  ``subset=`` for a config): a hub dataset repository, fetched with huggingface_hub's
+  ``snapshot_download`` (its own cache, its own progress bars). With ``HF_HUB_OFFLINE=1``
+  or no network, the cached snapshot is used; the snapshot's files are read by
+  ``datasets.load_dataset(snapshot_dir, config)`` (README ``configs:``, split names from
+  file names). A dataset prepared earlier by ``datasets.load_dataset`` in
+  ``HF_DATASETS_CACHE`` also loads, offline. Neither: a ``DataError`` naming ``hf download``.
 
-``split`` applies to hub datasets and ``save_to_disk`` dataset dicts (default: ``train``
-when present, else the only split); a single local file *is* one split and ``split`` is
-ignored for it. Every failure the user can fix is a ``DataError`` naming the file.
+``split`` applies to hub datasets and ``save_to_disk`` dataset dicts (default: the first of
+``prefer`` present, else the only split; an unknown one is refused with the list); a single
+local file *is* one split and ``split`` is ignored for it. Every failure the user can fix is a ``DataError`` naming the file.
 
 ``fingerprint(source) -> str`` is the sha256 of the file's bytes (of every file, with its
-relative name, for a directory; of the cached dataset's fingerprints for a hub name),
+relative name, for a directory; of the snapshot's commit, or the cached dataset's
+fingerprints, for a hub name),
 memoised per (path, size, mtime) so calling it next to ``load`` is cheap.
 """
 
