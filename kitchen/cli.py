@@ -271,6 +271,27 @@ def plot(
     typer.echo(f"wrote {result}" if out is not None else result)
 
 
+# -- issue 9: `kitchen data inspect` (body in kitchen/data_inspect.py) ----------------------
+data_app = typer.Typer(help="Look at a run's data before training on it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_guard
+def data_inspect(
+    overrides: Optional[List[str]] = OverridesArg,
+    examples: int = typer.Option(3, "--examples", "-n", help="Rendered train examples to show."),
+    color: str = typer.Option("auto", "--color", help="auto | always | never (never: trained text between [[ ]])."),
+    recipes_dir: Optional[List[str]] = RecipesDirOpt,
+) -> None:
+    """Detected format, row/token statistics and rendered examples (trained tokens coloured); tokenizer only, no weights."""
+    from kitchen.data_inspect import inspect_data
+    from kitchen.preflight import compose_spec
+
+    spec, _, _, _ = compose_spec(list(overrides or []), recipes_dir or [])
+    inspect_data(spec, examples=examples, color=color)
+
+
 def main() -> None:
     try:
         app()

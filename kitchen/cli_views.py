@@ -155,9 +155,8 @@ def print_validated(prepared: Any) -> None:
     from kitchen.stages.data import ChatData
 
     rows = ""
-    if data.has(ChatData):
-        chat = data.use(ChatData)
-        rows = f", dataset: {len(chat.train_rows)} rows" + (f", test_dataset: {len(chat.test_rows)} rows" if chat.test_rows else "")
+    if data.has(ChatData) and data.use(ChatData).loaded is not None:
+        rows = ", " + data.use(ChatData).loaded.summary()  # the detected format and row counts
     console.print(f"[green]ok[/]: recipe {spec.recipe}, workflow {prepared.workflow.name}, adapters {spec.adapters.name}, "
                   f"model {spec.model}{rows}; would write to {spec.run_dir}")
 

@@ -56,9 +56,10 @@ def test_malformed_jsonl_line_names_the_line(kitchen, tmp_path):
 
 def test_row_without_messages_names_the_row(kitchen, tmp_path):
     data = tmp_path / "rows.jsonl"
-    data.write_text(json.dumps({"text": "no messages here"}) + "\n")
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    data.write_text(json.dumps(good) + "\n" + json.dumps({"text": "no messages here"}) + "\n")
     r = kitchen("run", *NOOP, f"dataset={data}", "~test_dataset", f"run_dir={tmp_path / 'x'}")
-    assert_user_error(r, "row")
+    assert_user_error(r, "line 2", "field messages")
 
 
 def test_malformed_recipe_yaml_names_file_and_line(kitchen, tmp_path):

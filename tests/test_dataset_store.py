@@ -183,7 +183,7 @@ def test_uncached_hub_name_is_a_data_error_without_network(store, monkeypatch):
     with pytest.raises(DataError) as info:
         store.load("someone/definitely-not-cached-dataset-xyz")
     msg = str(info.value)
-    assert "someone/definitely-not-cached-dataset-xyz" in msg and "local" in msg and "load_dataset" in msg
+    assert "someone/definitely-not-cached-dataset-xyz" in msg and "local" in msg and "hf download someone/definitely-not-cached-dataset-xyz --repo-type dataset" in msg
     assert (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE) == before  # offline forced only for the call
 
 

@@ -337,7 +337,7 @@ def test_build_sft_data_targets_are_the_assistant(chat_tok):
 @pytest.mark.parametrize(
     "row, fragment",
     [
-        ({"text": "hi"}, 'no "messages" field'),
+        ({"txt": "hi"}, 'no "messages" field'),  # {"text": ...} is a valid (continued pretraining) row
         ("just a string", 'no "messages" field'),
         ({"messages": "hi"}, "must be a list"),
         ({"messages": []}, "empty list"),
@@ -457,3 +457,57 @@ def test_smollm2_real_template():
     rows = _rows("chat_sft/train.jsonl")
     data, stats = build_sft_data(rows, build_renderer("auto", tok))
     assert stats.kept == 300 and stats.truncated == 0 and max(d.length + 1 for d in data) <= 100
+
+
+# -- issue 9: linear rendering --------------------------------------------------------------
+
+
+def _exact(renderer, messages):
+    """The quadratic prefix-by-prefix search, token-mapped by re-encoding prefixes."""
+    from kitchen.train.renderers import MessageSpan
+
+    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    text = renderer._text(msgs)
+    full = renderer._encode(text)
+    spans = []
+    from kitchen.train.renderers import _common_prefix_len
+
+    def tok(c, end):
+        if c <= 0:
+            return 0
+        if c >= len(text):
+            return len(full)
+        part = renderer._encode(text[:c])
+        lcp = _common_prefix_len(part, full)
+        return lcp if lcp == len(part) else (lcp + 1 if end else lcp)
+
+    for i, (m, (a, b, c, d)) in enumerate(zip(msgs, renderer._char_spans(msgs, text))):
+        s0, s1, s2, s3 = tok(a, False), tok(b, False), tok(c, True), tok(d, True)
+        spans.append(MessageSpan(i, m["role"], s0, max(s1, s0), max(s2, s1), max(s3, s2)))
+    return full, spans
+
+
+@pytest.mark.parametrize("turns", [1, 2, 8])
+def test_planned_render_equals_the_exact_prefix_search(chat_tok, turns):
+    """The per-role-sequence plan (one template render per row) finds the same spans and tokens."""
+    r = build_renderer("chat_template", chat_tok, "all_messages", None)
+    odd = ["", "  padded  ", "<|im_start|> inside", "assistant", "über 👩‍🍳 text", "a\n\nb"]
+    for k in range(6):
+        msgs = [{"role": "system", "content": f"System {k}"}] if k % 2 else []
+        for t in range(turns):
+            msgs.append({"role": "user", "content": odd[(k + t) % len(odd)] or "q"})
+            msgs.append({"role": "assistant", "content": odd[(k + 2 * t + 1) % len(odd)]})
+        assert r.render(msgs) == _exact(r, msgs), msgs
+    assert any(plan for plan in r._plans.values())  # the plan path was taken
+
+
+def test_render_renders_the_template_once_per_conversation(chat_tok, monkeypatch):
+    r = build_renderer("chat_template", chat_tok)
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(16)]
+    r.render(msgs)  # builds the plan for this role sequence
+    calls = []
+    real = chat_tok.apply_chat_template
+    monkeypatch.setattr(chat_tok, "apply_chat_template", lambda *a, **k: calls.append(1) or real(*a, **k))
+    other = [{"role": m["role"], "content": m["content"] + " again"} for m in msgs]
+    r.render(other)
+    assert len(calls) == 1

@@ -79,7 +79,7 @@ def test_second_call_is_a_hit_with_identical_data(tmp_path, dataset, chat_tok):
     assert loader.calls == 1  # the hit neither loads nor tokenizes
     assert d1 == d2 and s1 == s2
     assert d1 == build_sft_data(ROWS, renderer)[0]
-    assert len(list((tmp_path / "c" / "tokenized").glob("*.json.gz"))) == 1
+    assert len(list((tmp_path / "c" / "tokenized").glob("*.arrow"))) == 1
     assert not list((tmp_path / "c" / "tokenized").glob("*.tmp"))
 
 
@@ -135,8 +135,9 @@ def test_corrupt_entry_is_a_miss_and_is_rewritten(tmp_path, dataset, chat_tok):
     renderer = build_renderer("auto", chat_tok)
     cdir = tmp_path / "c"
     d1, _, _ = cached_sft_data(dataset, Loader(), chat_tok, renderer, cache_dir=cdir)
-    (entry,) = (cdir / "tokenized").glob("*.json.gz")
-    entry.write_bytes(b"not gzip")
+    d1 = list(d1)  # the entry is memory-mapped: materialise before corrupting its files
+    (entry,) = (cdir / "tokenized").glob("*.arrow")
+    (entry / "table.arrow").write_bytes(b"not arrow")
     d2, _, hit = cached_sft_data(dataset, Loader(), chat_tok, renderer, cache_dir=cdir)
     assert not hit and d2 == d1
     assert cached_sft_data(dataset, Loader(), chat_tok, renderer, cache_dir=cdir)[2]
@@ -171,7 +172,7 @@ def test_default_cache_dir_from_env(monkeypatch, tmp_path, dataset, chat_tok):
     renderer = build_renderer("auto", chat_tok)
     assert not cached_sft_data(dataset, Loader(), chat_tok, renderer)[2]
     assert cached_sft_data(dataset, Loader(), chat_tok, renderer)[2]
-    assert list((tmp_path / "envcache" / "tokenized").glob("*.json.gz"))
+    assert list((tmp_path / "envcache" / "tokenized").glob("*.arrow"))
 
 
 def test_code_version_bump_misses(monkeypatch, tmp_path, dataset, chat_tok):
@@ -180,3 +181,18 @@ def test_code_version_bump_misses(monkeypatch, tmp_path, dataset, chat_tok):
     cached_sft_data(dataset, Loader(), chat_tok, renderer, cache_dir=cdir)
     monkeypatch.setattr(token_cache, "CODE_VERSION", token_cache.CODE_VERSION + 1)
     assert not cached_sft_data(dataset, Loader(), chat_tok, renderer, cache_dir=cdir)[2]
+
+
+def test_num_proc_tokenizes_in_processes_to_the_same_arrow_entry(tmp_path, chat_tok):
+    """datasets.map with num_proc=2 gives the same datums, in the same order, as one process."""
+    from kitchen.train.token_cache import ArrowDatums, MAP_BATCH
+
+    rows = [{"messages": [{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": f"answer {i}" * (i % 3 + 1)}]}
+            for i in range(2 * MAP_BATCH + 37)]
+    rows[5] = {"text": "plain text row"}
+    renderer = build_renderer("auto", chat_tok, max_length=24)  # some rows truncated, some emptied
+    one, s1, _ = cached_sft_data(None, lambda: rows, chat_tok, renderer, use_cache=False, num_proc=1)
+    two, s2, _ = cached_sft_data(None, lambda: rows, chat_tok, renderer, use_cache=False, num_proc=2)
+    assert isinstance(two, ArrowDatums) and s1 == s2 and s1.examples == len(rows)
+    assert list(one) == list(two) == build_sft_data(rows, renderer)[0]
+    assert s1 == build_sft_data(rows, renderer)[1]

@@ -12,6 +12,7 @@ from typing import Any, Callable, Literal, Optional, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kitchen.errors import ConfigError, did_you_mean
+from kitchen.train.formats import CANONICAL_FIELDS
 
 TrainOnWhat = Literal["last_assistant_message", "all_assistant_messages", "all_messages", "all_tokens"]
 
@@ -72,6 +73,7 @@ class RunSpec(_Strict):
     model: str = Field(description="model alias, HF model id, local path, or a run dir's final weights")
     renderer: Union[str, dict[str, Any]] = Field("auto", description="auto | chat_template | role_colon, or a {_target_: ...} renderer")
     max_length: int = Field(512, gt=0, description="tokens per sequence; longer ones are truncated, counted and warned about")
+
 
     # Optimisation
     learning_rate: float = Field(1e-4, gt=0)
@@ -140,6 +142,20 @@ class DatasetKeys(_Strict):
 
     dataset: Optional[str] = Field(None, description="training data: a JSONL/JSON/CSV/Parquet file or a cached hub dataset")
     test_dataset: Optional[str] = Field(None, description="held-out data for evaluation")
+    dataset_format: str = Field(
+        "auto", description="row format: auto (detect from the first row) | messages | sharegpt | alpaca | "
+        "prompt_completion | text (SFT) | preference (DPO)")
+    dataset_columns: dict[str, Optional[str]] = Field(
+        default_factory=lambda: dict.fromkeys(CANONICAL_FIELDS),
+        description="your column for a canonical field, e.g. dataset_columns.messages=dialog "
+        "(every canonical field is listed, unset, so Hydra accepts the override without +)")
+    dataset_split: Optional[str] = Field(None, description="split of a hub dataset or save_to_disk DatasetDict (default: train, or the only one)")
+    dataset_subset: Optional[str] = Field(None, description="config (subset) of a hub dataset")
+    test_dataset_split: Optional[str] = Field(None, description="split of test_dataset (default: test, else the only one)")
+    test_dataset_subset: Optional[str] = Field(None, description="config (subset) of test_dataset")
+    test_split_fraction: float = Field(
+        0.0, ge=0, lt=1, description="carve this fraction of the train rows off as the test set (shuffled by seed; needs no test_dataset)")
+    tokenize_num_proc: int = Field(1, ge=1, description="processes that tokenize the dataset (datasets.map num_proc)")
 
 
 class ChatDataKeys(DatasetKeys):

@@ -7,8 +7,16 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 
 @runtime_checkable
 class DatasetStore(Protocol):
-    def load(self, source: str, split: str | None = None) -> list[dict[str, Any]]:
-        """Rows of a dataset (local JSONL/JSON/CSV/Parquet file or a cached hub name)."""
+    def load(self, source: str, split: str | None = None, subset: str | None = None,
+             prefer: tuple[str, ...] = ("train",)) -> list[dict[str, Any]]:
+        """Rows of a dataset: a local JSONL/JSON/CSV/Parquet file, a directory of shards, a
+        ``save_to_disk`` directory, or a hub dataset name. ``split``/``subset`` pick a split
+        and config where the source has them; with no ``split``, the first of ``prefer``
+        that exists, else the only one. An unknown split is a DataError listing the splits."""
+        ...
+
+    def fingerprint(self, source: str) -> str:
+        """A content hash of ``source`` (file bytes, or a hub snapshot's commit): the token cache's key."""
         ...
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 from kitchen.engine.context import Context
 from kitchen.engine.stage import Stage
-from kitchen.errors import ConfigError, DataError
+from kitchen.errors import DataError
 from kitchen.telemetry import events as ev
 
 
@@ -26,7 +26,7 @@ class ChatData:
     test: list[Any] = field(default_factory=list)
     plan: Any = None  # kitchen.train.batching.BatchPlan
     batch: Any = None  # the current kitchen.train.batching.BatchRef
-    loaded: bool = False
+    loaded: Any = None  # the kitchen.dataload.LoadedData preflight read (None: not loaded yet)
 
     def batch_items(self) -> list[Any]:
         return [self.train[i] for i in self.batch.indices]
@@ -44,22 +44,20 @@ class LoadDataset(Stage):
 
     def validate(self, ctx: Context) -> None:
         spec = ctx.spec
-        if not spec.dataset:
-            what = "a preference dataset" if self.kind == "preference" else "a dataset"
-            raise ConfigError(f"Recipe '{spec.recipe}' needs {what}: pass dataset=PATH (a JSONL, JSON, CSV or Parquet file).")
+        from kitchen.dataload import load_training_rows  # formats, splits, subsets, columns, test_split_fraction
+
         data = ctx.use(ChatData)
-        store = ctx.adapters.dataset_store
-        data.train_rows = store.load(spec.dataset)
-        data.test_rows = store.load(spec.test_dataset) if spec.test_dataset else []
-        for source, rows in ((spec.dataset, data.train_rows), (spec.test_dataset, data.test_rows)):
-            check_rows(rows, self.kind, str(source), getattr(spec, "train_on_what", "last_assistant_message"))
-        data.loaded = True
+        data.loaded = load_training_rows(spec, ctx.adapters.dataset_store, kind="preference" if self.kind == "preference" else "sft")
+        data.train_rows, data.test_rows = data.loaded.train.rows, data.loaded.test.rows
+        train_on_what = getattr(spec, "train_on_what", "last_assistant_message")
+        for part in (data.loaded.train, data.loaded.test):
+            check_rows(part.rows, self.kind, str(part.source), train_on_what)
 
     def execute(self, ctx: Context) -> None:
         data = ctx.use(ChatData)
-        if not data.loaded:
+        if data.loaded is None:
             self.validate(ctx)
-        ctx.emit(ev.RUN_INFO, message=f"dataset: {len(data.train_rows)} train rows, {len(data.test_rows)} test rows")
+        ctx.emit(ev.RUN_INFO, message=data.loaded.summary())  # shows the detected format
 
 
 def check_rows(rows: list[dict[str, Any]], kind: str, source: str, train_on_what: str) -> None:
@@ -81,11 +79,15 @@ def tokenize_splits(ctx: Context, cached: Callable[..., Any], noun: str) -> None
     from kitchen.stages.session import Session
 
     session, spec, data = ctx.use(Session), ctx.spec, ctx.use(ChatData)
-    for split, source, rows in (("train", spec.dataset, data.train_rows), ("test", spec.test_dataset, data.test_rows)):
-        if not source:
+    for split in ("train", "test"):
+        part = getattr(data.loaded, split)  # a LoadedSplit: rows + what the token cache keys on
+        if not part.rows:
             setattr(data, split, [])
             continue
-        items, stats, hit = cached(source, lambda rows=rows: rows, session.tokenizer, session.renderer)
+        rows = part.rows
+        items, stats, hit = cached(part.source, lambda rows=rows: rows, session.tokenizer, session.renderer,
+                                   source_fingerprint=part.fingerprint, extra=part.extra,
+                                   num_proc=getattr(spec, "tokenize_num_proc", 1))
         setattr(data, split, items)
         ctx.metadata[f"{split}_data_stats"] = stats
         ctx.emit(ev.RUN_INFO, message=f"{split}: {len(items)} {noun} tokenized" + (" (from cache)" if hit else ""))

@@ -6,7 +6,9 @@ A rendered sequence ``tokens`` with per-token ``weights`` becomes a Datum with
 
 Helpers here cover the three data shapes the workflows need:
 
-* SFT rows ``{"messages": [...]}`` -> :func:`build_sft_data`;
+* SFT rows ``{"messages": [...]}`` (per-message ``weight`` 0/1 honoured) or
+  ``{"text": ...}`` (every token trained) -> :func:`build_sft_data` (other shapes are
+  normalised to these by :mod:`kitchen.train.formats`);
 * preference rows ``{"prompt": [...], "chosen": ..., "rejected": ...}`` ->
   :func:`build_preference_data` (two datums per row sharing the prompt tokens, weight
   on the completion only);
@@ -34,8 +36,8 @@ def datum_from_rendered(tokens: Sequence[int], weights: Sequence[float]) -> Datu
     if len(tokens) < 2:
         raise ValueError("a datum needs at least 2 tokens (one input, one target)")
     return Datum(
-        model_input=[int(t) for t in tokens[:-1]],
-        loss_fn_inputs={"target_tokens": [int(t) for t in tokens[1:]], "weights": [float(w) for w in weights[1:]]},
+        model_input=list(map(int, tokens[:-1])),
+        loss_fn_inputs={"target_tokens": list(map(int, tokens[1:])), "weights": list(map(float, weights[1:]))},
     )
 
 
@@ -92,22 +94,28 @@ def _row_error(source: str, index: int, problem: str, expected: str) -> DataErro
     return DataError(f"{source}: row {index} is invalid: {problem}. Expected {expected}.")
 
 
+RENDER_BATCH = 256  # conversations per batched tokenizer call
+
 SFT_EXPECTED = (
     'each row to be an object with "messages": a list of {"role": "system"|"user"|"assistant"|"tool", '
     '"content": "<text>"} with at least one assistant message'
 )
 
 
-def check_sft_row(row: Any, index: int, source: str, train_on_what: str | TrainOnWhat) -> list:
-    """The row's messages, or a DataError naming the row and what is wrong (no tokenizer needed)."""
+def check_sft_row(row: Any, index: int, source: str, train_on_what: str | TrainOnWhat) -> list | None:
+    """The row's messages (None for a plain ``text`` row), or a DataError naming the row and
+    what is wrong. Needs no tokenizer, so preflight runs it on every row."""
+    if isinstance(row, Mapping) and "messages" not in row and isinstance(row.get("text"), str):
+        return None
     if not isinstance(row, Mapping) or "messages" not in row:
         got = f"keys {sorted(row)}" if isinstance(row, Mapping) else f"a {type(row).__name__}"
         raise _row_error(source, index, f'no "messages" field (got {got})', SFT_EXPECTED)
     messages = row["messages"]
     problem = message_problem(messages)
     mode = TrainOnWhat(train_on_what)
-    if problem is None and mode in (TrainOnWhat.LAST_ASSISTANT_MESSAGE, TrainOnWhat.ALL_ASSISTANT_MESSAGES) \
-            and not any(m["role"] == "assistant" for m in messages):
+    needs_assistant = mode in (TrainOnWhat.LAST_ASSISTANT_MESSAGE, TrainOnWhat.ALL_ASSISTANT_MESSAGES)
+    weighted = problem is None and any(m.get("weight") is not None for m in messages)
+    if problem is None and needs_assistant and not weighted and not any(m["role"] == "assistant" for m in messages):
         problem = f"no assistant message to train on (train_on_what={mode.value})"
     if problem:
         raise _row_error(source, index, problem, SFT_EXPECTED)
@@ -126,9 +134,45 @@ def check_preference_row(row: Any, index: int, source: str) -> list:
     return parts
 
 
+def render_sft_examples(rows: Iterable[Mapping[str, Any]], renderer: Renderer, source: str = "dataset",
+                        start: int = 0) -> list[RenderedExample]:
+    """One :class:`RenderedExample` per row, in order (``start``: index of the first row, for errors).
+
+    Invalid rows raise DataError naming the row index. Conversations are rendered in
+    batches of :data:`RENDER_BATCH` (one tokenizer call each).
+    """
+    out: list[RenderedExample] = []
+    pending: list[tuple[int, Any]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        try:
+            out.extend(renderer.build_supervised_many([m for _, m in pending]))
+        except DataError:  # find the row that failed
+            for i, messages in pending:
+                try:
+                    out.append(renderer.build_supervised(messages))
+                except DataError as exc:
+                    raise DataError(f"{source}: row {i}: {exc.message}", hint=exc.hint) from exc
+        pending.clear()
+
+    for i, row in enumerate(rows, start):
+        messages = check_sft_row(row, i, source, renderer.train_on_what)
+        if messages is None:
+            flush()  # keep the rows' order
+            out.append(renderer.build_text(row["text"]))  # continued pretraining: loss on every token
+            continue
+        pending.append((i, messages))
+        if len(pending) >= RENDER_BATCH:
+            flush()
+    flush()
+    return out
+
+
 def build_sft_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
                    source: str = "dataset") -> tuple[list[Datum], DataStats]:
-    """Render every row's ``messages`` and shift into datums.
+    """Render every row (``messages`` or ``text``) and shift into datums.
 
     Invalid rows raise DataError naming the row index. Examples left with no trained
     token (after truncation) are dropped and counted in ``stats.dropped_empty``, with
@@ -136,13 +180,8 @@ def build_sft_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
     """
     stats = DataStats()
     data: list[Datum] = []
-    for i, row in enumerate(rows):
+    for example in render_sft_examples(rows, renderer, source):
         stats.examples += 1
-        messages = check_sft_row(row, i, source, renderer.train_on_what)
-        try:
-            example = renderer.build_supervised(messages)
-        except DataError as exc:
-            raise DataError(f"{source}: row {i}: {exc.message}", hint=exc.hint) from exc
         stats.truncated += example.truncated
         if example.empty or len(example.tokens) < 2:
             stats.dropped_empty += 1
@@ -196,20 +235,29 @@ def preference_pair(renderer: Renderer, prompt: Any, chosen: Any, rejected: Any)
     return renderer.build_completion(p, c), renderer.build_completion(p, r)  # type: ignore[arg-type]
 
 
-def build_preference_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
-                          source: str = "dataset") -> tuple[list[tuple[Datum, Datum]], DataStats]:
-    """``(chosen_datum, rejected_datum)`` per row. A pair where either side has nothing
-    left to train on after truncation is dropped and counted."""
-    stats = DataStats()
-    pairs: list[tuple[Datum, Datum]] = []
-    for i, row in enumerate(rows):
-        stats.examples += 1
+def render_preference_examples(rows: Iterable[Mapping[str, Any]], renderer: Renderer, source: str = "dataset",
+                               start: int = 0) -> list[tuple[RenderedExample, RenderedExample]]:
+    """``(chosen, rejected)`` rendered examples per row, in order; DataError names a bad row."""
+    out = []
+    for i, row in enumerate(rows, start):
         parts = check_preference_row(row, i, source)
         try:
             chosen = renderer.build_completion(parts[0], parts[1])  # type: ignore[arg-type]
             rejected = renderer.build_completion(parts[0], parts[2])  # type: ignore[arg-type]
         except DataError as exc:
             raise DataError(f"{source}: row {i}: {exc.message}", hint=exc.hint) from exc
+        out.append((chosen, rejected))
+    return out
+
+
+def build_preference_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
+                          source: str = "dataset") -> tuple[list[tuple[Datum, Datum]], DataStats]:
+    """``(chosen_datum, rejected_datum)`` per row. A pair where either side has nothing
+    left to train on after truncation is dropped and counted."""
+    stats = DataStats()
+    pairs: list[tuple[Datum, Datum]] = []
+    for chosen, rejected in render_preference_examples(rows, renderer, source):
+        stats.examples += 1
         stats.truncated += chosen.truncated or rejected.truncated
         if chosen.empty or rejected.empty:
             stats.dropped_empty += 1

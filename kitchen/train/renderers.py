@@ -31,6 +31,7 @@ Pure Python: the only tokenizer surface used is ``encode``/``decode``/``eos_toke
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Mapping, Sequence
@@ -86,7 +87,8 @@ class RenderedExample:
 
     @property
     def num_trained_tokens(self) -> int:
-        return sum(1 for w in self.weights[1:] if w)
+        n = len(self.weights) - 1
+        return n - self.weights[1:].count(0.0) if n > 0 else 0
 
     @property
     def empty(self) -> bool:
@@ -123,11 +125,30 @@ def message_problem(messages: Any) -> str | None:
     return None
 
 
+def _weight_of(message: Mapping[str, Any], default: bool) -> bool:
+    """Whether a message trains: its own ``weight`` (0/1) when set, else ``default``."""
+    w = message.get("weight")
+    return bool(w) if w is not None else default
+
+
 def _check_messages(messages: Any) -> list[dict]:
     problem = message_problem(messages)
     if problem:
         raise DataError(f"Invalid conversation: {problem}.")
     return [dict(m) for m in messages]
+
+
+def _offset_index(n_chars: int, n_tokens: int, starts: list[int], ends: list[int]):
+    """Character boundary -> token index from a fast tokenizer's offsets (see ``_tokenize_many``)."""
+    def to_token(c: int, end: bool) -> int:
+        if c <= 0:
+            return 0
+        if c >= n_chars:
+            return n_tokens
+        # end: tokens starting before c; start: tokens ending at or before c
+        return bisect.bisect_left(starts, c) if end else bisect.bisect_right(ends, c)
+
+    return to_token
 
 
 def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -173,12 +194,23 @@ class Renderer:
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
+    def render_many(self, conversations: Sequence[Sequence[Mapping[str, Any]]]) -> list[tuple[list[int], list[MessageSpan]]]:
+        """:meth:`render` for many conversations (subclasses batch the tokenizer call)."""
+        return [self.render(c) for c in conversations]
+
     def build_supervised(self, messages: Sequence[Mapping[str, Any]],
                          train_on_what: str | TrainOnWhat | None = None) -> RenderedExample:
         """Tokens and weights for supervised training on ``messages``."""
+        return self.build_supervised_many([messages], train_on_what)[0]
+
+    def build_supervised_many(self, conversations: Sequence[Sequence[Mapping[str, Any]]],
+                              train_on_what: str | TrainOnWhat | None = None) -> list[RenderedExample]:
+        """:meth:`build_supervised` for a batch of conversations (one batched tokenizer call)."""
         what = self.train_on_what if train_on_what is None else parse_train_on_what(train_on_what)
-        msgs = _check_messages(messages)
-        tokens, spans = self.render(msgs)
+        checked = [_check_messages(m) for m in conversations]
+        return [self._weigh(msgs, tokens, spans, what) for msgs, (tokens, spans) in zip(checked, self.render_many(checked))]
+
+    def _weigh(self, msgs: list[dict], tokens: list[int], spans: list[MessageSpan], what: TrainOnWhat) -> RenderedExample:
         weights = [0.0] * len(tokens)
         if what is TrainOnWhat.ALL_TOKENS:
             weights = [1.0] * len(tokens)
@@ -189,10 +221,34 @@ class Renderer:
                 chosen = [s for s in spans if s.role == "assistant"]
             else:  # ALL_MESSAGES
                 chosen = spans
+            if any(m.get("weight") is not None for m in msgs):
+                # a per-message weight (0/1) decides for its message; the others follow train_on_what
+                picked = {s.index for s in chosen}
+                chosen = [s for s in spans if _weight_of(msgs[s.index], s.index in picked)]
             for s in chosen:
-                for k in range(s.action_start, s.action_end):
-                    weights[k] = 1.0
+                weights[s.action_start:s.action_end] = [1.0] * (s.action_end - s.action_start)
         return self._truncate(tokens, weights)
+
+    def build_text(self, text: str) -> RenderedExample:
+        """Plain text for continued pretraining: ``[bos] text eos``, every token trained."""
+        if not isinstance(text, str):
+            raise DataError(f"Invalid text example: 'text' must be a string, got {type(text).__name__}.")
+        tokens = self._bos_prefix() + self._encode(text)
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if eos is not None:
+            tokens.append(int(eos))
+        return self._truncate(tokens, [1.0] * len(tokens))
+
+    def _bos_prefix(self) -> list[int]:
+        """``[bos]`` when the tokenizer itself prepends one by default, else ``[]``."""
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if bos is None or bos == getattr(self.tokenizer, "eos_token_id", None):
+            return []
+        try:
+            with_special = list(self.tokenizer.encode("a", add_special_tokens=True))
+        except TypeError:
+            return []
+        return [bos] if with_special and with_special[0] == bos else []
 
     def build_completion(self, prompt: Sequence[Mapping[str, Any]],
                          completion: Sequence[Mapping[str, Any]]) -> RenderedExample:
@@ -282,21 +338,128 @@ class ChatTemplateRenderer(Renderer):
         ids = self._encode(hit[1])
         return hit[1], (ids[0] if len(ids) == 1 else eos_id)
 
+    # Rendering is linear in the conversation's length: one template render and one
+    # tokenization per conversation. Message boundaries come from a *plan* computed once
+    # per sequence of roles, by running the exact prefix-by-prefix search on a copy of the
+    # conversation whose contents are unique placeholders. A real conversation uses the plan
+    # when its render equals the plan's skeleton with each placeholder replaced by the
+    # content (checked on every row); a template that rewrites contents, or whose layout
+    # depends on them, falls back to the exact search on the row itself.
+    _PLACEHOLDER = "\ue000{}\ue001"
+    _PLAN_CACHE_SIZE = 256
+
     def render(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[MessageSpan]]:
-        msgs = [dict(m) for m in messages]
-        full_text = self._text(msgs)
-        full = self._encode(full_text)
+        return self.render_many([messages])[0]
+
+    def render_many(self, conversations: Sequence[Sequence[Mapping[str, Any]]]) -> list[tuple[list[int], list[MessageSpan]]]:
+        layouts = []
+        for messages in conversations:
+            msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+            full_text = self._text(msgs)
+            char_spans = self._planned_spans(msgs, full_text)
+            if char_spans is None:
+                char_spans = self._char_spans(msgs, full_text)
+            layouts.append((msgs, full_text, char_spans))
+        out = []
+        for (msgs, full_text, char_spans), (full, to_token) in zip(layouts, self._tokenize_many([t for _, t, _ in layouts])):
+            spans = []
+            for i, (m, (start, pos, action_end, seg_end)) in enumerate(zip(msgs, char_spans)):
+                start_t = to_token(start, False)
+                a_start = to_token(pos, False)
+                a_end = to_token(action_end, True)
+                end_t = to_token(seg_end, True)
+                spans.append(MessageSpan(i, m["role"], start_t, max(a_start, start_t), max(a_end, a_start), max(end_t, a_end)))
+            out.append((full, spans))
+        return out
+
+    def _planned_spans(self, msgs: list[dict], full_text: str) -> list[tuple[int, int, int, int]] | None:
+        """Character spans from the cached plan for this role sequence, or None (use the exact search)."""
+        if not hasattr(self, "_plans"):
+            self._plans: dict[tuple[str, ...], Any] = {}
+        roles = tuple(m["role"] for m in msgs)
+        plan = self._plans.get(roles)
+        if plan is None:
+            if len(self._plans) >= self._PLAN_CACHE_SIZE:
+                self._plans.pop(next(iter(self._plans)))
+            holders = [self._PLACEHOLDER.format(i) for i in range(len(msgs))]
+            if any(self._PLACEHOLDER[0] in m["content"] for m in msgs):
+                return None
+            try:
+                ph_msgs = [{"role": r, "content": h} for r, h in zip(roles, holders)]
+                skeleton = self._text(ph_msgs)
+                spans = self._char_spans(ph_msgs, skeleton)
+                # pieces of the skeleton between placeholders, and where each placeholder starts
+                at = [skeleton.index(h) for h in holders]
+                if at != sorted(at) or any(skeleton.count(h) != 1 for h in holders):
+                    raise ValueError("placeholders repeated or reordered")
+            except (ConfigError, DataError, ValueError):
+                plan = False
+            else:
+                pieces, prev = [], 0
+                for h, a in zip(holders, at):
+                    pieces.append(skeleton[prev:a])
+                    prev = a + len(h)
+                pieces.append(skeleton[prev:])
+                plan = (pieces, at, [len(h) for h in holders], spans)
+            self._plans[roles] = plan
+        if plan is False:
+            return None
+        pieces, at, hlen, spans = plan
+        contents = [m["content"] for m in msgs]
+        if any(self._PLACEHOLDER[0] in c for c in contents):
+            return None
+        expected = "".join(p + c for p, c in zip(pieces, contents)) + pieces[-1]
+        if expected != full_text:
+            return None
+        # shift skeleton positions by the length difference of the placeholders before them
+        shifts, total = [], 0
+        for c, n in zip(contents, hlen):
+            shifts.append(total)
+            total += len(c) - n
+        ends = [a + n for a, n in zip(at, hlen)]
+
+        def real(x: int) -> int:
+            k = bisect.bisect_right(ends, x)  # placeholders wholly before x
+            if k < len(at) and at[k] <= x < ends[k]:  # inside placeholder k: its start or its end
+                return at[k] + shifts[k] + (0 if x == at[k] else len(contents[k]))
+            return x + (shifts[k] if k < len(at) else total)
+
+        return [tuple(real(x) for x in span) for span in spans]
+
+    def _tokenize_many(self, texts: list[str]):
+        """Per text: its tokens and a map from a character boundary to a token index.
+
+        A token straddling the boundary (BPE merged across it) counts as inside the span
+        on both sides. Fast tokenizers give offsets in one batched call; others re-encode prefixes.
+        """
+        backend = getattr(self.tokenizer, "backend_tokenizer", None) if getattr(self.tokenizer, "is_fast", False) else None
+        if backend is not None and texts:
+            # the Rust tokenizer directly: transformers' per-encoding dict conversion costs as much as encoding
+            encodings = backend.encode_batch(texts, add_special_tokens=False)
+            out = []
+            for text, enc in zip(texts, encodings):
+                ids, offsets = enc.ids, enc.offsets
+                starts = [a for a, _ in offsets]
+                ends = [b for _, b in offsets]
+                if starts == sorted(starts) and ends == sorted(ends):
+                    out.append((list(ids), _offset_index(len(text), len(ids), starts, ends)))
+                else:
+                    out.append(self._slow_index(text))
+            return out
+        return [self._slow_index(t) for t in texts]
+
+    def _slow_index(self, text: str):
+        full = self._encode(text)
+        n_chars = len(text)
         cache: dict[int, int] = {}
 
-        def tok_index(c: int, end: bool) -> int:
-            # Token index of character boundary c in `full`. If a token straddles c
-            # (BPE merged across the boundary), it counts as inside the span.
+        def to_token_slow(c: int, end: bool) -> int:
             if c <= 0:
                 return 0
-            if c >= len(full_text):
+            if c >= n_chars:
                 return len(full)
             if c not in cache:
-                part = self._encode(full_text[:c])
+                part = self._encode(text[:c])
                 lcp = _common_prefix_len(part, full)
                 cache[c] = lcp if lcp == len(part) else -lcp - 1
             v = cache[c]
@@ -305,6 +468,11 @@ class ChatTemplateRenderer(Renderer):
             lcp = -v - 1
             return lcp + 1 if end else lcp
 
+        return full, to_token_slow
+
+    def _char_spans(self, msgs: list[dict], full_text: str) -> list[tuple[int, int, int, int]]:
+        """Exact character spans ``(start, action_start, action_end, end)`` per message, by
+        rendering each prefix of the conversation (quadratic; the plan makes it once per role sequence)."""
         def not_prefix(what: str) -> ConfigError:
             return ConfigError(
                 f"The tokenizer's chat template is not prefix-stable: rendering {what} is not a prefix "
@@ -313,7 +481,7 @@ class ChatTemplateRenderer(Renderer):
                 hint="Use renderer: role_colon, or a tokenizer whose template renders earlier turns unchanged.",
             )
 
-        spans: list[MessageSpan] = []
+        spans: list[tuple[int, int, int, int]] = []
         prev_end = 0
         for i, m in enumerate(msgs):
             upto = full_text if i == len(msgs) - 1 else self._text(msgs[: i + 1])
@@ -348,13 +516,9 @@ class ChatTemplateRenderer(Renderer):
                 pos = content_end = p if p >= 0 else seg_end
             hit = self._first_special(full_text, content_end, seg_end)
             action_end = hit[0] + len(hit[1]) if hit else seg_end
-            start_t = tok_index(prev_end, end=False)
-            a_start = tok_index(pos, end=False)
-            a_end = tok_index(action_end, end=True)
-            end_t = tok_index(seg_end, end=True)
-            spans.append(MessageSpan(i, m["role"], start_t, max(a_start, start_t), max(a_end, a_start), max(end_t, a_end)))
+            spans.append((prev_end, pos, action_end, seg_end))
             prev_end = seg_end
-        return full, spans
+        return spans
 
     def build_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
         return self._encode(self._text(_check_messages(messages), generation_prompt=True))

@@ -11,30 +11,31 @@ The cache key is the sha256 of everything that can change the tokens or weights:
 * caller extras (split, row limits...), and :data:`CODE_VERSION`, bumped whenever
   rendering or the stored format changes.
 
-Entries live in ``<root>/tokenized/<key>.json.gz`` where root is ``$KITCHEN_CACHE_DIR``,
+Entries live in ``<root>/tokenized/<key>.arrow/`` where root is ``$KITCHEN_CACHE_DIR``,
 else ``$XDG_CACHE_HOME/crucible-kitchen``, else ``~/.cache/crucible-kitchen``. Each entry
-is gzip-compressed JSON: per example the full token list and the weights as run-length
-``[start, end, value]`` triples. Writes are atomic (temp file + ``os.replace``); an
-unreadable entry is treated as a miss and rewritten.
+is an Arrow IPC file with every example's tokens and weights,
+served memory-mapped (see "Arrow entries" below). Writes are atomic (temp dir +
+``os.replace``); an unreadable entry is treated as a miss and rewritten.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import inspect
 import json
 import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from kitchen.ports.types import Datum
-from kitchen.train.datum import DataStats, build_preference_data, build_sft_data, datum_from_rendered
+from kitchen.train.datum import DataStats, _warn_dropped, datum_from_rendered
 from kitchen.train.renderers import Renderer
 
-CODE_VERSION = 1
+CODE_VERSION = 2  # 2: Arrow entries; per-message weights, text rows, linear rendering
 log = logging.getLogger("kitchen.data")
 
 _PROBE = "Chef's probe: 250 ml = 1 cup.\n\n<|im_end|><|eot_id|></s> User: héllo 👩‍🍳"
@@ -114,62 +115,204 @@ def cache_key(source_fingerprint: str, tokenizer: Any, renderer: Renderer, kind:
     return hashlib.sha256(blob).hexdigest(), fields
 
 
-# -- (de)serialisation ----------------------------------------------------------------
+# -- Arrow entries ----------------------------------------------------------------------
+#
+# An entry is a directory ``<key>.arrow/``: ``table.arrow`` (an Arrow IPC file: one row
+# per source row with its rendered ``tokens``/``weights``, for preference data
+# ``chosen_*``/``rejected_*``, plus ``truncated``/``empty``/``n_tokens``/``n_trained``)
+# and ``kitchen.json`` (key, fields, stats), written last. The directory is built under a
+# temp name and renamed into place, so a reader sees a complete entry or none. Data is
+# served from the memory-mapped table (:class:`ArrowDatums`), so a million tokenized rows
+# cost disk, not RAM. Tokenizing a miss goes through ``datasets.map`` (``num_proc``
+# processes, batched).
 
-def _runs(weights: list[float]) -> list[list[float]]:
-    runs: list[list[float]] = []
-    for k, w in enumerate(weights):
-        if w == 0:
-            continue
-        if runs and runs[-1][1] == k and runs[-1][2] == w:
-            runs[-1][1] = k + 1
+ENTRY_SUFFIX = ".arrow"
+MAP_BATCH = 256
+
+
+def _sft_columns(batch: dict[str, list], indices: list[int], renderer: Renderer, source: str) -> dict[str, list]:
+    from kitchen.train.datum import render_sft_examples
+
+    rows = [json.loads(r) for r in batch["row"]]
+    examples = render_sft_examples(rows, renderer, source, start=indices[0] if indices else 0)
+    return _columns([(e,) for e in examples], ("",))
+
+
+def _preference_columns(batch: dict[str, list], indices: list[int], renderer: Renderer, source: str) -> dict[str, list]:
+    from kitchen.train.datum import render_preference_examples
+
+    rows = [json.loads(r) for r in batch["row"]]
+    pairs = render_preference_examples(rows, renderer, source, start=indices[0] if indices else 0)
+    return _columns(pairs, ("chosen_", "rejected_"))
+
+
+def _columns(groups: list[tuple], prefixes: tuple[str, ...]) -> dict[str, list]:
+    cols: dict[str, list] = {f"{p}{c}": [] for p in prefixes for c in ("tokens", "weights")}
+    cols.update(truncated=[], empty=[], n_tokens=[], n_trained=[])
+    for group in groups:
+        empty = any(e.empty or len(e.tokens) < 2 for e in group)
+        for p, e in zip(prefixes, group):
+            cols[f"{p}tokens"].append(e.tokens)
+            cols[f"{p}weights"].append(e.weights)
+        cols["truncated"].append(any(e.truncated for e in group))
+        cols["empty"].append(empty)
+        cols["n_tokens"].append(0 if empty else sum(len(e.tokens) - 1 for e in group))
+        cols["n_trained"].append(0 if empty else sum(e.num_trained_tokens for e in group))
+    return cols
+
+
+def _schema(kind: str):
+    import pyarrow as pa
+
+    fields = []
+    for p in (("chosen_", "rejected_") if kind == "preference" else ("",)):
+        fields += [pa.field(f"{p}tokens", pa.list_(pa.int32())), pa.field(f"{p}weights", pa.list_(pa.float32()))]
+    fields += [pa.field("truncated", pa.bool_()), pa.field("empty", pa.bool_()),
+               pa.field("n_tokens", pa.int64()), pa.field("n_trained", pa.int64())]
+    return pa.schema(fields)
+
+
+def tokenize_to_table(rows: Iterable[Mapping[str, Any]], renderer: Renderer, kind: str, source: str,
+                      num_proc: int = 1):
+    """Render ``rows`` into a ``pyarrow.Table`` of tokenized columns.
+
+    One process renders in place (pyarrow only: importing ``datasets`` costs seconds);
+    ``num_proc > 1`` goes through ``datasets.map`` in that many processes.
+    """
+    import pyarrow as pa
+
+    rows = list(rows)
+    if num_proc <= 1 or len(rows) < 2 * MAP_BATCH:
+        from kitchen.train.datum import render_preference_examples, render_sft_examples
+
+        if kind == "preference":
+            cols = _columns(render_preference_examples(rows, renderer, source), ("chosen_", "rejected_"))
         else:
-            runs.append([k, k + 1, w])
-    return runs
+            cols = _columns([(e,) for e in render_sft_examples(rows, renderer, source)], ("",))
+        return pa.Table.from_pydict(cols, schema=_schema(kind))
+    import datasets
+    from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
 
-
-def _encode_datum(d: Datum) -> dict[str, Any]:
-    targets = d.loss_fn_inputs["target_tokens"]
-    # full rendered sequence; its weights are [0] + datum weights
-    return {"t": list(d.model_input) + [targets[-1]], "w": _runs([0.0] + list(d.loss_fn_inputs["weights"]))}
-
-
-def _decode_datum(item: Mapping[str, Any]) -> Datum:
-    tokens = item["t"]
-    weights = [0.0] * len(tokens)
-    for start, end, value in item["w"]:
-        for k in range(int(start), int(end)):
-            weights[k] = float(value)
-    return datum_from_rendered(tokens, weights)
-
-
-def _read(path: Path) -> dict[str, Any] | None:
+    fn = _preference_columns if kind == "preference" else _sft_columns
+    bars = is_progress_bar_enabled()
+    disable_progress_bars()
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            payload = json.load(f)
-        if payload.get("code_version") != CODE_VERSION:
+        raw = datasets.Dataset.from_dict({"row": [json.dumps(r, ensure_ascii=False) for r in rows]})
+        out = raw.map(fn, batched=True, batch_size=MAP_BATCH, with_indices=True, num_proc=num_proc,
+                      remove_columns=["row"], features=datasets.Features.from_arrow_schema(_schema(kind)),
+                      fn_kwargs={"renderer": renderer, "source": source},
+                      new_fingerprint=hashlib.sha256(f"{source}:{len(rows)}:{kind}:{os.getpid()}".encode()).hexdigest()[:16])
+        return out.data.table.combine_chunks()
+    finally:
+        if bars:
+            enable_progress_bars()
+
+
+def table_stats(table) -> DataStats:
+    """DataStats from a tokenized table's columns (counted in Arrow, not in Python)."""
+    import pyarrow.compute as pc
+
+    t = table.data.table if hasattr(table, "data") else table
+    n = t.num_rows
+    if n == 0:
+        return DataStats()
+    empty = t.column("empty")
+    kept_mask = pc.invert(empty)
+    lengths = pc.list_value_length(t.column("tokens" if "tokens" in t.column_names else "chosen_tokens"))
+    if "chosen_tokens" in t.column_names:
+        lengths = pc.max_element_wise(lengths, pc.list_value_length(t.column("rejected_tokens")))
+    kept_lengths = pc.filter(lengths, kept_mask)
+    return DataStats(
+        examples=n,
+        kept=int(pc.sum(kept_mask.cast("int64")).as_py() or 0),
+        truncated=int(pc.sum(t.column("truncated").cast("int64")).as_py() or 0),
+        dropped_empty=int(pc.sum(empty.cast("int64")).as_py() or 0),
+        trained_tokens=int(pc.sum(t.column("n_trained")).as_py() or 0),
+        total_tokens=int(pc.sum(t.column("n_tokens")).as_py() or 0),
+        max_tokens=int(pc.max(kept_lengths).as_py() or 0) if len(kept_lengths) else 0,
+    )
+
+
+class ArrowDatums(Sequence):
+    """The kept examples of a tokenized table as Datums (or (chosen, rejected) pairs), built on access.
+
+    Indexing is by kept example, in source order, so the batch plan (a pure function
+    of seed, step and ``len``) sees the same data whether it came from a miss or a hit.
+    """
+
+    def __init__(self, table, kind: str) -> None:
+        import pyarrow.compute as pc
+
+        self._t = table.data.table if hasattr(table, "data") else table
+        self._kind = kind
+        self._rows = pc.indices_nonzero(pc.invert(self._t.column("empty"))).to_numpy()
+        prefixes = ("chosen_", "rejected_") if kind == "preference" else ("",)
+        self._cols = [(self._t.column(f"{p}tokens"), self._t.column(f"{p}weights")) for p in prefixes]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _one(self, k: int):
+        r = int(self._rows[k])
+        items = [datum_from_rendered(tok[r].as_py(), w[r].as_py()) for tok, w in self._cols]
+        return items[0] if self._kind != "preference" else (items[0], items[1])
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self._one(i) for i in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return self._one(k)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, ArrowDatums)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"<ArrowDatums {self._kind}: {len(self)} examples>"
+
+
+def _open_table(path: Path):
+    """The Arrow file at ``path``, memory-mapped (pages are read on access, not up front)."""
+    import pyarrow as pa
+
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+
+
+def _read_entry(entry: Path, key: str, kind: str):
+    meta = entry / "kitchen.json"
+    try:
+        payload = json.loads(meta.read_text())
+        if payload.get("code_version") != CODE_VERSION or payload.get("key") != key:
             return None
-        return payload
+        return ArrowDatums(_open_table(entry / "table.arrow"), kind), DataStats(**payload["stats"])
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, EOFError) as exc:
-        log.warning("ignoring unreadable tokenized cache entry %s (%s); re-tokenizing", path, exc)
+    except Exception as exc:  # noqa: BLE001 - any unreadable entry is a miss, rewritten below
+        log.warning("ignoring unreadable tokenized cache entry %s (%s); re-tokenizing", entry, exc)
         return None
 
 
-def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+def _write_entry(entry: Path, table, payload: dict[str, Any]):
+    """Write ``table.arrow`` + ``kitchen.json`` under a temp dir, rename it to ``entry``; the table, memory-mapped."""
+    import pyarrow as pa
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".", suffix=".tmp", dir=entry.parent))
     try:
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-            gz.write(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
-        os.replace(tmp, path)
+        with pa.OSFile(str(tmp / "table.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=MAP_BATCH * 16)
+        (tmp / "kitchen.json").write_text(json.dumps(payload, default=str))
+        if entry.exists():
+            shutil.rmtree(entry, ignore_errors=True)
+        os.replace(tmp, entry)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return _open_table(entry / "table.arrow")
 
 
 def _load_rows(rows_loader: Callable[..., Iterable[Mapping[str, Any]]], path: Any) -> Iterable[Mapping[str, Any]]:
@@ -184,72 +327,59 @@ def _load_rows(rows_loader: Callable[..., Iterable[Mapping[str, Any]]], path: An
 
 
 def _cached(kind: str, path: Any, rows_loader: Callable[..., Iterable[Mapping[str, Any]]], tokenizer: Any,
-            renderer: Renderer, build: Callable[[Iterable[Mapping[str, Any]]], tuple[Any, DataStats]],
-            encode: Callable[[Any], Any], decode: Callable[[Any], Any], cache_dir: str | os.PathLike | None,
-            use_cache: bool, source_fingerprint: str | None,
-            extra: Mapping[str, Any] | None) -> tuple[Any, DataStats, bool]:
+            renderer: Renderer, cache_dir: str | os.PathLike | None, use_cache: bool, source_fingerprint: str | None,
+            extra: Mapping[str, Any] | None, label: str, num_proc: int) -> tuple[Any, DataStats, bool]:
     tokenizer = tokenizer if tokenizer is not None else renderer.tokenizer
     fingerprint = source_fingerprint or (source_fingerprint_of(path) if path is not None else None)
+
+    def build():
+        table = tokenize_to_table(_load_rows(rows_loader, path), renderer, kind, label, num_proc)
+        stats = table_stats(table)
+        _warn_dropped(stats, label, renderer.max_length)
+        return table, stats
+
     if not use_cache or fingerprint is None:
-        data, stats = build(_load_rows(rows_loader, path))
-        return data, stats, False
+        table, stats = build()
+        return ArrowDatums(table, kind), stats, False
     key, fields = cache_key(fingerprint, tokenizer, renderer, kind, extra)
-    entry = tokenized_dir(cache_dir) / f"{key}.json.gz"
-    payload = _read(entry)
-    if payload is not None and payload.get("key") == key:
-        try:
-            data = [decode(item) for item in payload["items"]]
-            stats = DataStats(**payload["stats"])
-            return data, stats, True
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            log.warning("ignoring malformed tokenized cache entry %s (%s); re-tokenizing", entry, exc)
-    data, stats = build(_load_rows(rows_loader, path))
-    payload = {
-        "code_version": CODE_VERSION,
-        "key": key,
-        "fields": fields,
-        "source_path": str(path) if path is not None else None,
-        "stats": stats.to_dict(),
-        "items": [encode(d) for d in data],
-    }
+    entry = tokenized_dir(cache_dir) / f"{key}{ENTRY_SUFFIX}"
+    found = _read_entry(entry, key, kind)
+    if found is not None:
+        return found[0], found[1], True
+    table, stats = build()
+    payload = {"code_version": CODE_VERSION, "key": key, "fields": fields,
+               "source_path": str(path) if path is not None else None, "stats": stats.to_dict()}
     try:
-        _write_atomic(entry, payload)
+        table = _write_entry(entry, table, payload)
     except OSError as exc:  # a read-only cache must not stop training
         log.warning("could not write tokenized cache entry %s (%s)", entry, exc)
-    return data, stats, False
+    return ArrowDatums(table, kind), stats, False
 
 
 def cached_sft_data(path: str | os.PathLike | None, rows_loader: Callable[..., Iterable[Mapping[str, Any]]],
                     tokenizer: Any, renderer: Renderer, *, cache_dir: str | os.PathLike | None = None,
                     use_cache: bool = True, source_fingerprint: str | None = None,
                     extra: Mapping[str, Any] | None = None,
-                    source: str | None = None) -> tuple[list[Datum], DataStats, bool]:
+                    source: str | None = None, num_proc: int = 1) -> tuple[Sequence[Datum], DataStats, bool]:
     """SFT datums for the dataset at ``path``: ``(datums, stats, hit)``.
 
     ``rows_loader`` (``loader()`` or ``loader(path)``) is only called on a miss. Data
     that is not a local file or directory is cached only when ``source_fingerprint``
     identifies its content. ``extra`` adds caller settings that change the rows (split,
-    row limit...) to the key. ``tokenizer=None`` means ``renderer.tokenizer``.
+    format, row limit...) to the key. ``tokenizer=None`` means ``renderer.tokenizer``.
+    ``num_proc`` processes tokenize a miss. The datums are served from the Arrow entry.
     """
     label = source or (str(path) if path is not None else "dataset")
-    return _cached(
-        "sft", path, rows_loader, tokenizer, renderer,
-        lambda rows: build_sft_data(rows, renderer, source=label),
-        _encode_datum, _decode_datum, cache_dir, use_cache, source_fingerprint, extra,
-    )
+    return _cached("sft", path, rows_loader, tokenizer, renderer, cache_dir, use_cache, source_fingerprint, extra,
+                   label, num_proc)
 
 
 def cached_preference_data(path: str | os.PathLike | None, rows_loader: Callable[..., Iterable[Mapping[str, Any]]],
                            tokenizer: Any, renderer: Renderer, *, cache_dir: str | os.PathLike | None = None,
                            use_cache: bool = True, source_fingerprint: str | None = None,
                            extra: Mapping[str, Any] | None = None,
-                           source: str | None = None) -> tuple[list[tuple[Datum, Datum]], DataStats, bool]:
+                           source: str | None = None, num_proc: int = 1) -> tuple[Sequence[tuple[Datum, Datum]], DataStats, bool]:
     """Like :func:`cached_sft_data` for preference rows: ``(pairs, stats, hit)``."""
     label = source or (str(path) if path is not None else "dataset")
-    return _cached(
-        "preference", path, rows_loader, tokenizer, renderer,
-        lambda rows: build_preference_data(rows, renderer, source=label),
-        lambda pair: [_encode_datum(pair[0]), _encode_datum(pair[1])],
-        lambda item: (_decode_datum(item[0]), _decode_datum(item[1])),
-        cache_dir, use_cache, source_fingerprint, extra,
-    )
+    return _cached("preference", path, rows_loader, tokenizer, renderer, cache_dir, use_cache, source_fingerprint,
+                   extra, label, num_proc)

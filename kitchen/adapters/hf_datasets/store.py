@@ -1,6 +1,6 @@
-"""``DatasetStore`` over local files and the Hugging Face ``datasets`` cache. Never networks.
+"""``DatasetStore`` over local files, hub dataset repositories and the ``datasets`` cache.
 
-``HFDatasetStore().load(source, split=None) -> list[dict]``
+``HFDatasetStore().load(source, split=None, subset=None, prefer=("train",)) -> list[dict]``
 
 * ``*.jsonl`` (also ``*.jsonl.gz``): read **directly with ``json``, whatever the size**, and
   not through ``datasets``. We have to parse every line anyway to give a line-numbered
@@ -14,16 +14,23 @@
 * ``*.csv`` / ``*.tsv`` / ``*.parquet``: ``datasets.load_dataset("csv"|"parquet",
   data_files=...)`` with offline mode forced on and progress bars off.
 * a directory written by ``Dataset.save_to_disk``: ``datasets.load_from_disk``.
-* anything else that does not look like a path (``openai/gsm8k``, ``gsm8k:main`` for a
-  config): a hub dataset, **only from the local cache** - offline mode is forced for the
-  call, and a dataset that is not cached is a ``DataError`` saying how to fetch it.
+* a directory of shards of one type (``part-0.parquet``, ``part-1.parquet``...):
+  concatenated in name order.
+* anything else that does not look like a path (``org/name``; ``org/name:config`` or
+  ``subset=`` for a config): a hub dataset repository, fetched with huggingface_hub's
+  ``snapshot_download`` (its own cache, its own progress bars). With ``HF_HUB_OFFLINE=1``
+  or no network, the cached snapshot is used; the snapshot's files are read by
+  ``datasets.load_dataset(snapshot_dir, config)`` (README ``configs:``, split names from
+  file names). A dataset prepared earlier by ``datasets.load_dataset`` in
+  ``HF_DATASETS_CACHE`` also loads, offline. Neither: a ``DataError`` naming ``hf download``.
 
-``split`` applies to hub datasets and ``save_to_disk`` dataset dicts (default: ``train``
-when present, else the only split); a single local file *is* one split and ``split`` is
-ignored for it. Every failure the user can fix is a ``DataError`` naming the file.
+``split`` applies to hub datasets and ``save_to_disk`` dataset dicts (default: the first of
+``prefer`` present, else the only split; an unknown one is refused with the list); a single
+local file *is* one split and ``split`` is ignored for it. Every failure the user can fix is a ``DataError`` naming the file.
 
 ``fingerprint(source) -> str`` is the sha256 of the file's bytes (of every file, with its
-relative name, for a directory; of the cached dataset's fingerprints for a hub name),
+relative name, for a directory; of the snapshot's commit, or the cached dataset's
+fingerprints, for a hub name),
 memoised per (path, size, mtime) so calling it next to ``load`` is cheap.
 """
 
@@ -39,7 +46,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from kitchen.errors import DataError
+from kitchen.errors import DataError, did_you_mean
 
 JSONL_EXTS = (".jsonl", ".jsonl.gz", ".ndjson")
 JSON_EXTS = (".json",)
@@ -77,17 +84,25 @@ class HFDatasetStore:
         #: where ``datasets`` keeps its Arrow cache (default: ``HF_DATASETS_CACHE``)
         self.cache_dir = None if cache_dir is None else str(cache_dir)
         self._fingerprints: dict[tuple[str, int, int], str] = {}
+        self._prefer: tuple[str, ...] = ("train",)
 
     # ------------------------------------------------------------------------ public
 
-    def load(self, source: str | os.PathLike[str], split: str | None = None) -> list[dict[str, Any]]:
+    def load(self, source: str | os.PathLike[str], split: str | None = None, subset: str | None = None,
+             prefer: tuple[str, ...] = ("train",)) -> list[dict[str, Any]]:
+        """Rows of ``source``. ``split``/``subset`` pick a split / config of a hub dataset or a
+        ``save_to_disk`` DatasetDict; with no ``split``, the first of ``prefer`` that exists,
+        else the only split."""
         given = os.fspath(source)
         if not given or not str(given).strip():
             raise DataError("The dataset source is empty. Give a path to a .jsonl/.json/.csv/.parquet file or a hub dataset name.")
         path = Path(given).expanduser()
+        self._prefer = tuple(prefer)
         if path.exists() or _looks_like_path(given):
             rows = self._load_path(given, path, split)
         else:
+            if subset and ":" not in given:
+                given = f"{given}:{subset}"
             rows = self._load_hub(given, split)
         if not rows:
             where = f"{given} (split {split})" if split and not path.exists() else given
@@ -119,6 +134,10 @@ class HFDatasetStore:
             return h.hexdigest()
         if _looks_like_path(given):
             raise self._missing(given, path)
+        repo, _, config = given.partition(":")
+        snapshot = self._hub_snapshot(repo)
+        if snapshot is not None:  # the snapshot dir is named by its commit: content-addressed
+            return hashlib.sha256(f"hub:{repo}:{config}@{snapshot.name}".encode()).hexdigest()
         ds = self._hub_dataset(given, None)
         parts = [f"hub:{given}"]
         splits = ds.items() if hasattr(ds, "items") else [("", ds)]
@@ -265,22 +284,32 @@ class HFDatasetStore:
                 ds = datasets.load_from_disk(str(path))
             except Exception as exc:  # noqa: BLE001
                 raise DataError(f"{given}: could not read the saved dataset ({type(exc).__name__}: {exc}).") from None
-            return _rows(_pick_split(given, ds, split))
+            return _rows(_pick_split(given, ds, split, self._prefer))
         files = sorted(p for p in path.iterdir() if p.is_file() and _ext(p) in ALL_EXTS)
         if len(files) == 1:
             return self._load_path(str(Path(given) / files[0].name), files[0], split)
+        kinds = {_kind(p) for p in files}
+        if len(kinds) == 1:  # a directory of shards of one type: concatenated in name order
+            kind = kinds.pop()
+            if kind in ("parquet", "csv"):
+                return self._via_datasets(given, kind, files)
+            rows: list[dict[str, Any]] = []
+            for f in files:
+                rows += self._load_path(str(Path(given) / f.name), f, split)
+            return rows
         listing = ", ".join(p.name for p in files[:5]) or "no data files"
         raise DataError(
-            f"{given} is a directory ({listing}). Point the recipe at one {_ALLOWED} file, "
-            "or at a directory written by Dataset.save_to_disk."
+            f"{given} is a directory ({listing}). Point the recipe at one {_ALLOWED} file, a directory of "
+            "shards of one type, or a directory written by Dataset.save_to_disk."
         )
 
-    def _via_datasets(self, given: str, builder: str, path: Path, **kwargs: Any) -> list[dict[str, Any]]:
+    def _via_datasets(self, given: str, builder: str, path: Path | list[Path], **kwargs: Any) -> list[dict[str, Any]]:
         datasets = _import_datasets()
+        files = [str(p.resolve()) for p in path] if isinstance(path, list) else str(path.resolve())
         try:
             with _offline(datasets):
                 ds = datasets.load_dataset(
-                    builder, data_files=str(path.resolve()), split="train", cache_dir=self.cache_dir, **kwargs
+                    builder, data_files=files, split="train", cache_dir=self.cache_dir, **kwargs
                 )
         except Exception as exc:  # noqa: BLE001 - parser errors come wrapped in DatasetGenerationError
             cause = exc.__cause__ or exc.__context__ or exc
@@ -293,31 +322,60 @@ class HFDatasetStore:
 
     def _load_hub(self, name: str, split: str | None) -> list[dict[str, Any]]:
         ds = self._hub_dataset(name, split)
-        return _rows(_pick_split(name, ds, split))
+        return _rows(_pick_split(name, ds, split, self._prefer))
+
+    def _hub_snapshot(self, repo: str) -> Path | None:
+        """The local snapshot of dataset repo ``repo`` in huggingface_hub's cache.
+
+        Online (``HF_HUB_OFFLINE`` unset) this downloads or updates it with
+        huggingface_hub's progress bars; offline, or when the hub cannot be reached, it is
+        the cached copy. None when there is none.
+        """
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:  # pragma: no cover - huggingface_hub comes with datasets
+            return None
+        try:
+            return Path(snapshot_download(repo_id=repo, repo_type="dataset"))
+        except Exception:  # noqa: BLE001 - offline with no cache, no network, unknown repo...
+            try:
+                return Path(snapshot_download(repo_id=repo, repo_type="dataset", local_files_only=True))
+            except Exception:  # noqa: BLE001
+                return None
 
     def _hub_dataset(self, name: str, split: str | None) -> Any:
         datasets = _import_datasets()
         repo, _, config = name.partition(":")
+        snapshot = self._hub_snapshot(repo)
+        if snapshot is not None:
+            # the repo's files are local now: datasets reads them (its README `configs:`, split names from file names)
+            try:
+                with _offline(datasets):
+                    return datasets.load_dataset(str(snapshot), config or None, cache_dir=self.cache_dir)
+            except ValueError as exc:
+                if config and ("config" in str(exc).lower() or "builderconfig" in str(exc).lower()):
+                    raise DataError(f"Dataset {repo} has no subset '{config}' ({_first_line(exc)}).") from None
+                raise DataError(f"Dataset {repo}: could not read its files ({_first_line(exc)}).") from None
+            except Exception as exc:  # noqa: BLE001
+                raise DataError(f"Dataset {repo}: could not read its files ({type(exc).__name__}: {_first_line(exc)}).") from None
         args = (repo, config) if config else (repo,)
-        try:
+        try:  # datasets' own Arrow cache (a dataset prepared earlier with datasets.load_dataset)
             with _offline(datasets):
                 return datasets.load_dataset(*args, split=split, cache_dir=self.cache_dir, download_mode="reuse_dataset_if_exists")
         except ValueError as exc:
-            if "split" in str(exc).lower() and split:
-                raise DataError(f"Dataset {name} has no split '{split}' in the local cache ({_first_line(exc)}). "
-                                "Use one of its splits, e.g. split: train.") from None
+            if split and "split" in str(exc).lower():  # list the splits that do exist
+                return self._hub_dataset(name, None)
             raise self._not_cached(name, exc) from None
         except Exception as exc:  # noqa: BLE001 - ConnectionError, FileNotFoundError, DatasetNotFoundError...
             raise self._not_cached(name, exc) from None
 
     def _not_cached(self, name: str, exc: Exception) -> DataError:
         repo, _, config = name.partition(":")
-        cfg = f", '{config}'" if config else ""
         cache = self.cache_dir or os.environ.get("HF_DATASETS_CACHE") or "~/.cache/huggingface/datasets"
         return DataError(
-            f"Dataset '{name}' is neither a local file nor in the local Hugging Face datasets cache ({cache}) "
-            f"(kitchen never downloads; {type(exc).__name__}: {_first_line(exc)}). Fetch it once on a machine with network: "
-            f"python -c \"import datasets; datasets.load_dataset('{repo}'{cfg})\", or save it to a .jsonl file "
+            f"Dataset '{name}' is neither a local file nor in the local Hugging Face cache ({cache}), and it could not "
+            f"be downloaded ({type(exc).__name__}: {_first_line(exc)}). Fetch it once on a machine with network: "
+            f"hf download {repo} --repo-type dataset, or save it to a .jsonl file "
             "and point the recipe at that file. If you meant a local file, check the path and extension "
             f"({_ALLOWED})."
         )
@@ -379,20 +437,28 @@ def _offline(datasets: Any) -> Iterator[None]:
             enable_progress_bars()
 
 
-def _pick_split(name: str, ds: Any, split: str | None) -> Any:
-    """A Dataset from a Dataset or DatasetDict: the requested split, 'train', or the only one."""
+def _pick_split(name: str, ds: Any, split: str | None, prefer: tuple[str, ...] = ("train",)) -> Any:
+    """A Dataset from a Dataset or DatasetDict: the requested split, the first of ``prefer``, or the only one."""
     if not hasattr(ds, "keys"):  # already a Dataset
         return ds
     splits = list(ds.keys())
     if split is not None:
         if split in ds:
             return ds[split]
-        raise DataError(f"Dataset {name} has no split '{split}'. Available splits: {', '.join(splits)}.")
-    if "train" in ds:
-        return ds["train"]
+        raise DataError(f"Dataset {name} has no split '{split}'. Available splits: {', '.join(splits)}."
+                        + did_you_mean(split, splits))
+    for name_ in prefer:
+        if name_ in ds:
+            return ds[name_]
     if len(splits) == 1:
         return ds[splits[0]]
-    raise DataError(f"Dataset {name} has several splits ({', '.join(splits)}); set split: to one of them.")
+    raise DataError(f"Dataset {name} has several splits ({', '.join(splits)}); pick one with dataset_split= "
+                    "(test_dataset_split= for the test set).")
+
+
+def _kind(path: Path) -> str:
+    ext = _ext(path)
+    return "jsonl" if ext in JSONL_EXTS else "json" if ext in JSON_EXTS else "csv" if ext == ".csv" else "tsv" if ext == ".tsv" else "parquet"
 
 
 def _rows(ds: Any) -> list[dict[str, Any]]:

@@ -1,0 +1,134 @@
+"""`kitchen data inspect`: what a run would train on, before it trains.
+
+Reads the data exactly as a run does (:func:`kitchen.dataload.load_training_rows`),
+renders it with the run's tokenizer and renderer into the same token cache (so the run
+that follows starts from a hit), and prints the detected format, row and token
+statistics, truncation and empty-example counts, and a few rendered examples with the
+trained tokens coloured differently from the masked ones. It loads a tokenizer only,
+never model weights: a data problem should cost seconds, not a model load.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Sequence
+
+from kitchen.errors import ConfigError
+
+TRAINED_STYLE = "bold green"
+MASKED_STYLE = "dim"
+PLAIN_MARKERS = ("[[", "]]")  # around trained text when colour is off
+
+
+def tokenizer_for(spec: Any):
+    """The run's tokenizer without its weights: the noop byte tokenizer, or the local model's."""
+    if spec.adapters.name == "noop":
+        from kitchen.adapters.noop.training import ByteTokenizer
+
+        return ByteTokenizer()
+    from kitchen.adapters.local.models import load_tokenizer
+
+    return load_tokenizer(spec.model)
+
+
+def colorize(tokenizer: Any, tokens: Sequence[int], weights: Sequence[float], color: bool):
+    """A Rich Text of ``tokens``: runs of trained tokens (weight > 0) styled apart from masked ones.
+
+    With ``color=False`` trained runs are wrapped in ``[[ ]]`` instead, so the view
+    survives a pipe or a log file.
+    """
+    from rich.text import Text
+
+    text = Text()
+    k = 0
+    while k < len(tokens):
+        trained = bool(weights[k])
+        j = k
+        while j < len(tokens) and bool(weights[j]) == trained:
+            j += 1
+        piece = tokenizer.decode(list(tokens[k:j]))
+        if color:
+            text.append(piece, style=TRAINED_STYLE if trained else MASKED_STYLE)
+        else:
+            text.append(f"{PLAIN_MARKERS[0]}{piece}{PLAIN_MARKERS[1]}" if trained else piece)
+        k = j
+    return text
+
+
+def _lengths(data: Sequence[Any], preference: bool) -> list[int]:
+    if preference:
+        return [max(c.length, r.length) + 1 for c, r in data]
+    return [d.length + 1 for d in data]
+
+
+def _full(datum) -> tuple[list[int], list[float]]:
+    """A Datum back to its rendered sequence: tokens and per-token weights (first token untrained)."""
+    targets = datum.loss_fn_inputs["target_tokens"]
+    return list(datum.model_input) + [targets[-1]], [0.0] + list(datum.loss_fn_inputs["weights"])
+
+
+def inspect_data(spec: Any, *, examples: int = 3, color: str = "auto", console=None) -> None:
+    """Print the inspect view for ``spec`` (the composed run spec)."""
+    from rich.console import Console
+
+    from kitchen.config.instantiate import build
+    from rich.table import Table
+
+    from kitchen.dataload import data_kind, load_training_rows
+    from kitchen.stages.session import make_renderer
+    from kitchen.train.token_cache import cached_preference_data, cached_sft_data
+
+    if color not in ("auto", "always", "never"):
+        raise ConfigError(f"--color {color!r}: use auto, always or never.")
+    if console is None:
+        console = Console(highlight=False, force_terminal=True if color == "always" else None, no_color=color == "never")
+        if not console.is_terminal:
+            console.width = 140  # piped: as the other read-only tables
+    use_color = color == "always" or (color == "auto" and console.is_terminal)
+    if not hasattr(spec, "dataset"):
+        raise ConfigError(f"Recipe '{spec.recipe}' (workflow {spec.workflow.name}) reads no dataset; nothing to inspect.")
+    kind = data_kind(spec)
+    loaded = load_training_rows(spec, build("adapters", dict(spec.adapters.dataset_store)), kind)
+    console.print(loaded.summary())
+    tokenizer = tokenizer_for(spec)
+    renderer = make_renderer(spec, tokenizer)
+    console.print(f"tokenizer: {getattr(tokenizer, 'name_or_path', '') or spec.model} (no model weights loaded); "
+                  f"renderer {renderer.name}, train_on_what {renderer.train_on_what.value}, max_length {spec.max_length}")
+    cached = cached_preference_data if kind == "preference" else cached_sft_data
+    table = Table(title="data", title_justify="left")
+    for col in ("split", "rows", "kept", "truncated", "empty (dropped)", "tokens", "trained", "length min/mean/p95/max"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    shown = {}
+    for split in ("train", "test"):
+        part = getattr(loaded, split)
+        if not part.rows:
+            continue
+        rows = part.rows
+        data, stats, _ = cached(part.source, lambda rows=rows: rows, tokenizer, renderer,
+                                source_fingerprint=part.fingerprint, extra=part.extra, num_proc=spec.tokenize_num_proc)
+        lengths = sorted(_lengths(data, kind == "preference"))
+        if lengths:
+            p95 = lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]
+            dist = f"{lengths[0]}/{statistics.fmean(lengths):.0f}/{p95}/{lengths[-1]}"
+        else:
+            dist = "-"
+        table.add_row(split, str(stats.examples), str(stats.kept), str(stats.truncated), str(stats.dropped_empty),
+                      str(stats.total_tokens), str(stats.trained_tokens), dist)
+        shown[split] = data
+    console.print(table)
+    train = shown.get("train") or []
+    if examples and train:
+        legend = (f"[{TRAINED_STYLE}]trained[/] / [{MASKED_STYLE}]masked[/]" if use_color
+                  else f"trained text between {PLAIN_MARKERS[0]} {PLAIN_MARKERS[1]}, the rest masked")
+        console.print(f"first {min(examples, len(train))} train examples ({legend}):")
+        for k in range(min(examples, len(train))):
+            item = train[k]
+            sides = (("chosen", item[0]), ("rejected", item[1])) if kind == "preference" else (("", item),)
+            for name, datum in sides:
+                tokens, weights = _full(datum)
+                console.rule(f"example {k}" + (f" ({name})" if name else "") + f": {len(tokens)} tokens, "
+                             f"{datum.num_loss_tokens()} trained", align="left")
+                console.print(colorize(tokenizer, tokens, weights, use_color))
+
+
+__all__ = ["colorize", "inspect_data", "tokenizer_for"]
