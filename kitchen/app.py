@@ -198,6 +198,12 @@ def execute(spec: RunSpec) -> RunResult:
         info.update(status=status, ended_at=ended, duration_s=ended - started, step=ctx.step,
                     total_steps=ctx.state.get("total_steps"), final_metrics=final, error=error,
                     data_stats={k: v.to_dict() for k, v in ctx.metadata.items() if k.endswith("_data_stats") and hasattr(v, "to_dict")})
+        session = ctx.metadata.get("session") or {}  # issue 9: the base the weights truly came from
+        if session.get("base"):
+            info.update(model_base=session["base"], model_revision=session.get("model_revision"),
+                        model_commit=session.get("model_commit"))
+        if ctx.metadata.get("pushed_to"):
+            info["pushed_to"] = ctx.metadata["pushed_to"]
         rundir.write_info(info)
         ctx.emit(ev.WORKFLOW_STOP, status=status, step=ctx.step, duration_s=ended - started, final_metrics=final, run_dir=str(rundir.path))
         bus.close()

@@ -116,6 +116,15 @@ class RunSpec(_Strict):
     teacher: Optional[str] = Field(None, description="teacher model (alias, path, or RUN_DIR)")
     distill_mode: Literal["on_policy", "off_policy"] = "on_policy"
 
+    # --- issue 9 keys --- (model half: hub models, chat templates, publishing)
+    model_revision: Optional[str] = Field(
+        None, description="hub models only: branch, tag or commit to pin (run.json records the resolved commit)")
+    chat_template: Optional[str] = Field(
+        None, description="a Jinja file that replaces the tokenizer's chat template (saved with the final weights)")
+    push_to_hub: Optional[str] = Field(
+        None, description="hub repo id (org/name) that final/ is uploaded to at the end of the run (token: HF_TOKEN or `hf auth login`)")
+    # --- end issue 9 keys ---
+
     @classmethod
     def from_config(cls, data: dict[str, Any], source: str = "the composed config") -> "RunSpec":
         try:

@@ -41,3 +41,7 @@ class SaveWeights(Stage):
         where = ctx.training.save_weights(str(RunDir(ctx.run_dir).final))
         ctx.metadata["final_weights"] = where
         ctx.emit(ev.RUN_INFO, message=f"final weights: {where}")
+        # issue 9: model cards (recipe, data, final metrics) and push_to_hub; see kitchen/publish.py
+        from kitchen.publish import finish_final
+
+        finish_final(ctx, where)

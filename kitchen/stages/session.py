@@ -19,7 +19,8 @@ def session_config(spec) -> SessionConfig:
         train_unembed=spec.train_unembed,
     )
     return SessionConfig(
-        base_model=spec.model, lora=lora, seed=spec.seed, dtype=spec.dtype, device=spec.device, max_length=spec.max_length
+        base_model=spec.model, lora=lora, seed=spec.seed, dtype=spec.dtype, device=spec.device, max_length=spec.max_length,
+        model_revision=spec.model_revision, chat_template=spec.chat_template,  # issue 9
     )
 
 
