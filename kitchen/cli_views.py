@@ -114,6 +114,9 @@ def validate_run(spec: RunSpec) -> None:
 
     workflow = get_workflow(spec.workflow.name)
     RunDir(Path(spec.run_dir)).check_can_start(resume=spec.resume, overwrite=spec.overwrite)
+    from kitchen.model_preflight import check_models  # issue 9: hub model, revision, chat_template, push_to_hub
+
+    model_note = check_models(spec)
     rows: dict[str, int] = {}
     if spec.dataset or spec.test_dataset:
         from hydra.utils import instantiate
@@ -127,7 +130,7 @@ def validate_run(spec: RunSpec) -> None:
         raise BackendError("adapters=tinker needs an API key in the TINKER_API_KEY environment variable, and it is not set. Export TINKER_API_KEY=... (it is never written to the run dir).")
     counts = ", ".join(f"{k}: {v} rows" for k, v in rows.items())
     console.print(f"[green]ok[/]: recipe {spec.recipe}, workflow {workflow.name}, adapters {spec.adapters.name}, model {spec.model}"
-                  + (f", {counts}" if counts else "") + f"; would write to {spec.run_dir}")
+                  + (f" ({model_note})" if model_note else "") + (f", {counts}" if counts else "") + f"; would write to {spec.run_dir}")
 
 
 def _find_runs(roots: Iterable[Path]) -> list[Path]:
