@@ -113,6 +113,17 @@ def render(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+def _quiet() -> None:
+    """transformers' deprecation chatter (logger and FutureWarning) would mix into the user's output."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def _params(opts: Options, seed: int | None):
     from kitchen.ports.types import SamplingParams
 
@@ -132,6 +143,7 @@ def sample_file(run_dir: str | Path, prompts: str | Path, out: str | Path, *, st
     from kitchen.adapters.local.sampling import LocalSamplingClient
 
     rows = read_prompts(prompts)
+    _quiet()
     out = Path(out).expanduser()
     if out.is_dir():
         raise KitchenError(f"--out {out} is a directory; give a .jsonl file path.")
@@ -164,6 +176,7 @@ def chat(run_dir: str | Path, *, step: int | None = None, base: bool = False, op
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     interactive = stdin.isatty()
+    _quiet()
     lm = load(run_dir, step=step, base=base)
     write: Callable[[str], None] = lambda s: (stdout.write(s), stdout.flush())  # noqa: E731
 

@@ -38,6 +38,25 @@ def trained(tmp_path_factory):
     return base, run
 
 
+class _Res:
+    def __init__(self, result) -> None:
+        self.code, self.out, self.err = result.exit_code, result.stdout, result.stderr
+
+    def __repr__(self) -> str:
+        return f"<exit {self.code}>\nstdout:\n{self.out[-3000:]}\nstderr:\n{self.err[-3000:]}"
+
+
+@pytest.fixture
+def cli():
+    """The real Typer app, in this process (one torch import for many commands)."""
+    from typer.testing import CliRunner
+
+    from kitchen.cli import app
+
+    runner = CliRunner()
+    return lambda *args, **kw: _Res(runner.invoke(app, list(args), **kw))
+
+
 def _logits(model, ids):
     import torch
 
@@ -45,14 +64,14 @@ def _logits(model, ids):
         return model(input_ids=torch.tensor([ids])).logits.float()
 
 
-def test_export_any_checkpoint_loads_with_plain_peft_and_transformers(kitchen, trained, tmp_path):
+def test_export_any_checkpoint_loads_with_plain_peft_and_transformers(cli, trained, tmp_path):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base, run = trained
     for args, out in ((("--step", "2"), "a2"), (("--step", "2", "--merge"), "m2"), ((), "afinal")):
-        r = kitchen("export", str(run), "--out", str(tmp_path / out), *args)
+        r = cli("export", str(run), "--out", str(tmp_path / out), *args)
         assert r.code == 0, r
     cfg = json.loads((tmp_path / "a2" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(base.resolve())  # the true base: this local dir
@@ -76,27 +95,27 @@ def test_export_any_checkpoint_loads_with_plain_peft_and_transformers(kitchen, t
     assert not torch.allclose(l_peft2, l_base, atol=0.05)  # and it is trained
 
 
-def test_export_refuses_bad_input(kitchen, trained, tmp_path):
+def test_export_refuses_bad_input(cli, trained, tmp_path):
     _, run = trained
-    r = kitchen("export", str(run), "--step", "3", "--out", str(tmp_path / "x"))
+    r = cli("export", str(run), "--step", "3", "--out", str(tmp_path / "x"))
     assert r.code == 2 and "steps 2, 4" in r.err and "Traceback" not in r.err, r
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    r = kitchen("export", str(run), "--out", str(tmp_path / "full"))
+    r = cli("export", str(run), "--out", str(tmp_path / "full"))
     assert r.code == 2 and "not an empty directory" in r.err
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
-    r = kitchen("export", str(tmp_path), "--out", str(tmp_path / "y"))
+    r = cli("export", str(tmp_path), "--out", str(tmp_path / "y"))
     assert r.code == 2 and "not a kitchen run directory" in r.err
 
 
-def test_sample_final_checkpoint_and_base(kitchen, trained, tmp_path):
+def test_sample_final_checkpoint_and_base(cli, trained, tmp_path):
     _, run = trained
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     outs = {}
     for name, extra in (("final", ()), ("step2", ("--step", "2")), ("base", ("--base",)), ("final_again", ())):
         out = tmp_path / f"{name}.jsonl"
-        r = kitchen("sample", str(run), "--prompts", str(prompts), "--out", str(out), "--max-tokens", "12",
+        r = cli("sample", str(run), "--prompts", str(prompts), "--out", str(out), "--max-tokens", "12",
                     "--temperature", "0", *extra)
         assert r.code == 0, r
         rows = read_jsonl(out)
@@ -106,24 +125,22 @@ def test_sample_final_checkpoint_and_base(kitchen, trained, tmp_path):
     assert outs["final"] == outs["final_again"]  # greedy is deterministic
     assert outs["final"] != outs["base"] or outs["step2"] != outs["base"]
     out = tmp_path / "multi.jsonl"
-    r = kitchen("sample", str(run), "--prompts", str(prompts), "--out", str(out), "--max-tokens", "6",
+    r = cli("sample", str(run), "--prompts", str(prompts), "--out", str(out), "--max-tokens", "6",
                 "--num-samples", "3", "--seed", "7", "--temperature", "1.0", "--top-p", "0.9")
     assert r.code == 0, r
     assert all(len(row["completions"]) == 3 for row in read_jsonl(out))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('"ok"\n{"text": "no prompt"}\n')
-    r = kitchen("sample", str(run), "--prompts", str(bad), "--out", str(tmp_path / "b.jsonl"))
+    r = cli("sample", str(run), "--prompts", str(bad), "--out", str(tmp_path / "b.jsonl"))
     assert r.code == 2 and f"{bad}, line 2" in r.err and "keys seen: text" in r.err and "Traceback" not in r.err, r
 
 
-def test_chat_streams_replies_from_piped_stdin(trained, tmp_path):
+def test_chat_streams_replies_from_piped_stdin(cli, trained, tmp_path):
     _, run = trained
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps("What is a roux?") + "\n")
     out = tmp_path / "o.jsonl"
-    from conftest import run_kitchen
-
-    r = run_kitchen("sample", str(run), "--prompts", str(prompts), "--out", str(out), "--max-tokens", "10", "--temperature", "0")
+    r = cli("sample", str(run), "--prompts", str(prompts), "--out", str(out), "--max-tokens", "10", "--temperature", "0")
     assert r.code == 0, r
     expected = read_jsonl(out)[0]["completion"]
     proc = subprocess.run(
