@@ -45,14 +45,18 @@ def load(run_dir: str | Path, *, step: int | None = None, base: bool = False) ->
     from kitchen.adapters.local.run_weights import base_model_kwargs, checkpoint_steps, open_checkpoint, open_run
     from kitchen.adapters.local.sampling import eos_ids
 
+    import torch
+
     rw = open_run(run_dir)
     if base and step is not None:
         raise KitchenError("--base and --step exclude each other: --base is the model before any training.")
+    cuda = torch.cuda.is_available()  # as training does: bf16 on a GPU, fp32 on the CPU
+    where = dict(device="cuda" if cuda else "cpu", dtype="bfloat16" if cuda else "float32")
     if base:
-        model, tok, _ = load_model(str(rw.spec["model"]), **base_model_kwargs(rw))
+        model, tok, _ = load_model(str(rw.spec["model"]), **base_model_kwargs(rw), **where)
         label = f"{rw.run_dir} base ({rw.spec['model']})"
     elif step is None and (rw.rundir.final / "config.json").is_file():
-        model, tok, _ = load_model(str(rw.rundir.final))
+        model, tok, _ = load_model(str(rw.rundir.final), **where)
         label = f"{rw.run_dir} final"
     else:
         if step is None:
@@ -148,7 +152,7 @@ def sample_file(run_dir: str | Path, prompts: str | Path, out: str | Path, *, st
     if out.is_dir():
         raise KitchenError(f"--out {out} is a directory; give a .jsonl file path.")
     lm = load(run_dir, step=step, base=base)
-    sampler = LocalSamplingClient(lm.model, lm.tokenizer, name=lm.label)
+    sampler = LocalSamplingClient(lm.model, lm.tokenizer, device=str(lm.model.device), name=lm.label)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
