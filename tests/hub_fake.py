@@ -64,6 +64,7 @@ class FakeHub:
     def __init__(self, repos: dict[str, dict[str, tuple[str, dict[str, bytes]]]]) -> None:
         self.repos = repos
         self.requests: list[str] = []
+        self.uploads: dict[str, dict[str, bytes]] = {}  # repo_id -> path -> bytes, from upload_folder
 
     def _lookup(self, repo_id: str, rev: str):
         revs = self.repos.get(repo_id)
@@ -125,6 +126,37 @@ class FakeHub:
                     return self._send(200, data, {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
                                                   "Content-Length": str(len(data))}, head)
                 return self._send(404, b"not found", head=head)
+
+            def do_POST(self):
+                """create_repo, preupload and commit: enough for ``upload_folder`` without hf_xet."""
+                import base64
+
+                path = self.path.split("?", 1)[0]
+                hub.requests.append(f"POST {path}")
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                parts = path.strip("/").split("/")
+                if path == "/api/repos/create":
+                    req = json.loads(body)
+                    repo_id = f"{req.get('organization')}/{req['name']}" if req.get("organization") else req["name"]
+                    hub.uploads.setdefault(repo_id, {})
+                    return self._json({"url": f"http://{self.headers['Host']}/{repo_id}", "name": repo_id})
+                if path == "/api/validate-yaml":  # the model card's metadata check
+                    return self._json({"errors": [], "warnings": []})
+                if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "preupload":
+                    files = json.loads(body)["files"]
+                    return self._json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                                 for f in files]})
+                if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "commit":
+                    repo_id = "/".join(parts[2:4])
+                    for line in body.decode().splitlines():
+                        item = json.loads(line)
+                        if item.get("key") == "file":
+                            v = item["value"]
+                            hub.uploads.setdefault(repo_id, {})[v["path"]] = base64.b64decode(v["content"])
+                    oid = "3" * 40
+                    return self._json({"commitUrl": f"http://{self.headers['Host']}/{repo_id}/commit/{oid}",
+                                       "commitOid": oid, "success": True})
+                return self._send(404, b"not found")
 
             def do_GET(self):
                 self._route()

@@ -169,3 +169,26 @@ def test_push_without_network_keeps_everything(kitchen, tmp_path):
     for f in run.rglob("*"):
         if f.is_file() and f.suffix in (".json", ".jsonl", ".yaml", ".md"):
             assert "hf_secretTOKEN123" not in f.read_text(errors="ignore"), f
+
+
+def test_push_to_hub_uploads_final_through_huggingface_hub(kitchen, tmp_path):
+    """push_to_hub= against a loopback hub. HF_HUB_DISABLE_XET=1: the fake hub speaks the
+    plain commit API (preupload + NDJSON commit), not Xet storage."""
+    from hub_fake import FakeHub, serve_fake_hub
+
+    hub = FakeHub({})
+    run = tmp_path / "run"
+    with serve_fake_hub(hub) as url:
+        env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_secretTOKEN456"}
+        r = kitchen("run", *RUN, "max_steps=2", "model=tiny-llama", "push_to_hub=me/tiny-run", f"run_dir={run}", env=env)
+        assert r.code == 0, r
+        r = kitchen("export", str(run), "--step", "2", "--out", str(tmp_path / "a2"), "--push", "me/tiny-a2", env=env)
+        assert r.code == 0, r
+    pushed = hub.uploads["me/tiny-run"]
+    local = {str(p.relative_to(run / "final")): p.read_bytes() for p in (run / "final").rglob("*") if p.is_file()}
+    assert pushed == local and "adapter/adapter_config.json" in pushed and "model.safetensors" in pushed
+    assert set(hub.uploads["me/tiny-a2"]) == {"README.md", "adapter_config.json", "adapter_model.safetensors"}
+    assert "me/tiny-run" in json.loads((run / "run.json").read_text())["pushed_to"]
+    for f in run.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".jsonl", ".yaml", ".md"):
+            assert "hf_secretTOKEN456" not in f.read_text(errors="ignore"), f
