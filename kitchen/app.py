@@ -249,6 +249,12 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
                     total_steps=ctx.progress.total_steps, final_metrics=final, error=error,
                     eval_history=ctx.metadata.get("eval_history", []),
                     data_stats={k: v.to_dict() for k, v in ctx.metadata.items() if k.endswith("_data_stats") and hasattr(v, "to_dict")})
+        session = ctx.metadata.get("session") or {}  # the base the weights truly came from
+        if session.get("base"):
+            info.update(model_base=session["base"], model_revision=session.get("model_revision"),
+                        model_commit=session.get("model_commit"))
+        if ctx.metadata.get("pushed_to"):
+            info["pushed_to"] = ctx.metadata["pushed_to"]
         # record this attempt; a failed one never rewrites an earlier completed record,
         # and a run.json that does not fit on a full disk keeps its previous contents.
         if not lifecycle.finish_attempt(rundir, info, attempt, previous) and raised is not None:

@@ -292,6 +292,75 @@ def data_inspect(
     inspect_data(spec, examples=examples, color=color)
 
 
+# --- issue 9: use and publish a trained model (bodies in kitchen/generate.py, kitchen/export.py) ---
+StepOpt = typer.Option(None, "--step", help="Use the checkpoint at this step instead of the final weights.")
+BaseOpt = typer.Option(False, "--base", help="Use the run's base model (before training).")
+MaxTokOpt = typer.Option(256, "--max-tokens", min=1, help="Tokens to generate per reply.")
+TempOpt = typer.Option(0.7, "--temperature", min=0.0, help="0 = greedy.")
+TopPOpt = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass.")
+TopKOpt = typer.Option(-1, "--top-k", help="Keep the k most likely tokens (-1 = off).")
+SeedOpt = typer.Option(None, "--seed", help="Make sampling reproducible.")
+
+
+@app.command()
+@_guard
+def sample(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `kitchen run` (local backend)."),
+    prompts: Path = typer.Option(..., "--prompts", help='JSONL: {"messages": [...]}, {"prompt": "..."} or a JSON string per line.'),
+    out: Path = typer.Option(..., "--out", help="JSONL written with one line per prompt, in order."),
+    step: Optional[int] = StepOpt,
+    base: bool = BaseOpt,
+    max_tokens: int = MaxTokOpt,
+    temperature: float = TempOpt,
+    top_p: float = TopPOpt,
+    top_k: int = TopKOpt,
+    seed: Optional[int] = SeedOpt,
+    num_samples: int = typer.Option(1, "--num-samples", min=1, help="Completions per prompt."),
+) -> None:
+    """Generate a completion for every prompt in a JSONL file, with the model's chat template."""
+    from kitchen.generate import Options, sample_file
+
+    opts = Options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, num_samples=num_samples)
+    count = sample_file(run_dir, prompts, out, step=step, base=base, opts=opts)
+    _stderr().print(f"wrote {count} completions to {out}")
+
+
+@app.command()
+@_guard
+def chat(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `kitchen run` (local backend)."),
+    step: Optional[int] = StepOpt,
+    base: bool = BaseOpt,
+    system: Optional[str] = typer.Option(None, "--system", help="A system message for the conversation."),
+    max_tokens: int = MaxTokOpt,
+    temperature: float = TempOpt,
+    top_p: float = TopPOpt,
+    top_k: int = TopKOpt,
+    seed: Optional[int] = SeedOpt,
+) -> None:
+    """Chat with a trained model in the terminal; replies stream token by token (/reset, /exit)."""
+    from kitchen.generate import Options, chat as chat_loop
+
+    chat_loop(run_dir, step=step, base=base, system=system,
+              opts=Options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
+
+
+@app.command()
+@_guard
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `kitchen run` (local backend)."),
+    out: Path = typer.Option(..., "--out", help="New directory to write (must not exist or be empty)."),
+    step: Optional[int] = typer.Option(None, "--step", help="Export this checkpoint instead of final/."),
+    merge: bool = typer.Option(False, "--merge", help="Merged transformers weights instead of a PEFT adapter."),
+    push: Optional[str] = typer.Option(None, "--push", help="Also upload the exported dir to this hub repo (org/name)."),
+) -> None:
+    """Write a run's weights as a PEFT adapter dir or a merged transformers dir (with a model card)."""
+    from kitchen.export import export as export_run
+
+    where = export_run(run_dir, out, step=step, merge=merge, push=push)
+    _stderr().print(f"exported {'merged weights' if merge else 'the adapter'} to {where}" + (f" and pushed to {push}" if push else ""))
+
+
 def main() -> None:
     try:
         app()

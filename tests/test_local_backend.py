@@ -407,7 +407,7 @@ def test_offline_unknown_hub_model_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     t0 = time.time()
-    with pytest.raises(KitchenError, match="huggingface-cli download some-org/no-such-model"):
+    with pytest.raises(KitchenError, match="hf download some-org/no-such-model"):
         LocalTrainingClient().start_session(SessionConfig(base_model="some-org/no-such-model"))
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(KitchenError, match="not in the local Hugging Face cache"):

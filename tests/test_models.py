@@ -18,7 +18,8 @@ def test_aliases_and_resolution(tmp_path):
     res = models.resolve_model("smollm2-135m-instruct")
     assert res.kind == "smollm2" and res.path.endswith(".gguf") and Path(res.path).is_file()
     assert models.resolve_model("tiny-llama").kind == "tiny"
-    assert models.resolve_model("some-org/some-model").kind == "hub"
+    with pytest.raises(KitchenError, match="hf download some-org/some-model"):  # offline, not cached
+        models.resolve_model("some-org/some-model")
     run = tmp_path / "run"
     (run / "final").mkdir(parents=True)
     (run / "final" / "config.json").write_text("{}")
@@ -75,8 +76,8 @@ def test_offline_hub_model_error_message(monkeypatch, tmp_path):
     with pytest.raises(KitchenError) as e:
         models.load_model("acme/unknown-7b")
     msg = str(e.value)
-    assert "Model 'acme/unknown-7b' is not in the local Hugging Face cache and this machine is offline." in msg
-    assert "`huggingface-cli download acme/unknown-7b`" in msg and "model= at a local directory" in msg
+    assert "Model 'acme/unknown-7b' is not in the local Hugging Face cache and cannot be downloaded: HF_HUB_OFFLINE is set." in msg
+    assert "`hf download acme/unknown-7b`" in msg and "model= at a local directory" in msg
     assert time.time() - t0 < 10
 
 

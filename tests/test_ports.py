@@ -13,6 +13,9 @@ def test_noop_adapters_implement_their_ports():
     assert isinstance(NoopTrainingClient().sampling_client(), SamplingClient)
     assert isinstance(NoopBlobStore(), BlobStore)
     assert isinstance(NoopHubClient(), HubClient)
+    from kitchen.adapters.hf_hub import HFHubClient
+
+    assert isinstance(HFHubClient(), HubClient)
     assert isinstance(NoopMetricsStore(), MetricsStore)
     assert isinstance(LocalBlobStore("/tmp"), BlobStore)
     assert isinstance(HFDatasetStore(), DatasetStore)

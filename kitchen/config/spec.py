@@ -71,6 +71,12 @@ class RunSpec(_Strict):
 
     # Model and data
     model: str = Field(description="model alias, HF model id, local path, or a run dir's final weights")
+    model_revision: Optional[str] = Field(
+        None, description="hub models only: branch, tag or commit to pin (run.json records the resolved commit)")
+    chat_template: Optional[str] = Field(
+        None, description="a Jinja file that replaces the tokenizer's chat template (saved with the final weights)")
+    push_to_hub: Optional[str] = Field(
+        None, description="hub repo id (org/name) that final/ is uploaded to at the end of the run (token: HF_TOKEN or `hf auth login`)")
     renderer: Union[str, dict[str, Any]] = Field("auto", description="auto | chat_template | role_colon, or a {_target_: ...} renderer")
     max_length: int = Field(512, gt=0, description="tokens per sequence; longer ones are truncated, counted and warned about")
 

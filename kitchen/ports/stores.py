@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 
@@ -39,13 +40,39 @@ class BlobStore(Protocol):
     def list(self, prefix: str = "") -> list[str]: ...
 
 
+@dataclass(frozen=True)
+class HubSnapshot:
+    """A model repo revision as it sits (or will sit) in the local cache."""
+
+    repo_id: str
+    revision: str | None  # what was asked for (None = the default branch)
+    commit: str | None  # the resolved commit (40 hex), when known
+    path: str | None  # the local snapshot directory, when cached or downloaded
+
+
 @runtime_checkable
 class HubClient(Protocol):
-    def resolve(self, repo_id: str, revision: str | None = None) -> str:
-        """A local directory holding ``repo_id`` (from the cache; never downloads offline)."""
+    """A model hub: look in the local cache, ask the hub, download, upload."""
+
+    def cached(self, repo_id: str, revision: str | None = None) -> HubSnapshot | None:
+        """The cached snapshot of ``repo_id@revision``, or None; never touches the network."""
         ...
 
-    def upload(self, local_dir: str, repo_id: str) -> str: ...
+    def remote(self, repo_id: str, revision: str | None = None) -> HubSnapshot:
+        """Which commit ``revision`` is on the hub (metadata only, no weights)."""
+        ...
+
+    def download(self, repo_id: str, revision: str | None = None) -> HubSnapshot:
+        """Fetch ``repo_id@revision`` into the cache when online; the cached copy offline."""
+        ...
+
+    def resolve(self, repo_id: str, revision: str | None = None) -> str:
+        """A local directory holding ``repo_id@revision`` (``download(...).path``)."""
+        ...
+
+    def upload(self, local_dir: str, repo_id: str) -> str:
+        """Create ``repo_id`` if needed, upload ``local_dir``; returns where it went."""
+        ...
 
 
 @runtime_checkable

@@ -76,6 +76,8 @@ class SessionConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16
     device: str = "auto"  # auto | cpu | cuda
     max_length: int = 512
+    model_revision: str | None = None  # hub models: branch, tag or commit (issue 9)
+    chat_template: str | None = None  # a Jinja file replacing the tokenizer's template (issue 9)
 
 
 @dataclass

@@ -80,4 +80,7 @@ class SaveWeights(Stage):
         ctx.metadata["final_weights"] = where
         mirror(ctx, where)
         ctx.emit(ev.RUN_INFO, message=f"final weights: {where}")
+        from kitchen.publish import finish_final  # model cards (recipe, data, final metrics) and push_to_hub
+
+        finish_final(ctx, where)
         ctx.emit(ev.ARTIFACT_SAVED, kind="weights", path=str(where), step=ctx.step)  # trackers log the final weights

@@ -31,7 +31,8 @@ def session_config(spec) -> SessionConfig:
         train_unembed=spec.train_unembed,
     )
     return SessionConfig(
-        base_model=spec.model, lora=lora, seed=spec.seed, dtype=spec.dtype, device=spec.device, max_length=spec.max_length
+        base_model=spec.model, lora=lora, seed=spec.seed, dtype=spec.dtype, device=spec.device, max_length=spec.max_length,
+        model_revision=spec.model_revision, chat_template=spec.chat_template,  # issue 9
     )
 
 
@@ -49,8 +50,10 @@ class OpenSession(Stage):
     def validate(self, ctx: Context) -> None:
         """The renderer must exist and the adapters' preflight (credentials, model) must pass; no weights load."""
         from kitchen.config.instantiate import resolve
+        from kitchen.model_preflight import check_models  # model=, model_revision=, teacher=, chat_template=, push_to_hub=
 
         resolve("renderers", ctx.spec.renderer)
+        ctx.metadata["model_note"] = check_models(ctx.spec)
         check = ctx.spec.adapters.preflight
         if check:
             from kitchen.plugins import load_target

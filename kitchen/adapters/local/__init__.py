@@ -22,12 +22,3 @@ def __getattr__(name: str) -> Any:
         return LocalSamplingClient
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-def preflight(session: Any, options: Any = None) -> None:
-    """What would stop ``start_session`` early, checked without torch: the model must resolve
-    (an alias, a local dir or GGUF file, a run dir, or a cached hub id) and the LoRA rank be sane."""
-    from kitchen.adapters.local.models import _hub_local_dir, resolve_model
-
-    resolved = resolve_model(session.base_model)
-    if resolved.kind == "hub":
-        _hub_local_dir(resolved.name)  # hub ids load from the local cache (see docs/backends.md)

@@ -27,7 +27,9 @@ from typing import Any
 
 from kitchen.adapters.local import checkpoint as ckpt
 from kitchen.adapters.local.models import (
+    _torch_dtype,
     atomic_publish_dir,
+    base_model_id,
     canonical_name,
     load_model,
     resolve_model,
@@ -162,7 +164,10 @@ class LocalTrainingClient:
         if device == "cpu":
             torch.set_num_threads(self.threads or default_threads())
 
-        model, tokenizer, info = load_model(config.base_model, cache_dir=self.cache_dir, dtype=dtype, device=device)
+        model, tokenizer, info = load_model(
+            config.base_model, cache_dir=self.cache_dir, dtype=dtype, device=device,
+            revision=getattr(config, "model_revision", None), chat_template=getattr(config, "chat_template", None),
+        )  # issue 9: hub revision + chat template override
         self._model_info = info
         lora = config.lora
         warnings_out: list[str] = []  # issue 13: surfaced as run.warning events by InitSession
@@ -238,6 +243,9 @@ class LocalTrainingClient:
             "total_params": int(total),
             "trainable_fraction": trainable / max(total, 1),
         }
+        # issue 9: where the base truly came from (adapter config, model card, run.json)
+        self.facts.update(base=info.get("base"), base_dtype=info.get("base_dtype"),
+                          model_revision=info.get("revision"), model_commit=info.get("commit"))
         if self._lora:
             self.facts["lora_target_modules"] = sorted(targets) if isinstance(targets, list) else targets
         return dict(self.facts)
@@ -561,14 +569,21 @@ class LocalTrainingClient:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
             merged = self._merged_copy()
+            # issue 9: saved in the base model's own dtype (e.g. bf16), not the training dtype
+            base_dtype = _torch_dtype(self._model_info.get("base_dtype") or "auto")
+            if merged.dtype != base_dtype:
+                merged = merged.to(base_dtype)
             merged.save_pretrained(str(tmp))
             self.tokenizer.save_pretrained(str(tmp))
             del merged
             if self._lora:
-                hf_id = self._model_info.get("hf_id") or self._model_info.get("model")
+                # issue 9: the adapter names its TRUE base (a GGUF file + package, a hub id at a
+                # commit, a local dir), never the look-alike hub id of a dequantised GGUF.
+                base = self._model_info.get("base") or {"kind": "builtin", "name": self._model_info.get("model")}
                 pcfg = self.model.peft_config["default"]
-                old = pcfg.base_model_name_or_path
-                pcfg.base_model_name_or_path = hf_id
+                old = (pcfg.base_model_name_or_path, pcfg.revision)
+                pcfg.base_model_name_or_path = base_model_id(base)
+                pcfg.revision = base.get("commit") if base.get("kind") == "hub" else None
                 try:
                     import warnings
 
@@ -576,7 +591,7 @@ class LocalTrainingClient:
                         warnings.simplefilter("ignore")
                         self.model.save_pretrained(str(tmp / "adapter"))
                 finally:
-                    pcfg.base_model_name_or_path = old
+                    pcfg.base_model_name_or_path, pcfg.revision = old
             os.chmod(tmp, 0o755)
             atomic_publish_dir(tmp, final)
         except BaseException:

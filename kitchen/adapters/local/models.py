@@ -10,8 +10,15 @@
 * a ``*.gguf`` file path: converted and cached the same way as SmolLM2.
 * a kitchen run directory (has ``final/``): its final weights.
 * a local model directory (has ``config.json``).
-* any other Hugging Face id: loaded from the local HF cache only. Nothing is ever
-  downloaded at run time; a model missing from the cache is a :class:`KitchenError`.
+* any other Hugging Face id: through :class:`kitchen.adapters.hf_hub.HFHubClient`,
+  i.e. huggingface_hub's own cache and downloads (with its progress bars) when online.
+  ``HF_HUB_OFFLINE=1`` or no network: the cached copy, else a :class:`KitchenError`
+  naming ``hf download ID``. ``revision=`` pins a branch, tag or commit; the resolved
+  commit is reported in ``info["commit"]``.
+
+``chat_template=PATH`` (a Jinja file) replaces the tokenizer's chat template. ``info``
+also carries ``base`` (where the weights truly came from, for adapter configs and model
+cards) and ``base_dtype`` (the dtype final weights are saved in).
 
 Cache layout (root: ``$KITCHEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/crucible-kitchen``,
 else ``~/.cache/crucible-kitchen``)::
@@ -35,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kitchen.errors import BackendError, KitchenError
+from kitchen.errors import BackendError, ConfigError, KitchenError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -49,12 +56,18 @@ MODEL_ALIASES.update({a: "tiny-llama" for a in TINY_ALIASES})
 
 @dataclass
 class ResolvedModel:
-    """Where a model name points. ``kind``: smollm2 | tiny | gguf | dir | hub."""
+    """Where a model name points. ``kind``: smollm2 | tiny | gguf | dir | hub.
+
+    For ``hub``: ``path`` is the cached snapshot (None when it still has to be
+    downloaded), ``revision`` what was asked for and ``commit`` what it resolved to.
+    """
 
     name: str  # canonical name (alias resolved)
     kind: str
     path: str | None = None  # local dir (dir/hub) or GGUF file (smollm2/gguf)
     extra: dict[str, Any] = field(default_factory=dict)
+    revision: str | None = None
+    commit: str | None = None
 
 
 def canonical_name(name: str) -> str:
@@ -94,25 +107,31 @@ def smollm2_gguf_path() -> Path:
     )
 
 
-def _offline_error(name: str) -> KitchenError:
-    return BackendError(
-        f"Model '{name}' is not in the local Hugging Face cache and this machine is offline. "
-        f"Download it first with `huggingface-cli download {name}` (on a machine with "
-        "network) or point model= at a local directory."
-    )
+def resolve_model(spec_model: str, revision: str | None = None, offline_ok: bool = True) -> ResolvedModel:
+    """Where ``spec_model`` comes from, without loading any weights (safe for ``validate``).
 
-
-def resolve_model(name: str) -> ResolvedModel:
-    if not name or not str(name).strip():
+    Local names (aliases, ``.gguf`` files, model dirs, run dirs) are checked on disk. A
+    hub id is looked up in huggingface_hub's cache; ``offline_ok=True`` accepts a cached
+    copy without contacting the hub, ``offline_ok=False`` asks the hub which commit
+    ``revision`` is now (falling back to the cache only when the hub is unreachable). A
+    hub id that is neither cached nor reachable (or ``HF_HUB_OFFLINE=1``) raises a
+    :class:`BackendError` naming ``hf download ID``. Never imports torch.
+    """
+    if not spec_model or not str(spec_model).strip():
         raise KitchenError("No model given: set model= to a model name or a local directory.")
-    name = str(name).strip()
+    name = str(spec_model).strip()
+    revision = str(revision).strip() if revision not in (None, "") else None
     canon = canonical_name(name)
-    if canon == DEFAULT_MODEL:
+    # The embedded default answers to its hub id too, unless a hub revision is asked for.
+    if canon == DEFAULT_MODEL and (revision is None or name.lower() != SMOLLM2_HF_ID.lower()):
+        _no_revision(name, revision)
         return ResolvedModel(canon, "smollm2", str(smollm2_gguf_path()), {"hf_id": SMOLLM2_HF_ID})
     if canon == "tiny-llama":
+        _no_revision(name, revision)
         return ResolvedModel(canon, "tiny")
     p = Path(name).expanduser()
     if p.exists():
+        _no_revision(name, revision)
         if p.is_file() and p.suffix == ".gguf":
             return ResolvedModel(str(p.resolve()), "gguf", str(p.resolve()))
         if p.is_dir() and (p / "final" / "config.json").is_file():
@@ -127,18 +146,111 @@ def resolve_model(name: str) -> ResolvedModel:
         )
     if name.startswith(("/", "./", "../", "~")) or name.endswith(".gguf") or name.count("/") > 1:
         raise KitchenError(f"Model path '{name}' does not exist.")
-    # A hub id: only ever from the local cache.
-    return ResolvedModel(name, "hub", None)
+    return _resolve_hub(name, revision, offline_ok)
 
 
-def _hub_local_dir(repo_id: str) -> str:
-    """The local snapshot dir of a cached hub model; never touches the network."""
+def _no_revision(name: str, revision: str | None) -> None:
+    if revision:
+        raise ConfigError(
+            f"model_revision='{revision}' applies to Hugging Face hub ids only, but model='{name}' is a local "
+            "or built-in model. Unset model_revision, or set model= to a hub id."
+        )
+
+
+def hub_client():
+    """The HubClient used for models (huggingface_hub's default cache and endpoint)."""
+    from kitchen.adapters.hf_hub import HFHubClient
+
+    return HFHubClient()
+
+
+def _resolve_hub(repo_id: str, revision: str | None, offline_ok: bool) -> ResolvedModel:
+    from kitchen.adapters.hf_hub.client import hub_offline
+
+    hub = hub_client()
+    if not offline_ok and not hub_offline():
+        try:
+            remote = hub.remote(repo_id, revision)
+        except BackendError:
+            snap = hub.cached(repo_id, revision)
+            if snap is None:
+                raise
+            return ResolvedModel(repo_id, "hub", snap.path, revision=revision, commit=snap.commit)
+        snap = hub.cached(repo_id, remote.commit) if remote.commit else None
+        return ResolvedModel(repo_id, "hub", snap.path if snap else None, revision=revision, commit=remote.commit)
+    snap = hub.cached(repo_id, revision)
+    if snap is not None:
+        return ResolvedModel(repo_id, "hub", snap.path, revision=revision, commit=snap.commit)
+    remote = hub.remote(repo_id, revision)  # offline or unreachable: raises, naming `hf download`
+    return ResolvedModel(repo_id, "hub", None, revision=revision, commit=remote.commit)
+
+
+def read_chat_template(path: str | os.PathLike) -> str:
+    """The text of a ``chat_template=`` Jinja file, checked to parse (no torch needed)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"chat_template='{path}' does not exist; set it to a Jinja file (e.g. templates/chat.jinja).")
+    text = p.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ConfigError(f"chat_template='{path}' is empty; it must hold a Jinja chat template.")
     try:
-        from huggingface_hub import snapshot_download
+        from jinja2 import Environment, TemplateSyntaxError
+    except ImportError:  # pragma: no cover - transformers depends on jinja2
+        return text
+    try:
+        Environment().parse(text)
+    except TemplateSyntaxError as e:
+        raise ConfigError(f"chat_template='{path}', line {e.lineno}: not a valid Jinja template ({e.message}).") from None
+    return text
 
-        return snapshot_download(repo_id, local_files_only=True)
-    except Exception:
-        raise _offline_error(repo_id) from None
+
+def _package_version(name: str) -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+def base_record(res: ResolvedModel) -> dict[str, Any]:
+    """Where the base weights truly came from (for adapter configs, model cards, run.json)."""
+    if res.kind == "smollm2":
+        return {"kind": "gguf", "gguf_file": Path(res.path).name, "package": SMOLLM2_PACKAGE,
+                "package_version": _package_version(SMOLLM2_PACKAGE), "dequantized_from": "Q4_1",
+                "derived_from": SMOLLM2_HF_ID}
+    if res.kind == "gguf":
+        return {"kind": "gguf", "gguf_file": res.path}
+    if res.kind == "hub":
+        return {"kind": "hub", "repo_id": res.name, "revision": res.revision, "commit": res.commit}
+    if res.kind == "dir":
+        return {"kind": "dir", "path": res.path}
+    return {"kind": "builtin", "name": res.name}
+
+
+def base_model_id(base: dict[str, Any]) -> str:
+    """The adapter config's ``base_model_name_or_path``: the true base, never a look-alike."""
+    kind = base.get("kind")
+    if kind == "hub":
+        return base["repo_id"]
+    if kind == "gguf" and base.get("package"):
+        return f"{base['package']}=={base.get('package_version') or '?'}/{base['gguf_file']}"
+    if kind == "gguf":
+        return base["gguf_file"]
+    if kind == "dir":
+        return base["path"]
+    return base.get("name") or "unknown"
+
+
+def _config_dtype(path: str) -> str | None:
+    import json
+
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    dt = cfg.get("torch_dtype") or cfg.get("dtype")
+    return dt if dt in ("float32", "bfloat16", "float16") else None
 
 
 def _torch_dtype(dtype: Any):
@@ -339,22 +451,37 @@ def _load_dir(path: str, dtype, name: str):
     return model, tokenizer
 
 
-def load_tokenizer(name: str, *, cache_dir: str | os.PathLike | None = None):
+def _hub_snapshot(res: ResolvedModel):
+    """Download (online) or find (offline) a hub model; progress bars are huggingface_hub's."""
+    return hub_client().download(res.name, res.revision)
+
+
+def _apply_chat_template(tokenizer, chat_template: str | os.PathLike | None) -> None:
+    if chat_template:
+        tokenizer.chat_template = read_chat_template(chat_template)
+
+
+def load_tokenizer(name: str, *, cache_dir: str | os.PathLike | None = None, revision: str | None = None,
+                   chat_template: str | os.PathLike | None = None):
     """Only the tokenizer (cheap: no weights are loaded except on first GGUF conversion)."""
     from transformers import AutoTokenizer
 
-    res = resolve_model(name)
+    res = resolve_model(name, revision)
     if res.kind == "tiny":
         from kitchen.adapters.local.tiny import build_tiny_tokenizer
 
-        return build_tiny_tokenizer()
+        tok = build_tiny_tokenizer()
+        _apply_chat_template(tok, chat_template)
+        return tok
     if res.kind in ("smollm2", "gguf"):
         path = str(convert_gguf(Path(res.path), cache_dir))
     elif res.kind == "hub":
-        path = _hub_local_dir(res.name)
+        path = _hub_snapshot(res).path
     else:
         path = res.path
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    _apply_chat_template(tok, chat_template)
+    return tok
 
 
 def load_model(
@@ -363,10 +490,12 @@ def load_model(
     cache_dir: str | os.PathLike | None = None,
     dtype: Any = "float32",
     device: str = "cpu",
+    revision: str | None = None,
+    chat_template: str | os.PathLike | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Load ``(model, tokenizer, info)``; the model is in eval mode on ``device``."""
     t0 = time.time()
-    res = resolve_model(name)
+    res = resolve_model(name, revision)
     tdtype = _torch_dtype(dtype)
     info: dict[str, Any] = {"model": res.name, "source": res.kind}
     if res.kind == "tiny":
@@ -374,6 +503,7 @@ def load_model(
 
         model, tokenizer = build_tiny()
         model = model.to(tdtype)
+        info["base_dtype"] = "float32"
     elif res.kind in ("smollm2", "gguf"):
         path = convert_gguf(Path(res.path), cache_dir)
         info["path"] = str(path)
@@ -384,13 +514,25 @@ def load_model(
             model, tokenizer = _load_dir(str(path), tdtype, res.name)
         if res.kind == "smollm2":
             info["hf_id"] = SMOLLM2_HF_ID
+        # Dequantised GGUF weights have no float dtype of their own: save as bf16, the dtype
+        # SmolLM2 (and most GGUF sources) were published in, not the fp32 used to train.
+        info["base_dtype"] = "bfloat16"
     elif res.kind == "dir":
         info["path"] = res.path
         model, tokenizer = _load_dir(res.path, tdtype, res.name)
+        info["base_dtype"] = _config_dtype(res.path) or "float32"
     else:
-        path = _hub_local_dir(res.name)
-        info["path"] = path
-        model, tokenizer = _load_dir(path, tdtype, res.name)
+        snap = _hub_snapshot(res)
+        res.path, res.commit = snap.path, snap.commit
+        info["path"] = snap.path
+        info["revision"] = res.revision
+        info["commit"] = snap.commit
+        model, tokenizer = _load_dir(snap.path, tdtype, res.name)
+        info["base_dtype"] = _config_dtype(snap.path) or "float32"
+    info["base"] = base_record(res)
+    _apply_chat_template(tokenizer, chat_template)
+    if chat_template:
+        info["chat_template"] = str(Path(chat_template).expanduser().resolve())
     strip_quantization(model)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from kitchen.ports.stores import HubSnapshot
+
 
 class NoopBlobStore:
     def __init__(self) -> None:
@@ -33,6 +35,15 @@ class NoopBlobStore:
 
 class NoopHubClient:
     """Resolves nothing remotely: a repo id is returned as if it were a local path."""
+
+    def cached(self, repo_id: str, revision: str | None = None) -> HubSnapshot | None:
+        return HubSnapshot(repo_id, revision, None, repo_id)
+
+    def remote(self, repo_id: str, revision: str | None = None) -> HubSnapshot:
+        return HubSnapshot(repo_id, revision, None, None)
+
+    def download(self, repo_id: str, revision: str | None = None) -> HubSnapshot:
+        return HubSnapshot(repo_id, revision, None, repo_id)
 
     def resolve(self, repo_id: str, revision: str | None = None) -> str:
         return repo_id

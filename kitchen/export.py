@@ -1,0 +1,77 @@
+"""``kitchen export RUN_DIR [--step N] --out DIR [--merge] [--push REPO_ID]``.
+
+Writes a run's weights in the two formats other tools load with no kitchen code: a
+PEFT adapter dir (``PeftModel.from_pretrained(base, DIR)``) or a merged transformers
+dir (``AutoModelForCausalLM.from_pretrained(DIR)``), each with a model card. Without
+``--step`` it exports the run's ``final/``; with it, that checkpoint (reopened on the
+run's own base model, then saved by the same ``save_weights`` as ``final/``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from kitchen.errors import KitchenError
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise KitchenError(f"--out {out} already exists and is not an empty directory; pick a new path (nothing was written).")
+
+
+def export(run_dir: str | Path, out: str | Path, *, step: int | None = None, merge: bool = False,
+           push: str | None = None) -> Path:
+    from kitchen.adapters.local.models import atomic_publish_dir
+    from kitchen.adapters.local.run_weights import metrics_at, open_checkpoint, open_run
+    from kitchen.model_card import write_cards
+
+    rw = open_run(run_dir)
+    out = Path(out).expanduser()
+    _check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        if step is None:
+            final = rw.rundir.final
+            if not (final / "config.json").is_file():
+                raise KitchenError(
+                    f"{rw.run_dir} has no final weights (final/config.json); export a checkpoint with --step N "
+                    f"(see {rw.rundir.index})."
+                )
+            source = work / "weights"
+            shutil.copytree(final, source)
+        else:
+            client = open_checkpoint(rw, step)
+            try:
+                source = Path(client.save_weights(str(work / "weights")))
+            finally:
+                client.close()
+        if merge:
+            shutil.rmtree(source / "adapter", ignore_errors=True)
+            picked = source
+        else:
+            picked = source / "adapter"
+            if not (picked / "adapter_config.json").is_file():
+                raise KitchenError(
+                    f"{rw.run_dir} was trained without LoRA (lora_rank=0), so there is no adapter to export; "
+                    "use --merge for the full weights."
+                )
+        base = (rw.info.get("model_base") or None)
+        write_cards(picked, spec=rw.spec, base=base, metrics=metrics_at(rw, step),
+                    data_stats=rw.info.get("data_stats"), step=step if step is not None else rw.info.get("step"))
+        for leftover in picked.glob(".*"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
+        os.chmod(picked, 0o755)
+        if out.exists():
+            out.rmdir()
+        atomic_publish_dir(picked, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if push:
+        from kitchen.publish import push as push_dir
+
+        push_dir(str(out), push)
+    return out
