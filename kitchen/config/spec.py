@@ -43,6 +43,16 @@ class TelemetrySpec(_Strict):
     console_every_s: float = Field(2.0, ge=0, description="plain-output throttle when stdout is not a TTY")
 
 
+class DistributedSpec(_Strict):
+    """issue 11: ``kitchen run distributed.nproc_per_node=N`` starts N ranks through torch.distributed.run."""
+
+    nproc_per_node: int = Field(1, ge=1, description="processes on this node; >1 launches through torch.distributed.run")
+    nnodes: str = Field("1", description="nodes, or MIN:MAX for an elastic job (torchrun --nnodes)")
+    node_rank: Optional[int] = Field(None, ge=0, description="this node's rank (static rendezvous)")
+    rdzv_endpoint: Optional[str] = Field(None, description="HOST:PORT of the rendezvous (multi-node)")
+    rdzv_backend: Optional[str] = Field(None, description="c10d (default) or static")
+
+
 class RunSpec(_Strict):
     """Every hyperparameter a recipe may set; top-level, as in tinker-cookbook."""
 
@@ -115,6 +125,20 @@ class RunSpec(_Strict):
     # Distillation
     teacher: Optional[str] = Field(None, description="teacher model (alias, path, or RUN_DIR)")
     distill_mode: Literal["on_policy", "off_policy"] = "on_policy"
+
+    # --- issue 11 keys ---
+    micro_batch_size: int = Field(0, ge=0, description="datums per forward/backward pass (gradients accumulate); 0 = the whole batch in one pass")
+    max_tokens_per_micro_batch: int = Field(0, ge=0, description="token budget per forward/backward pass (padded rows x length, or packed tokens); 0 = none")
+    activation_checkpointing: bool = Field(False, description="recompute each layer's activations in backward: less memory, more compute")
+    padding_free: bool = Field(False, description="pack each micro-batch's sequences into one row (position ids restart, no cross-attention)")
+    length_grouped: bool = Field(False, description="group sequences of similar length into the same batch (order stays a pure function of seed and step)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast over fp32 master weights: bf16 (CUDA, or a CPU with AVX512-BF16/AMX), fp16 with loss scaling (CUDA)")
+    quantization: Optional[Literal["4bit", "8bit"]] = Field(None, description="QLoRA: LoRA on a bitsandbytes-quantized base model (CUDA only)")
+    distributed: DistributedSpec = Field(
+        default_factory=lambda: DistributedSpec().model_dump(), validate_default=True,
+        description="data parallel over processes: distributed.nproc_per_node=N launches N ranks (torchrun)",
+    )
+    # --- end issue 11 keys ---
 
     @classmethod
     def from_config(cls, data: dict[str, Any], source: str = "the composed config") -> "RunSpec":

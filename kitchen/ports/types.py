@@ -76,6 +76,13 @@ class SessionConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16
     device: str = "auto"  # auto | cpu | cuda
     max_length: int = 512
+    # --- issue 11: how a backend that runs the model itself scales a batch (remote backends ignore these)
+    micro_batch_size: int = 0  # datums per forward/backward pass; 0 = the whole batch
+    max_tokens_per_micro_batch: int = 0  # token budget per pass; 0 = none
+    activation_checkpointing: bool = False
+    padding_free: bool = False  # pack a micro-batch's sequences into one row
+    mixed_precision: str = "no"  # no | bf16 | fp16 (autocast over fp32 master weights)
+    quantization: str | None = None  # None | 4bit | 8bit (QLoRA, CUDA only)
 
 
 @dataclass

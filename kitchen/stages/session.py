@@ -19,7 +19,11 @@ def session_config(spec) -> SessionConfig:
         train_unembed=spec.train_unembed,
     )
     return SessionConfig(
-        base_model=spec.model, lora=lora, seed=spec.seed, dtype=spec.dtype, device=spec.device, max_length=spec.max_length
+        base_model=spec.model, lora=lora, seed=spec.seed, dtype=spec.dtype, device=spec.device, max_length=spec.max_length,
+        # --- issue 11 keys
+        micro_batch_size=spec.micro_batch_size, max_tokens_per_micro_batch=spec.max_tokens_per_micro_batch,
+        activation_checkpointing=spec.activation_checkpointing, padding_free=spec.padding_free,
+        mixed_precision=spec.mixed_precision, quantization=spec.quantization,
     )
 
 
@@ -38,7 +42,10 @@ class InitSession(Stage):
         tokenizer = client.get_tokenizer()
         ctx.state["tokenizer"] = tokenizer
         ctx.state["renderer"] = build_renderer(ctx.spec.renderer, tokenizer, ctx.spec.train_on_what, ctx.spec.max_length)
-        shown = ("model", "device", "dtype", "threads", "lora_rank", "trainable_params", "total_params", "load_seconds")
+        shown = ("model", "device", "dtype", "threads", "lora_rank", "trainable_params", "total_params", "load_seconds",
+                 # --- issue 11: scale options in the session line
+                 "precision", "cpu_bf16", "micro_batch_size", "max_tokens_per_micro_batch", "activation_checkpointing",
+                 "padding_free", "quantization", "world_size", "parallel")
         summary = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items() if k in shown)
         ctx.emit(ev.RUN_INFO, message=f"session: {summary}")
 
@@ -53,6 +60,9 @@ class Restore(Stage):
             return
         ref = CheckpointRef(name=record["name"], path=record["path"], step=record["step"])
         ctx.training.load_state(ref, with_optimizer=True)
+        note = getattr(ctx.training, "resume_note", None)  # --- issue 11: world size changed since the checkpoint
+        if note:
+            ctx.emit(ev.RUN_WARNING, message=note)
         ctx.state["step"] = record["step"]
         ctx.state["last_checkpoint_step"] = record["step"]
         ctx.emit(ev.RUN_INFO, message=f"resumed from checkpoint {record['name']} at step {record['step']}")
