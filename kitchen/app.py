@@ -134,6 +134,10 @@ def execute(spec: RunSpec) -> RunResult:
     from kitchen.workflows import get_workflow
 
     workflow = get_workflow(spec.workflow.name)
+    from kitchen import distributed as kdist  # --- issue 11: one rank of a torchrun job
+
+    if kdist.is_distributed():
+        spec = kdist.join_run(spec)
     rundir = RunDir(Path(spec.run_dir))
     mode = rundir.check_can_start(resume=spec.resume, overwrite=spec.overwrite)
     # With no checkpoint yet, a resume starts from step 0 in the same folder.
@@ -145,12 +149,16 @@ def execute(spec: RunSpec) -> RunResult:
     runner = Runner(workflow)
     runner.validate(ctx)  # bad data fails here too: nothing has been written or moved yet
 
-    rundir.path.mkdir(parents=True, exist_ok=True)
-    moved = rundir.move_aside() if mode == "overwrite" else None
-    bus = ctx.bus = build_bus(spec, rundir.path)
+    kdist.barrier()  # --- issue 11: every rank has read the run dir before rank 0 changes it
+    writer = kdist.is_rank0()  # --- issue 11: only rank 0 writes config, run.json, metrics, events
+    if writer:
+        rundir.path.mkdir(parents=True, exist_ok=True)
+    moved = rundir.move_aside() if mode == "overwrite" and writer else None
+    bus = ctx.bus = build_bus(spec, rundir.path) if writer else EventBus()
     if moved is not None:
         ctx.emit(ev.RUN_INFO, message=f"the previous run was moved to {moved}")
-    write_config(rundir, spec.model_dump(mode="json"))  # the complete validated spec, defaults included
+    if writer:
+        write_config(rundir, spec.model_dump(mode="json"))  # the complete validated spec, defaults included
     started = time.time()
     info: dict[str, Any] = dict(previous or {})
     info.update(
@@ -221,6 +229,11 @@ def hydra_task(cfg: Any) -> dict[str, Any]:
     """The task function Hydra calls for ``kitchen run`` (single run)."""
     try:
         spec, _ = spec_from_config(cfg)
+        if spec.distributed.nproc_per_node > 1:  # --- issue 11: start the ranks through torch.distributed.run
+            from kitchen import distributed as kdist
+
+            if not kdist.under_launcher():
+                return kdist.launch_run(spec)
         return vars(execute(spec))
     except KitchenError as exc:  # handed back to the CLI, which prints it as one paragraph
         return {"status": "failed", "user_error": exc}

@@ -105,6 +105,8 @@ def run(
     value = result.return_value
     if value.get("user_error") is not None:
         raise value["user_error"]
+    if "exit_code" in value:  # issue 11: the exit code of a job launched on several ranks
+        raise typer.Exit(value["exit_code"])
     raise typer.Exit({"completed": 0, "interrupted": 130}.get(value.get("status"), 1))
 
 

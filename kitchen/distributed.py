@@ -138,3 +138,30 @@ def launch(nproc_per_node: int, argv: Sequence[str], *, nnodes: str = "1", rdzv_
               file=sys.stderr)
         return codes[0] if codes else 1
     return 0
+
+
+def join_run(spec: Any) -> Any:
+    """As one rank of a job: join the process group, check the batch split, agree on the run dir.
+
+    The run dir is rank 0's (a ``${now:...}`` default would otherwise differ per rank).
+    """
+    ensure_process_group()
+    check_world_size(spec.batch_size, world_size())
+    run_dir = broadcast_object(spec.run_dir)
+    return spec.model_copy(update={"run_dir": run_dir}) if run_dir != spec.run_dir else spec
+
+
+def launch_run(spec: Any, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``kitchen run ... distributed.nproc_per_node=N``: re-run the same command on N ranks.
+
+    Checks what can be checked before starting anything (exit 2), pins the run dir so
+    every rank composes the same one, and returns the job's status for the CLI.
+    """
+    d = spec.distributed
+    check_world_size(spec.batch_size, d.nproc_per_node * (int(d.nnodes) if d.nnodes.isdigit() else 1))
+    args = list(sys.argv[1:] if argv is None else argv)
+    args = [a for a in args if not a.startswith("run_dir=")] + [f"run_dir={spec.run_dir}"]
+    code = launch(d.nproc_per_node, args, nnodes=d.nnodes, rdzv_endpoint=d.rdzv_endpoint,
+                  rdzv_backend=d.rdzv_backend, node_rank=d.node_rank)
+    status = {0: "completed", 130: "interrupted"}.get(code, "failed")
+    return {"status": status, "run_dir": spec.run_dir, "exit_code": code}

@@ -36,6 +36,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _writer() -> bool:
+    """issue 11: rank 0 (or a plain single process) owns the run dir's files."""
+    from kitchen.distributed import is_rank0
+
+    return is_rank0()
+
+
 @dataclass
 class RunDir:
     path: Path
@@ -69,11 +76,15 @@ class RunDir:
             return {"status": "unknown"}
 
     def write_info(self, info: dict[str, Any]) -> None:
+        if not _writer():  # --- issue 11: under torchrun only rank 0 writes the run dir
+            return
         atomic_write_text(self.run_json, json.dumps(info, indent=2, default=str) + "\n")
 
     # -- checkpoints ------------------------------------------------------------------
 
     def add_checkpoint(self, record: dict[str, Any]) -> None:
+        if not _writer():  # --- issue 11
+            return
         """Append one index line; the line is the commit point of a checkpoint."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         with open(self.index, "a", encoding="utf-8") as fh:

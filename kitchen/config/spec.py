@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kitchen.errors import ConfigError, did_you_mean
 
@@ -138,6 +138,13 @@ class RunSpec(_Strict):
         default_factory=lambda: DistributedSpec().model_dump(), validate_default=True,
         description="data parallel over processes: distributed.nproc_per_node=N launches N ranks (torchrun)",
     )
+
+    @model_validator(mode="after")
+    def _issue11_checks(self) -> "RunSpec":
+        from kitchen.train.microbatch import MicroBatchOptions, check_options
+
+        check_options(MicroBatchOptions(self.micro_batch_size, self.max_tokens_per_micro_batch), self.batch_size)
+        return self
     # --- end issue 11 keys ---
 
     @classmethod

@@ -470,6 +470,10 @@ class LocalTrainingClient:
                     config.tie_word_embeddings = False
                     if hasattr(config, "get_text_config"):
                         config.get_text_config().tie_word_embeddings = False
+            elif self._fsdp:  # --- issue 11: gather FSDP2 shards (a collective: every rank calls this)
+                from kitchen.adapters.local.scale import full_tensor
+
+                sd = {k: full_tensor(v.detach()).clone() for k, v in base.state_dict().items()}
             else:
                 clones: dict[int, Any] = {}
                 for k, v in base.state_dict().items():

@@ -133,6 +133,12 @@ def plan_session(client: Any, config: Any, device: str, dtype: Any) -> ScalePlan
     plan.world_size = distributed.world_size()
     if plan.world_size > 1:
         client._dist = distributed.ensure_process_group()
+        if not on_cuda and not client.threads:  # the node's cores are shared by its ranks
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+            from kitchen.adapters.local.client import default_threads
+
+            torch.set_num_threads(max(1, default_threads() // local))
+        plan.notes["parallel"] = "ddp" if config.lora.rank else "fsdp2"
     if plan.notes.get("cpu_bf16") is None:
         plan.notes.pop("cpu_bf16", None)
     client.micro_opts = micro
@@ -146,8 +152,11 @@ def prepare_model(client: Any, model: Any, plan: ScalePlan) -> Any:
     if plan.activation_checkpointing:
         # Non-reentrant checkpointing recomputes each decoder layer in backward and works
         # with frozen inputs (LoRA) without enable_input_require_grads.
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return model
 
 
@@ -187,7 +196,7 @@ def wrap_parallel(client: Any, plan: ScalePlan) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [torch.device(client.device).index or 0] if client.device.startswith("cuda") else None
-        client._train_model = DDP(model, device_ids=ids, broadcast_buffers=False)
+        client._train_model = DDP(model, device_ids=ids)
         client.facts_parallel = "ddp"
         return
     from torch.distributed.fsdp import fully_shard
