@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, assert_completed, read_jsonl, run_kitchen, step_losses
+from conftest import REPO, assert_completed, read_jsonl, run_kitchen, step_losses
 
 torch = pytest.importorskip("torch")
 if not torch.distributed.is_available():  # pragma: no cover

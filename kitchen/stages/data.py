@@ -79,6 +79,10 @@ class PlanBatches(Stage):
         from kitchen.train.batching import BatchPlan
 
         spec = ctx.spec
-        plan = BatchPlan(len(ctx.state["train_data"]), spec.batch_size, spec.epochs, spec.max_steps, spec.seed)
+        data = ctx.state["train_data"]
+        from kitchen.train.length_grouping import item_length  # --- issue 11
+
+        lengths = tuple(item_length(d) for d in data) if spec.length_grouped else None  # --- issue 11
+        plan = BatchPlan(len(data), spec.batch_size, spec.epochs, spec.max_steps, spec.seed, group_lengths=lengths)
         ctx.state["plan"] = plan
         ctx.state["total_steps"] = plan.total_steps
