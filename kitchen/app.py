@@ -254,6 +254,11 @@ def hydra_sweep_task(cfg: Any) -> dict[str, Any]:
         data = to_container(cfg)
         data["run_dir"] = run_dir
         spec, _ = spec_from_config(data)
+        if spec.distributed.nproc_per_node > 1:  # --- issue 11: this sweep job runs on several ranks
+            from kitchen import distributed as kdist
+
+            if not kdist.under_launcher():
+                return kdist.launch_run(spec, ["run", *HydraConfig.get().overrides.task])
         return vars(execute(spec))
     except KitchenError as exc:
         return {"status": "failed", "run_dir": run_dir, "error": exc.render(), "metrics": {}}

@@ -164,4 +164,17 @@ def launch_run(spec: Any, argv: Sequence[str] | None = None) -> dict[str, Any]:
     code = launch(d.nproc_per_node, args, nnodes=d.nnodes, rdzv_endpoint=d.rdzv_endpoint,
                   rdzv_backend=d.rdzv_backend, node_rank=d.node_rank)
     status = {0: "completed", 130: "interrupted"}.get(code, "failed")
-    return {"status": status, "run_dir": spec.run_dir, "exit_code": code}
+    info = run_info(spec.run_dir)
+    return {"status": status, "run_dir": spec.run_dir, "exit_code": code, "step": info.get("step", 0),
+            "metrics": dict(info.get("final_metrics") or {}), "error": info.get("error")}
+
+
+def run_info(run_dir: str) -> dict[str, Any]:
+    """What rank 0 recorded in run.json (status, step, final metrics) after the job."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
