@@ -217,3 +217,18 @@ def test_length_grouped_run_resumes_exactly(kitchen, tmp_path):
     res = kitchen(*args, "max_steps=4", f"run_dir={cut}", "resume=true")
     assert res.code == 0, res
     assert step_losses(cut) == step_losses(full)
+
+
+def test_cpu_bf16_mixed_precision_close_to_fp32_and_shown():
+    from kitchen.adapters.local.scale import cpu_native_bf16
+
+    if cpu_native_bf16() is None:
+        with pytest.raises(ConfigError, match="native bf16"):
+            client(mixed_precision="bf16")
+        return
+    data = ragged_batch()
+    c = client(mixed_precision="bf16")
+    assert c.facts["precision"].startswith("bf16 autocast") and c.facts["cpu_bf16"] in ("amx_bf16", "avx512_bf16")
+    assert all(p.dtype == torch.float32 for _, p in c._params)  # fp32 master weights
+    mixed, plain = train(c, data), train(client(), data)
+    assert mixed[0] == pytest.approx(plain[0], rel=2e-3)
