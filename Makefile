@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.kitchen-installed
 
-.PHONY: setup run test test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory clean
+.PHONY: setup run test test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory bench-scale clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,15 @@ bench-learning: setup
 
 bench-serve-memory: setup
 	$(PY) benchmarks/bench_serve_memory.py
+# Memory and time per step against batch size and length, micro-batching and activation
+# checkpointing, the 24 GiB extrapolation, and TRL's SFTTrainer side by side (the `bench` extra).
+BENCH_STAMP := $(VENV)/.kitchen-bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]" "$(TORCH_SPEC)"
+	touch $(BENCH_STAMP)
+
+bench-scale: setup $(BENCH_STAMP)
+	$(PY) benchmarks/bench_scale.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

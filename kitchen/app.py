@@ -149,12 +149,16 @@ def execute_prepared(prepared: "Prepared") -> RunResult:
     adapters.training = build_training(spec)  # a backend that refuses the job fails here, before any file is written
     runner = Runner(workflow)
 
-    # --- issue 13: one live run per folder; decide again under the lock ---
-    lock = lifecycle.lock_run_dir(rundir, resume=resume)
+    from kitchen import distributed as kdist
+
+    kdist.barrier()  # under torchrun: every rank has read the run dir before rank 0 changes it
+    writer = kdist.is_rank0()  # only rank 0 locks and writes the run dir (config, run.json, metrics, events)
+    # one live run per folder; decide again under the lock
+    lock = lifecycle.lock_run_dir(rundir, resume=resume) if writer else lifecycle.NO_LOCK
     try:
-        mode = rundir.check_can_start(resume=resume, overwrite=spec.overwrite)
+        mode = rundir.check_can_start(resume=resume, overwrite=spec.overwrite) if writer else prepared.mode
         moved = None
-        if mode == "overwrite":
+        if mode == "overwrite" and writer:
             moved = rundir.move_aside()
             lock.release()
             lock = lifecycle.lock_run_dir(rundir, resume=False)
@@ -181,15 +185,19 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
         run_dir=rundir.path, config=redact(spec.model_dump(mode="json")), recipe=spec.recipe, workflow=spec.workflow.name,
         backend=spec.adapters.name, model=spec.model, resume=mode == "resume", previous_info=previous, git_sha=git_sha,
     )
-    bus = ctx.bus = build_bus(spec, rundir.path, sink_run)
+    from kitchen import distributed as kdist
+
+    writer = kdist.is_rank0()
+    bus = ctx.bus = build_bus(spec, rundir.path, sink_run) if writer else EventBus()
     if moved is not None:
         ctx.emit(ev.RUN_INFO, message=f"the previous run was moved to {moved}")
-    lifecycle.report_leftovers(ctx, rundir)  # issue 13: temp files of killed writes
-    try:
-        write_config(rundir, spec.model_dump(mode="json"))  # the complete validated spec, defaults included
-    except OSError as exc:
-        bus.close()
-        raise lifecycle.as_user_error(exc, rundir) from None
+    if writer:
+        lifecycle.report_leftovers(ctx, rundir)  # temp files of killed writes
+        try:
+            write_config(rundir, spec.model_dump(mode="json"))  # the complete validated spec, defaults included
+        except OSError as exc:
+            bus.close()
+            raise lifecycle.as_user_error(exc, rundir) from None
     started = time.time()
     info: dict[str, Any] = dict(previous or {})
     attempt = lifecycle.start_attempt(info, mode=mode, started=started, resume_record=resume_record)  # issue 13

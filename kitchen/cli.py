@@ -90,9 +90,15 @@ def run(
 
         print_plan(spec, workflow, data)
         return
+    from kitchen import distributed as kdist
     from kitchen.app import execute_prepared
     from kitchen.preflight import preflight
 
+    if spec.distributed.nproc_per_node > 1 and not kdist.under_launcher():
+        preflight(spec, workflow)  # fail before starting any rank
+        raise typer.Exit(kdist.launch_run(spec)["exit_code"])  # the same command on N ranks (torch.distributed.run)
+    if kdist.is_distributed():
+        spec = kdist.join_run(spec)  # one rank of a torchrun job: the process group, rank 0's run dir
     result = execute_prepared(preflight(spec, workflow))
     raise typer.Exit(result.exit_code)
 

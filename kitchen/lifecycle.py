@@ -192,3 +192,13 @@ __all__ = [
     "DiskFullError", "as_user_error", "check_run_dir_path", "finish_attempt", "is_disk_full", "lock_run_dir",
     "quiet", "redacted_argv", "report_leftovers", "resume_record", "start_attempt",
 ]
+
+
+class _NoLock:
+    """What a non-zero rank of a torchrun job holds: rank 0 owns the run dir and its lock."""
+
+    def release(self) -> None:
+        pass
+
+
+NO_LOCK = _NoLock()

@@ -57,6 +57,13 @@ _LEFTOVER = re.compile(r"^\..+\.tmp(-[^/]*)?$")
 _STEP_NAME = re.compile(r"^step_(\d+)$")
 
 
+def _writer() -> bool:
+    """issue 11: rank 0 (or a plain single process) owns the run dir's files."""
+    from kitchen.distributed import is_rank0
+
+    return is_rank0()
+
+
 @dataclass
 class RunDir:
     path: Path
@@ -90,6 +97,8 @@ class RunDir:
             return {"status": "unknown"}
 
     def write_info(self, info: dict[str, Any]) -> None:
+        if not _writer():  # --- issue 11: under torchrun only rank 0 writes the run dir
+            return
         atomic_write_text(self.run_json, json.dumps(info, indent=2, default=str) + "\n")
 
     # -- checkpoints ------------------------------------------------------------------
@@ -99,8 +108,11 @@ class RunDir:
 
         A path inside the run dir is stored relative to it (so the folder can move), and
         a torn last line left by a killed run is ended first (the same repair as the
-        telemetry writer's), so this record is never glued onto the fragment.
+        telemetry writer's), so this record is never glued onto the fragment. Under
+        torchrun only rank 0 writes.
         """
+        if not _writer():
+            return
         from kitchen.telemetry.jsonl import open_append
 
         record = dict(record)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kitchen.errors import ConfigError, did_you_mean
 from kitchen.train.formats import CANONICAL_FIELDS
@@ -49,6 +49,16 @@ class TelemetrySpec(_Strict):
         default_factory=lambda: ["console", "jsonl"],
         description="sink names (console, jsonl, wandb, tensorboard, mlflow, prometheus, a plugin's) or {_target_: my.Sink, ...}",
     )
+
+
+class DistributedSpec(_Strict):
+    """issue 11: ``kitchen run distributed.nproc_per_node=N`` starts N ranks through torch.distributed.run."""
+
+    nproc_per_node: int = Field(1, ge=1, description="processes on this node; >1 launches through torch.distributed.run")
+    nnodes: str = Field("1", description="nodes, or MIN:MAX for an elastic job (torchrun --nnodes)")
+    node_rank: Optional[int] = Field(None, ge=0, description="this node's rank (static rendezvous)")
+    rdzv_endpoint: Optional[str] = Field(None, description="HOST:PORT of the rendezvous (multi-node)")
+    rdzv_backend: Optional[str] = Field(None, description="c10d (default) or static")
 
 
 class RunSpec(_Strict):
@@ -104,6 +114,18 @@ class RunSpec(_Strict):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    # How a local backend runs the model (remote backends ignore these)
+    micro_batch_size: int = Field(0, ge=0, description="datums per forward/backward pass (gradients accumulate); 0 = the whole batch in one pass")
+    max_tokens_per_micro_batch: int = Field(0, ge=0, description="token budget per forward/backward pass (padded rows x length, or packed tokens); 0 = none")
+    activation_checkpointing: bool = Field(False, description="recompute each layer's activations in backward: less memory, more compute")
+    padding_free: bool = Field(False, description="pack each micro-batch's sequences into one row (position ids restart, no cross-attention)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast over fp32 master weights: bf16 (CUDA, or a CPU with AVX512-BF16/AMX), fp16 with loss scaling (CUDA)")
+    quantization: Optional[Literal["4bit", "8bit"]] = Field(None, description="QLoRA: LoRA on a bitsandbytes-quantized base model (CUDA only)")
+    distributed: DistributedSpec = Field(
+        default_factory=lambda: DistributedSpec().model_dump(), validate_default=True,
+        description="data parallel over processes: distributed.nproc_per_node=N launches N ranks (torchrun)",
+    )
+
     # Bookkeeping
     seed: int = 0
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
@@ -122,6 +144,13 @@ class RunSpec(_Strict):
         None, description="resume from this checkpoint instead of the newest: an index name (step_000010) or a checkpoint folder's path; implies resume=true")
     evaluators: list[Union[str, dict[str, Any]]] = Field(
         default_factory=list, description="extra evaluators run with the workflow's own: names or {_target_: ...} nodes")
+
+    @model_validator(mode="after")
+    def _micro_batches_fit(self) -> "RunSpec":
+        from kitchen.train.microbatch import MicroBatchOptions, check_options
+
+        check_options(MicroBatchOptions(self.micro_batch_size, self.max_tokens_per_micro_batch), getattr(self, "batch_size", None))
+        return self
 
     @field_validator("run_dir")
     @classmethod
@@ -175,6 +204,7 @@ class BatchKeys(_Strict):
 
     batch_size: int = Field(8, gt=0, description="sequences (or pairs) per optimizer step")
     epochs: int = Field(1, gt=0, description="passes over the data when max_steps is not set")
+    length_grouped: bool = Field(False, description="group sequences of similar length into the same batch (order stays a pure function of seed and step)")
 
 
 class SamplingKeys(_Strict):

@@ -78,6 +78,13 @@ class SessionConfig:
     max_length: int = 512
     model_revision: str | None = None  # hub models: branch, tag or commit (issue 9)
     chat_template: str | None = None  # a Jinja file replacing the tokenizer's template (issue 9)
+    # --- issue 11: how a backend that runs the model itself scales a batch (remote backends ignore these)
+    micro_batch_size: int = 0  # datums per forward/backward pass; 0 = the whole batch
+    max_tokens_per_micro_batch: int = 0  # token budget per pass; 0 = none
+    activation_checkpointing: bool = False
+    padding_free: bool = False  # pack a micro-batch's sequences into one row
+    mixed_precision: str = "no"  # no | bf16 | fp16 (autocast over fp32 master weights)
+    quantization: str | None = None  # None | 4bit | 8bit (QLoRA, CUDA only)
 
 
 @dataclass

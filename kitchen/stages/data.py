@@ -117,8 +117,11 @@ class PlanBatches(Stage):
     def execute(self, ctx: Context) -> None:
         from kitchen.train.batching import BatchPlan
 
+        from kitchen.train.length_grouping import item_length
+
         spec, data = ctx.spec, ctx.use(ChatData)
-        data.plan = BatchPlan(len(data.train), spec.batch_size, spec.epochs, spec.max_steps, spec.seed)
+        lengths = tuple(item_length(d) for d in data.train) if spec.length_grouped else None
+        data.plan = BatchPlan(len(data.train), spec.batch_size, spec.epochs, spec.max_steps, spec.seed, group_lengths=lengths)
         ctx.progress.total_steps = data.plan.total_steps
 
 

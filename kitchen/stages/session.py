@@ -32,7 +32,10 @@ def session_config(spec) -> SessionConfig:
     )
     return SessionConfig(
         base_model=spec.model, lora=lora, seed=spec.seed, dtype=spec.dtype, device=spec.device, max_length=spec.max_length,
-        model_revision=spec.model_revision, chat_template=spec.chat_template,  # issue 9
+        model_revision=spec.model_revision, chat_template=spec.chat_template,
+        micro_batch_size=spec.micro_batch_size, max_tokens_per_micro_batch=spec.max_tokens_per_micro_batch,
+        activation_checkpointing=spec.activation_checkpointing, padding_free=spec.padding_free,
+        mixed_precision=spec.mixed_precision, quantization=spec.quantization,
     )
 
 
@@ -72,7 +75,9 @@ class OpenSession(Stage):
         session.facts = facts
         session.tokenizer = client.get_tokenizer()
         session.renderer = make_renderer(ctx.spec, session.tokenizer)
-        shown = ("model", "device", "dtype", "threads", "lora_rank", "trainable_params", "total_params", "load_seconds")
+        shown = ("model", "device", "dtype", "threads", "lora_rank", "trainable_params", "total_params", "load_seconds",
+                 "precision", "cpu_bf16", "micro_batch_size", "max_tokens_per_micro_batch", "activation_checkpointing",
+                 "padding_free", "quantization", "world_size", "parallel")
         summary = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items() if k in shown)
         ctx.emit(ev.RUN_INFO, message=f"session: {summary}")
 
@@ -86,6 +91,9 @@ class Restore(Stage):
             return
         ref = CheckpointRef(name=record["name"], path=record["path"], step=record["step"])
         ctx.training.load_state(ref, with_optimizer=True)
+        note = getattr(ctx.training, "resume_note", None)  # the world size changed since the checkpoint
+        if note:
+            ctx.emit(ev.RUN_WARNING, message=note)
         ctx.progress.step = record["step"]
         ctx.progress.last_checkpoint_step = record["step"]
         ctx.emit(ev.RUN_INFO, message=f"resumed from checkpoint {record['name']} at step {record['step']}")

@@ -7,7 +7,7 @@ the batch an uninterrupted run would have seen next: no batch is skipped or repe
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 
@@ -34,6 +34,9 @@ class BatchPlan:
     epochs: int
     max_steps: int | None
     seed: int
+    # issue 11: with lengths, batches group sequences of similar length (length_grouped=true)
+    group_lengths: tuple[int, ...] | None = field(default=None, repr=False)
+    _orders: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -46,7 +49,14 @@ class BatchPlan:
         return self.max_steps if self.max_steps else self.steps_per_epoch * self.epochs
 
     def order(self, epoch: int) -> tuple[int, ...]:
-        return _epoch_order(self.seed, epoch, self.num_examples)
+        if self.group_lengths is None:
+            return _epoch_order(self.seed, epoch, self.num_examples)
+        if epoch not in self._orders:
+            from kitchen.train.length_grouping import length_grouped_order
+
+            self._orders.clear()
+            self._orders[epoch] = length_grouped_order(self.seed, epoch, self.group_lengths, self.batch_size)
+        return self._orders[epoch]
 
     def batch(self, step: int) -> BatchRef:
         epoch, index = divmod(step, self.steps_per_epoch)

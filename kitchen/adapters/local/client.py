@@ -44,7 +44,6 @@ from kitchen.ports.types import (
     OptimStepResult,
     SessionConfig,
 )
-from kitchen.train.losses import REQUIRED_INPUTS, check_loss_fn, compute_loss
 from kitchen.train.seeding import get_rng_state, seed_everything, set_rng_state
 
 
@@ -124,6 +123,16 @@ class LocalTrainingClient:
         self._samplers: dict[str, LocalSamplingClient] = {}
         self._model_info: dict[str, Any] = {}
         self._vocab_size = 0
+        # --- issue 11: scale (micro-batching, data parallel, precision); see train_step.py / scale.py
+        from kitchen.train.microbatch import MicroBatchOptions
+
+        self.micro_opts = MicroBatchOptions()
+        self._dist = None  # torch.distributed when this is one rank of several
+        self._train_model = None  # the DDP wrapper (LoRA) used for training passes
+        self._fsdp = False  # full fine-tuning sharded with FSDP2 fully_shard
+        self._scaler = None  # fp16 GradScaler (CUDA)
+        self._autocast_dtype = None
+        self.resume_note: str | None = None
 
     # ------------------------------------------------------------------ session
     def set_checkpoint_dir(self, path: str | os.PathLike) -> None:
@@ -163,11 +172,15 @@ class LocalTrainingClient:
         self.dtype = dtype
         if device == "cpu":
             torch.set_num_threads(self.threads or default_threads())
+        from kitchen.adapters.local import scale  # --- issue 11
+
+        plan = scale.plan_session(self, config, device, dtype)
 
         model, tokenizer, info = load_model(
             config.base_model, cache_dir=self.cache_dir, dtype=dtype, device=device,
             revision=getattr(config, "model_revision", None), chat_template=getattr(config, "chat_template", None),
         )  # issue 9: hub revision + chat template override
+        model = scale.prepare_model(self, model, plan)  # activation checkpointing / QLoRA
         self._model_info = info
         lora = config.lora
         warnings_out: list[str] = []  # issue 13: surfaced as run.warning events by InitSession
@@ -221,6 +234,7 @@ class LocalTrainingClient:
         self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.optimizer = None
         self.step = 0
+        scale.wrap_parallel(self, plan)  # --- issue 11: DDP (LoRA) / FSDP2 (full) across ranks
         seen: set[int] = set()
         total = 0
         for p in model.parameters():
@@ -248,6 +262,7 @@ class LocalTrainingClient:
                           model_revision=info.get("revision"), model_commit=info.get("commit"))
         if self._lora:
             self.facts["lora_target_modules"] = sorted(targets) if isinstance(targets, list) else targets
+        self.facts.update(plan.facts())  # --- issue 11
         return dict(self.facts)
 
     @staticmethod
@@ -293,100 +308,25 @@ class LocalTrainingClient:
     def _autocast(self):
         import torch
 
+        if self._autocast_dtype is not None:  # --- issue 11: mixed_precision=bf16|fp16
+            return torch.autocast(device_type=self.device.split(":")[0], dtype=self._autocast_dtype)
         if self.cpu_bf16_autocast and self.device == "cpu":
             return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _collate(self, data: list[Datum], loss_fn: str):
-        import torch
-
-        if not data:
-            raise DataError("forward_backward got an empty batch.")
-        need = REQUIRED_INPUTS[loss_fn]
-        lengths = [len(d.model_input) for d in data]
-        T = max(lengths)
-        if T == 0:
-            raise DataError("Every datum in the batch has an empty model_input.")
-        keys = list(need)
-        if loss_fn != "cross_entropy" and any("weights" in d.loss_fn_inputs for d in data):
-            keys.append("weights")
-        rows: dict[str, list[list[Any]]] = {k: [] for k in keys}
-        ids_rows: list[list[int]] = []
-        for i, d in enumerate(data):
-            L = lengths[i]
-            pad = T - L
-            ids_rows.append(list(d.model_input) + [0] * pad)
-            for k in keys:
-                v = d.loss_fn_inputs.get(k)
-                if v is None:
-                    if k == "weights":
-                        v = [1.0] * L
-                    else:
-                        raise DataError(
-                            f"Datum {i} has no loss_fn_inputs['{k}'], which loss_fn='{loss_fn}' needs "
-                            f"(it needs {', '.join(need)})."
-                        )
-                v = list(v)
-                if len(v) != L:
-                    raise DataError(
-                        f"Datum {i}: loss_fn_inputs['{k}'] has {len(v)} entries but model_input has {L} tokens."
-                    )
-                rows[k].append(v + [0] * pad)
-        vocab = self._vocab_size
-        for name, rws in (("model_input", ids_rows), ("target_tokens", rows["target_tokens"])):
-            lo = min(min(r) for r in rws)
-            hi = max(max(r) for r in rws)
-            if lo < 0 or hi >= vocab:
-                raise DataError(
-                    f"A token id in {name} is outside the model's vocabulary (0..{vocab - 1}): got {lo if lo < 0 else hi}."
-                    " Was the data tokenised for a different model?"
-                )
-        dev = self.device
-        batch = {"input_ids": torch.tensor(ids_rows, dtype=torch.long, device=dev)}
-        for k in keys:
-            dtype = torch.long if k == "target_tokens" else torch.float32
-            batch[k] = torch.tensor(rows[k], dtype=dtype, device=dev)
-        return batch, lengths
+    def _backward(self, loss) -> None:
+        """``loss.backward()``, through the fp16 GradScaler when one is active (issue 11)."""
+        if self._scaler is not None:
+            self._scaler.scale(loss).backward()
+        else:
+            loss.backward()
 
     def _run(self, data: list[Datum], loss_fn: str, loss_fn_config, *, train: bool) -> ForwardBackwardResult:
-        import torch
-        import torch.nn.functional as F
+        """One batch, in micro-batches and across ranks when configured (issue 11: train_step.py)."""
+        from kitchen.adapters.local.train_step import run_batch
 
         self._require_session()
-        check_loss_fn(loss_fn)
-        batch, lengths = self._collate(data, loss_fn)
-        model = self.model
-        model.train(train)
-        grad = torch.enable_grad() if train else torch.no_grad()
-        with grad:
-            with self._autocast():
-                logits = model(input_ids=batch["input_ids"], use_cache=False).logits
-            B, T, V = logits.shape
-            target_lp = -F.cross_entropy(
-                logits.float().reshape(B * T, V), batch["target_tokens"].reshape(B * T), reduction="none"
-            ).reshape(B, T)
-            del logits
-            out = compute_loss(loss_fn, target_lp, batch, loss_fn_config)
-            if train:
-                out.loss.backward()
-        extra_keys = list(out.extra)
-        stats = torch.stack(
-            [out.loss.detach().float(), out.num_tokens.float()] + [out.extra[k].float() for k in extra_keys]
-        ).tolist()
-        lp_cpu = target_lp.detach().to("cpu")
-        logprobs = [lp_cpu[i, :L].tolist() for i, L in enumerate(lengths)]
-        loss_sum, ntok = stats[0], stats[1]
-        metrics = {
-            "loss:sum": loss_sum,
-            "num_tokens": ntok,
-            "num_sequences": float(len(data)),
-            "num_input_tokens": float(sum(lengths)),
-        }
-        for k, v in zip(extra_keys, stats[2:]):
-            metrics[k] = v
-        mean = loss_sum / ntok if ntok > 0 else 0.0
-        metrics["loss:mean"] = mean
-        return ForwardBackwardResult(loss=mean, logprobs=logprobs, metrics=metrics)
+        return run_batch(self, data, loss_fn, loss_fn_config, train=train)
 
     def forward_backward(
         self, data: list[Datum], loss_fn: str = "cross_entropy", loss_fn_config: dict[str, float] | None = None
@@ -427,13 +367,21 @@ class LocalTrainingClient:
             g["weight_decay"] = float(params.weight_decay)
         tensors = [p for _, p in self._params]
         grads = [p.grad for p in tensors if p.grad is not None]
+        if self._scaler is not None:  # --- issue 11: fp16 loss scaling; clip the true gradients
+            self._scaler.unscale_(self.optimizer)
         if params.grad_clip_norm and params.grad_clip_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(tensors, float(params.grad_clip_norm))
         elif grads:
             norm = torch.nn.utils.get_total_norm(grads)
         else:
             norm = torch.zeros(())
-        self.optimizer.step()
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor norm over the shards
+            norm = norm.full_tensor()
+        if self._scaler is not None:
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return _resolved(
@@ -453,24 +401,35 @@ class LocalTrainingClient:
             )
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise ConfigError(f"Invalid checkpoint name '{name}': use a plain name like 'step_000100'.")
+        from kitchen.adapters.local import scale  # --- issue 11: FSDP2 gathers; only rank 0 writes
+
         names = [n for n, _ in self._params]
-        weights = {n: p for n, p in self._params}
+        weights = {n: scale.full_tensor(p.detach()) for n, p in self._params}
         opt = None
         if self.optimizer is not None:
-            opt = ckpt.optimizer_to_files(self.optimizer.state_dict(), names)
+            opt_sd = scale.full_optimizer_state(self.optimizer) if self._fsdp else self.optimizer.state_dict()
+            opt = ckpt.optimizer_to_files(opt_sd, names)
         info = {
             "model": self.facts.get("model"),
             "optimizer_steps": self.step,
             "lora_rank": self.facts.get("lora_rank"),
             "trainable_params": self.facts.get("trainable_params"),
+            "world_size": self._dist.get_world_size() if self._dist is not None else 1,
         }
+        if not scale.writes_files():
+            scale.barrier(self)
+            final = Path(self.checkpoint_dir) / name
+            return CheckpointRef(name=name, path=str(final.resolve()), step=int(step), kind="state")
         final = ckpt.write_state(
             Path(self.checkpoint_dir) / name, step=step, weights=weights, optimizer=opt, rng=get_rng_state(), info=info
         )
+        scale.barrier(self)
         return CheckpointRef(name=name, path=str(final.resolve()), step=int(step), kind="state")
 
     def load_state(self, ref: CheckpointRef | str, with_optimizer: bool = True) -> None:
         import torch
+
+        from kitchen.adapters.local import scale  # --- issue 11
 
         self._require_session()
         path = ref.path if isinstance(ref, CheckpointRef) else str(ref)
@@ -490,9 +449,16 @@ class LocalTrainingClient:
                 t = weights[n]
                 if t.shape != p.shape:
                     raise KitchenError(f"Checkpoint {path}: parameter {n} has shape {tuple(t.shape)}, expected {tuple(p.shape)}.")
-                p.copy_(t.to(p.dtype))
+                if hasattr(p, "device_mesh"):  # --- issue 11: FSDP2 shard
+                    p.copy_(scale.like(p, t))
+                else:
+                    p.copy_(t.to(p.dtype))
         for _, p in self._params:
             p.grad = None
+        # --- issue 11: say when the world size changed since the checkpoint
+        self.resume_note = scale.world_size_note(
+            state["info"].get("world_size"), self._dist.get_world_size() if self._dist is not None else 1
+        )
         if with_optimizer:
             info = state["info"]
             self.step = int(info.get("optimizer_steps", state["step"]))
@@ -502,6 +468,8 @@ class LocalTrainingClient:
                     raise KitchenError(f"Checkpoint {path}: optimizer state was saved for different parameters.")
                 if self.optimizer is None:
                     self.optimizer = self._make_optimizer(AdamParams())
+                if self._fsdp:  # --- issue 11
+                    opt_state = scale.local_optimizer_state(self.optimizer, opt_state, [p for _, p in self._params])
                 self.optimizer.load_state_dict(opt_state)
             else:
                 self.optimizer = None
@@ -546,6 +514,10 @@ class LocalTrainingClient:
                     config.tie_word_embeddings = False
                     if hasattr(config, "get_text_config"):
                         config.get_text_config().tie_word_embeddings = False
+            elif self._fsdp:  # --- issue 11: gather FSDP2 shards (a collective: every rank calls this)
+                from kitchen.adapters.local.scale import full_tensor
+
+                sd = {k: full_tensor(v.detach()).clone() for k, v in base.state_dict().items()}
             else:
                 clones: dict[int, Any] = {}
                 for k, v in base.state_dict().items():
@@ -565,6 +537,13 @@ class LocalTrainingClient:
         self._require_session()
         _quiet_transformers()
         final = Path(path).expanduser()
+        from kitchen.adapters.local import scale  # --- issue 11: rank 0 writes the final weights
+
+        if not scale.writes_files():
+            if self._fsdp:
+                self._merged_copy()  # the gather is a collective: every rank takes part
+            scale.barrier(self)
+            return str(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
@@ -599,6 +578,7 @@ class LocalTrainingClient:
             raise
         finally:
             gc.collect()
+        scale.barrier(self)
         return str(final)
 
     def sampling_client(self, base_model: str | None = None) -> LocalSamplingClient:

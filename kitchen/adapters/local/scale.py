@@ -1,0 +1,277 @@
+"""Scaling options of the local backend: micro-batching, activation checkpointing,
+padding-free rows, mixed precision, QLoRA, and data parallel across torchrun ranks.
+
+``LocalTrainingClient.start_session`` calls three hooks from here, in order:
+:func:`plan_session` (check the options against this machine, before any weights load),
+:func:`prepare_model` (activation checkpointing, QLoRA preparation) and
+:func:`wrap_parallel` (DDP for LoRA, FSDP2 ``fully_shard`` for full fine-tuning). Keeping
+them here leaves the client's own code about the Tinker port.
+
+Data parallel uses PyTorch's own engine only: torchrun sets the environment, DDP and
+FSDP2 synchronise gradients. Both *average* gradients over ranks; the Tinker loss is a
+sum, so :mod:`train_step` multiplies each rank's loss by the world size.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from kitchen.errors import ConfigError
+from kitchen.train.microbatch import MicroBatchOptions, check_options
+
+QUANTIZATIONS = ("4bit", "8bit")
+MIXED = ("no", "bf16", "fp16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_native_bf16() -> str | None:
+    """'amx_bf16' or 'avx512_bf16' when this CPU computes bf16 natively (Linux /proc/cpuinfo), else None."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    for name in ("amx_bf16", "avx512_bf16"):
+                        if name in flags:
+                            return name
+                    return None
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class ScalePlan:
+    micro: MicroBatchOptions = field(default_factory=MicroBatchOptions)
+    activation_checkpointing: bool = False
+    mixed_precision: str = "no"
+    quantization: str | None = None
+    world_size: int = 1
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def facts(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.micro.micro_batch_size:
+            out["micro_batch_size"] = self.micro.micro_batch_size
+        if self.micro.max_tokens:
+            out["max_tokens_per_micro_batch"] = self.micro.max_tokens
+        if self.micro.padding_free:
+            out["padding_free"] = True
+        if self.activation_checkpointing:
+            out["activation_checkpointing"] = True
+        if self.mixed_precision != "no":
+            out["precision"] = f"{self.mixed_precision} autocast, fp32 master weights"
+        if self.quantization:
+            out["quantization"] = self.quantization
+        if self.world_size > 1:
+            out["world_size"] = self.world_size
+        out.update(self.notes)
+        return out
+
+
+def plan_session(client: Any, config: Any, device: str, dtype: Any) -> ScalePlan:
+    """Check the scale options against this machine; raise ConfigError before loading weights."""
+    import torch
+
+    from kitchen import distributed
+
+    micro = MicroBatchOptions(
+        micro_batch_size=int(getattr(config, "micro_batch_size", 0) or 0),
+        max_tokens=int(getattr(config, "max_tokens_per_micro_batch", 0) or 0),
+        padding_free=bool(getattr(config, "padding_free", False)),
+    )
+    check_options(micro)
+    plan = ScalePlan(micro=micro, activation_checkpointing=bool(getattr(config, "activation_checkpointing", False)))
+    mixed = str(getattr(config, "mixed_precision", "no") or "no").lower()
+    if mixed not in MIXED:
+        raise ConfigError(f"mixed_precision={mixed!r} is not allowed: use no, bf16 or fp16.")
+    if mixed != "no" and dtype != torch.float32:
+        raise ConfigError(
+            f"mixed_precision={mixed} keeps fp32 master weights and computes in {mixed}: it needs dtype=float32, "
+            f"but dtype is {str(dtype).replace('torch.', '')}. Use dtype=float32 with mixed_precision={mixed}, or "
+            "dtype=bfloat16 with mixed_precision=no for bf16 weights."
+        )
+    on_cuda = device.startswith("cuda")
+    if mixed == "fp16" and not on_cuda:
+        raise ConfigError("mixed_precision=fp16 (with loss scaling) is for CUDA GPUs without bf16; this run is on the CPU. "
+                          "Use mixed_precision=bf16 on a CPU with native bf16, or mixed_precision=no.")
+    if mixed == "bf16" and not on_cuda and cpu_native_bf16() is None:
+        raise ConfigError("mixed_precision=bf16 on the CPU needs native bf16 (AVX512-BF16 or AMX), which this CPU lacks; "
+                          "use mixed_precision=no (fp32).")
+    if mixed == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError("mixed_precision=bf16: this GPU has no bf16; use mixed_precision=fp16 (loss scaling).")
+    plan.mixed_precision = mixed
+    if mixed == "bf16":
+        client._autocast_dtype = torch.bfloat16
+        if not on_cuda:
+            plan.notes["cpu_bf16"] = cpu_native_bf16()
+    elif mixed == "fp16":
+        client._autocast_dtype = torch.float16
+        client._scaler = torch.amp.GradScaler("cuda")
+    quant = getattr(config, "quantization", None)
+    if quant:
+        quant = str(quant).lower()
+        if quant not in QUANTIZATIONS:
+            raise ConfigError(f"quantization={quant!r} is not allowed: use 4bit or 8bit (QLoRA), or leave it unset.")
+        if not on_cuda:
+            raise ConfigError(
+                f"quantization={quant} (QLoRA through bitsandbytes) needs a CUDA GPU, and this run is on the CPU "
+                f"(device={device}). Leave quantization unset to train LoRA on full-precision weights."
+            )
+        if not config.lora.rank:
+            raise ConfigError(f"quantization={quant} trains LoRA adapters on frozen quantized weights: set lora_rank > 0.")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"quantization={quant} needs bitsandbytes: pip install 'crucible-kitchen[qlora]'."
+            ) from None
+        plan.quantization = quant
+    plan.world_size = distributed.world_size()
+    if plan.world_size > 1:
+        client._dist = distributed.ensure_process_group()
+        if not on_cuda and not client.threads:  # the node's cores are shared by its ranks
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+            from kitchen.adapters.local.client import default_threads
+
+            torch.set_num_threads(max(1, default_threads() // local))
+        plan.notes["parallel"] = "ddp" if config.lora.rank else "fsdp2"
+    if plan.notes.get("cpu_bf16") is None:
+        plan.notes.pop("cpu_bf16", None)
+    client.micro_opts = micro
+    return plan
+
+
+def prepare_model(client: Any, model: Any, plan: ScalePlan) -> Any:
+    """Activation checkpointing and QLoRA preparation, before LoRA wraps the model."""
+    if plan.quantization:
+        model = quantize(model, plan.quantization, client.device)
+    if plan.activation_checkpointing:
+        # Non-reentrant checkpointing recomputes each decoder layer in backward and works
+        # with frozen inputs (LoRA) without enable_input_require_grads.
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return model
+
+
+def quantize(model: Any, quant: str, device: str) -> Any:  # pragma: no cover - needs CUDA + bitsandbytes
+    """Replace the body's Linear layers by bitsandbytes 4-bit (NF4) or 8-bit layers, on CUDA.
+
+    The unembedding stays in full precision (as QLoRA does). Written against
+    transformers' bitsandbytes integration; not exercised on the CPU-only CI.
+    """
+    import peft
+    import torch
+    from transformers import BitsAndBytesConfig
+    from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+
+    cfg = BitsAndBytesConfig(
+        load_in_4bit=quant == "4bit", load_in_8bit=quant == "8bit", bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["lm_head"],
+    )
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    model = model.to("cpu")
+    model = replace_with_bnb_linear(model, modules_to_not_convert=["lm_head"], quantization_config=cfg)
+    model.load_state_dict(state, strict=False, assign=True)
+    model = model.to(device)  # bitsandbytes quantizes the weights as they move to the GPU
+    model.config.quantization_config = cfg
+    return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def wrap_parallel(client: Any, plan: ScalePlan) -> None:
+    """DDP around a LoRA model; FSDP2 ``fully_shard`` per decoder layer and root for full fine-tuning."""
+    dist = client._dist
+    if dist is None:
+        return
+    import torch
+
+    model = client.model
+    if client._lora:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [torch.device(client.device).index or 0] if client.device.startswith("cuda") else None
+        client._train_model = DDP(model, device_ids=ids)
+        client.facts_parallel = "ddp"
+        return
+    from torch.distributed.fsdp import fully_shard
+
+    layers = _decoder_layers(model)
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+    client._fsdp = True
+    client._train_model = model
+    client._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    client.facts_parallel = "fsdp2"
+
+
+def _decoder_layers(model: Any) -> list[Any]:
+    """The repeated blocks FSDP2 shards one by one (``model.model.layers`` for Llama-like models)."""
+    import torch
+
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0:
+            return list(mod)
+    return []
+
+
+# ---------------------------------------------------------------- checkpoints across ranks
+def full_tensor(t: Any) -> Any:
+    """A plain tensor: FSDP2 DTensors are gathered (a collective every rank must call)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def like(reference: Any, full: Any) -> Any:
+    """``full`` laid out like ``reference`` (sharded again when the reference is a DTensor)."""
+    if hasattr(reference, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(reference.dtype), reference.device_mesh, reference.placements)
+    return full
+
+
+def full_optimizer_state(optimizer: Any) -> dict[str, Any]:
+    sd = optimizer.state_dict()
+    state = {i: {k: full_tensor(v) for k, v in s.items()} for i, s in sd["state"].items()}
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def local_optimizer_state(optimizer: Any, full: dict[str, Any], params: list[Any]) -> dict[str, Any]:
+    """Re-shard a full optimizer state dict onto this rank's DTensor parameters."""
+    state = {}
+    for i, s in full["state"].items():
+        p = params[int(i)]
+        state[i] = {k: (like(p, v) if getattr(v, "dim", lambda: 0)() > 0 and hasattr(p, "device_mesh") else v) for k, v in s.items()}
+    return {"state": state, "param_groups": full["param_groups"]}
+
+
+def world_size_note(saved: int | None, now: int) -> str | None:
+    saved = int(saved or 1)
+    if saved == now:
+        return None
+    return (
+        f"this checkpoint was written by {saved} process(es) and the run now has {now}: every step still sees the "
+        "same examples in the same order (each rank takes a slice of the same global batch), but gradients are "
+        "summed in a different order, so losses continue only to float rounding, not bit for bit."
+    )
+
+
+def writes_files() -> bool:
+    from kitchen.distributed import is_rank0
+
+    return is_rank0()
+
+
+def barrier(client: Any) -> None:
+    if client._dist is not None:
+        client._dist.barrier()
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
