@@ -61,13 +61,12 @@ def lane_indices(ctx: Context, lane: int, lanes: int, n: int) -> list[int]:
     return [g for g in range(n) if g % busy == lane]
 
 
-def sample_lane(ctx: Context, sampler: Any, renderer: Any, mine: list[int], salt: int = 0) -> Iterator[tuple[Group, Any]]:
-    """Sample ``group_size`` completions for each owned group, all submitted before any is awaited.
-
-    Reads the ``SamplingKeys`` of the spec (group_size, max_tokens, temperature, seed).
-    """
+def sample_lane(ctx: Context, sampler: Any, renderer: Any, mine: list[int], salt: int = 0,
+                n: int | None = None) -> Iterator[tuple[Group, Any]]:
+    """Sample ``n`` (default ``group_size``) completions for each owned group, all submitted
+    before any is awaited. Reads max_tokens, temperature and seed from the spec."""
     spec, groups = ctx.spec, ctx.use(Rollouts).groups
-    futures = [sampler.sample(groups[g].prompt_tokens, spec.group_size,
+    futures = [sampler.sample(groups[g].prompt_tokens, n or spec.group_size,
                               sample_params(spec, renderer, sampling_seed(spec.seed, ctx.step, g, salt))) for g in mine]
     for g, future in zip(mine, futures):
         yield groups[g], future.result()

@@ -18,7 +18,7 @@ from typing import Any
 from kitchen.engine.context import Context
 from kitchen.engine.pipeline import StepOutput
 from kitchen.engine.stage import Stage
-from kitchen.stages.rollouts import Group, Rollouts, Sample, require_max_steps, sample_params, sampling_seed
+from kitchen.stages.rollouts import Group, Rollouts, Sample, require_max_steps, sample_lane
 from kitchen.stages.session import Session
 from kitchen.telemetry import events as ev
 from kitchen.train.messages import last_user_text
@@ -66,17 +66,15 @@ class SampleK(Stage):
         ctx.pipeline.drain()  # on-policy: the sampler must see every finished optimizer step
         spec, env, renderer = ctx.spec, ctx.use(RSFTState).env, ctx.use(Session).renderer
         problems = env.initial_prompts(spec.seed * 1_000_003 + ctx.step, spec.prompts_per_step)
-        groups = [Group(p.messages, renderer.build_prompt(p.messages), problem=p) for p in problems]
-        sampler = ctx.training.sampling_client()
-        futures = [sampler.sample(g.prompt_tokens, spec.samples_per_prompt,
-                                  sample_params(spec, renderer, sampling_seed(spec.seed, ctx.step, i)))
-                   for i, g in enumerate(groups)]  # all in flight before the first is awaited
-        for group, future in zip(groups, futures):
-            for seq in future.result().sequences:
+        rollouts = ctx.use(Rollouts)
+        rollouts.groups = [Group(p.messages, renderer.build_prompt(p.messages), problem=p) for p in problems]
+        # kitchen's helper sends every prompt's sample() before awaiting any (seeds: seed, step, prompt)
+        for group, result in sample_lane(ctx, ctx.training.sampling_client(), renderer, list(range(len(problems))),
+                                         n=spec.samples_per_prompt):
+            for seq in result.sequences:
                 text = renderer.parse_response(seq.tokens)
                 score = env.score(group.problem, text)
                 group.samples.append(Sample(list(seq.tokens), list(seq.logprobs), text, float(score.reward), bool(score.correct)))
-        ctx.use(Rollouts).groups = groups
 
 
 class KeepBest(Stage):

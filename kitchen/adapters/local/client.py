@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from kitchen.adapters.local import check_threads as _check_threads
 from kitchen.adapters.local import checkpoint as ckpt
 from kitchen.adapters.local.models import (
     _torch_dtype,
@@ -62,23 +63,6 @@ def _resolved(value: Any) -> Future:
     f: Future = Future()
     f.set_result(value)
     return f
-
-
-def _check_threads(threads: Any) -> int | None:
-    """``threads``: None/0 = every core; otherwise a positive integer (issue 13)."""
-    if threads is None or threads == 0:
-        return None
-    try:
-        value = int(threads)
-        ok = value > 0 and float(threads) == value
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(
-            f"adapters.training.threads={threads!r} is not allowed: give a positive number of CPU threads "
-            "(or 0 / leave it unset to use every core this process may use)."
-        )
-    return value
 
 
 def default_threads() -> int:
