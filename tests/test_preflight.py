@@ -9,7 +9,7 @@ import pytest
 
 NOOP = ("adapters=noop", "telemetry=jsonl")
 ROWS = {
-    "no_conversation.jsonl": [{"text": "a row with no conversation"}],
+    "no_conversation.jsonl": [{"question": "a row in no format kitchen knows", "id": 3}],
     "no_assistant.jsonl": [{"messages": [{"role": "user", "content": "hi"}]}],
     "bad_role.jsonl": [{"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "yo"}]}],
     "pairs_missing.jsonl": [{"prompt": "hi", "chosen": "yes"}],
@@ -31,10 +31,10 @@ CATALOG = [
     (["+dpo_beta=0.2"], ["dpo_beta", "'preference' workflow"]),
     (["recipe=rl_basic", "batch_size=4"], ["batch_size", "'supervised'", "'reinforcement'"]),
     (["batch_size=0"], ["batch_size", "greater than 0"]),
-    (["dataset={data}/no_conversation.jsonl"], ["no_conversation.jsonl", "row 0", "messages"]),
+    (["dataset={data}/no_conversation.jsonl"], ["no_conversation.jsonl", "question"]),
     (["dataset={data}/no_assistant.jsonl", "~test_dataset"], ["no_assistant.jsonl", "row 0", "assistant"]),
     (["dataset={data}/bad_role.jsonl", "~test_dataset"], ["bad_role.jsonl", "wizard"]),
-    (["test_dataset={data}/no_conversation.jsonl"], ["no_conversation.jsonl", "row 0"]),
+    (["test_dataset={data}/no_conversation.jsonl"], ["no_conversation.jsonl", "question"]),
     (["recipe=dpo_basic", "dataset={data}/pairs_missing.jsonl", "~test_dataset"], ["pairs_missing.jsonl", "rejected"]),
     (["recipe=rl_basic", "env=arithmatic"], ["arithmatic", "Did you mean 'arithmetic'?"]),
     (["recipe=rl_basic", "~max_steps"], ["max_steps"]),
@@ -67,7 +67,7 @@ def test_validate_rejects_what_run_rejects_and_nothing_is_written(kitchen, tmp_p
 
 def test_validate_ok_means_the_run_gets_going(kitchen, tmp_path):
     r = kitchen("validate", *NOOP, "max_steps=2", f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert r.code == 0 and r.out.startswith("ok:") and "dataset: 300 rows" in r.out, r
+    assert r.code == 0 and r.out.startswith("ok:") and "dataset: 300 train rows" in r.out, r
     assert not (tmp_path / "run").exists()
     assert kitchen("run", *NOOP, "max_steps=2", f"run_dir={tmp_path / 'run'}", cwd=tmp_path).code == 0
 

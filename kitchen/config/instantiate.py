@@ -82,7 +82,8 @@ def build(kind: str, entry: str | Mapping[str, Any], /, **runtime: Any) -> Any:
 
 
 def _accepted(factory: Any, runtime: dict[str, Any]) -> dict[str, Any]:
-    """The runtime arguments ``factory`` names (all of them if it takes ``**kwargs``)."""
+    """The runtime arguments ``factory`` names as parameters (``**kwargs`` receives none of
+    them: those are the node's own options)."""
     import inspect
 
     if not runtime:
@@ -91,9 +92,8 @@ def _accepted(factory: Any, runtime: dict[str, Any]) -> dict[str, Any]:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return runtime
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return runtime
-    return {k: v for k, v in runtime.items() if k in params}
+    return {k: v for k, v in runtime.items()
+            if k in params and params[k].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
 
 
 def _load(target: str, label: str) -> Any:
