@@ -98,7 +98,8 @@ def main() -> None:
     t0 = time.perf_counter()
     n_plain = 0
     for r in rows:
-        n_plain += len(tok.apply_chat_template(r["messages"], tokenize=True))
+        ids = tok.apply_chat_template(r["messages"], tokenize=True)
+        n_plain += len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
     plain = time.perf_counter() - t0
 
     t0 = time.perf_counter()
