@@ -210,10 +210,12 @@ def saved_bytes_per_token_layer(cfg: dict, checkpointing: bool, tokens: int = 25
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         total = 0
+        weights = {q.untyped_storage().data_ptr() for q in model.parameters()}
 
         def pack(t):
             nonlocal total
-            if t.requires_grad or t.grad_fn is not None or t.is_floating_point():
+            # autograd also saves the weights of every matmul: they are parameters, not activations
+            if t.untyped_storage().data_ptr() not in weights:
                 total += t.numel() * t.element_size()
             return t
 
