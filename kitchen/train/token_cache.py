@@ -248,14 +248,24 @@ class ArrowDatums(Sequence):
         self._rows = pc.indices_nonzero(pc.invert(self._t.column("empty"))).to_numpy()
         prefixes = ("chosen_", "rejected_") if kind == "preference" else ("",)
         self._cols = [(self._t.column(f"{p}tokens"), self._t.column(f"{p}weights")) for p in prefixes]
+        self._memo: dict[int, Any] = {}
+
+    MEMO_LIMIT = 8192  # decoded examples kept: a small set decodes once per run, a large one stays bounded
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def _one(self, k: int):
+        found = self._memo.get(k)
+        if found is not None:
+            return found
         r = int(self._rows[k])
         items = [datum_from_rendered(tok[r].as_py(), w[r].as_py()) for tok, w in self._cols]
-        return items[0] if self._kind != "preference" else (items[0], items[1])
+        one = items[0] if self._kind != "preference" else (items[0], items[1])
+        if len(self._memo) >= self.MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[k] = one
+        return one
 
     def __getitem__(self, k):
         if isinstance(k, slice):
