@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.kitchen-installed
 
-.PHONY: setup run test test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning clean
+.PHONY: setup run test test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-kills clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,9 @@ bench-pipeline: setup
 
 bench-learning: setup
 	$(PY) benchmarks/bench_learning.py
+
+bench-kills: setup
+	$(PY) benchmarks/bench_kills.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
