@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.kitchen-installed
 
-.PHONY: setup run test test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory bench-scale clean
+.PHONY: setup run test test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory bench-scale bench-kills clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,9 @@ $(BENCH_STAMP): $(STAMP)
 
 bench-scale: setup $(BENCH_STAMP)
 	$(PY) benchmarks/bench_scale.py $(ARGS)
+
+bench-kills: setup
+	$(PY) benchmarks/bench_kills.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -60,6 +60,7 @@ def resume_config(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RunDirError(f"{config} holds a {type(data).__name__}, not the mapping of settings a run writes, "
                           "so the run cannot be resumed from it. Restore it from a copy, or start a new run.")
+    data.pop("resume_from", None)  # a one-shot choice of the attempt that wrote this config, not of the next one
     changes = parse_overrides(overrides)
     try:
         merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.create(changes))

@@ -124,8 +124,9 @@ class RunDir:
 
     def relative(self, path: str) -> str:
         """``path`` relative to the run dir when it lies inside it; anything else unchanged."""
-        if not path or "://" in path or not os.path.isabs(path):
+        if not path or "://" in path:
             return path
+        path = os.path.abspath(path)  # a path relative to the cwd (run_dir=runs/x) counts as inside too
         for root in {self.path.absolute(), self.path.resolve()}:
             try:
                 return Path(os.path.abspath(path)).relative_to(root).as_posix()
@@ -149,8 +150,9 @@ class RunDir:
             return path
         if path and not os.path.isabs(path):
             candidate = self.path / path
-            return str(candidate.absolute()) if candidate.exists() else None
-        if path and Path(path).exists():
+            if candidate.exists():
+                return str(candidate.absolute())
+        elif path and Path(path).exists():
             return path
         name = str(record.get("name") or (Path(path).name if path else ""))
         candidate = self.checkpoints / name

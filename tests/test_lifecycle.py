@@ -98,6 +98,16 @@ def test_killed_run_moved_then_resumed_equals_uninterrupted(kitchen, tmp_path, b
     assert all(a[s] == b[s] for s in a), [s for s in a if a[s] != b[s]][:5]  # bit-identical
 
 
+def test_relative_run_dir_resumes_from_a_named_checkpoint(kitchen, tmp_path):
+    """run_dir=runs/x (relative to the cwd), as the README shows it."""
+    assert kitchen("run", *NOOP, "max_steps=6", "save_every=2", "run_dir=runs/try1", cwd=tmp_path).code == 0
+    assert [r["path"] for r in read_jsonl(tmp_path / "runs/try1/checkpoints/checkpoints.jsonl")][0] == "checkpoints/step_000002"
+    r = kitchen("resume", "runs/try1", "resume_from=step_000004", cwd=tmp_path)
+    assert r.code == 0 and started_from(tmp_path / "runs/try1") == 4, r
+    r = kitchen("resume", str(tmp_path / "runs/try1"), "max_steps=8")
+    assert r.code == 0 and started_from(tmp_path / "runs/try1") == 6, r
+
+
 def test_old_absolute_records_still_resume_after_a_move(kitchen, tmp_path):
     run_dir, moved = tmp_path / "old", tmp_path / "old-moved"
     assert kitchen("run", *NOOP, "max_steps=6", "save_every=3", f"run_dir={run_dir}").code == 0
