@@ -87,6 +87,9 @@ def make_backend(kind: str) -> Any:
     raise KitchenError(f"unknown serve backend {kind!r}; use 'local' or 'noop'")
 
 
+_START_LOCK = threading.Lock()
+
+
 class ModelWorker:
     """One served model: its kitchen TrainingClient and the thread that runs its requests in order."""
 
@@ -116,10 +119,15 @@ class ModelWorker:
         return SessionConfig(base_model=self.base_model, lora=self.lora, seed=self.seed, **kw)
 
     def start(self) -> dict[str, Any]:
-        self.client = make_backend(self.backend_kind)
-        if hasattr(self.client, "set_checkpoint_dir"):
-            self.client.set_checkpoint_dir(self.ckpt_dir / "weights")
-        facts = self.client.start_session(self.session_config())
+        client = make_backend(self.backend_kind)
+        if hasattr(client, "set_checkpoint_dir"):
+            client.set_checkpoint_dir(self.ckpt_dir / "weights")
+        # One session start at a time: start_session seeds the process-global torch RNG and
+        # then draws the LoRA init from it, so two concurrent starts would take each
+        # other's random numbers (same first loss, different runs after).
+        with _START_LOCK:
+            facts = client.start_session(self.session_config())
+        self.client = client
         return facts
 
     def submit(self, rec: FutureRecord, fn: Callable[[], Any]) -> None:
@@ -333,7 +341,8 @@ class ServerState:
             if base_model in self.base_samplers:
                 return self.base_samplers[base_model]
         client = make_backend(self.backend)
-        client.start_session(SessionConfig(base_model=base_model))
+        with _START_LOCK:  # start_session reseeds the global RNG (see ModelWorker.start)
+            client.start_session(SessionConfig(base_model=base_model))
         sampler = client.sampling_client(base_model=base_model)
         with self.lock:
             self.base_samplers[base_model] = sampler
