@@ -42,7 +42,6 @@ from kitchen.serve import wire
 from kitchen.serve.faults import FaultPlan
 from kitchen.ports.tinker_ext import NOOP_TOKENIZER_ID, STEP_METRIC, session_settings
 from kitchen.serve.state import (
-    CHECKPOINT_NAME_RULE,
     FutureRecord,
     ModelWorker,
     RequestError,

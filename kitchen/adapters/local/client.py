@@ -36,7 +36,7 @@ from kitchen.adapters.local.models import (
     resolve_model,
 )
 from kitchen.adapters.local.sampling import LocalSamplingClient
-from kitchen.errors import ConfigError, DataError, KitchenError
+from kitchen.errors import ConfigError, KitchenError
 from kitchen.ports.types import (
     AdamParams,
     CheckpointRef,
