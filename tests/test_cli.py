@@ -109,7 +109,7 @@ def test_multirun_sweeps_and_summarises(kitchen, tmp_path):
 def test_multirun_failed_job_does_not_stop_the_others(kitchen, tmp_path):
     """Job 0 diverges at step 2 (a failure no preflight can see); job 1 still runs to the end."""
     sweep = tmp_path / "sweep"
-    r = kitchen("run", "-m", *NOOP, "max_steps=3", "+adapters.training.nan_at_step=2,1000", f"hydra.sweep.dir={sweep}")
+    r = kitchen("run", "-m", *NOOP, "max_steps=3", "adapters.training.nan_at_step=2,1000", f"hydra.sweep.dir={sweep}")
     assert r.code == 1, r
     statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/run.json"))
     assert statuses == ["completed", "failed"]

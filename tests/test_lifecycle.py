@@ -204,7 +204,7 @@ def test_failed_attempt_never_rewrites_a_completed_record(kitchen, tmp_path):
     run_dir = tmp_path / "attempts"
     assert kitchen("run", *NOOP, "max_steps=4", "save_every=2", "pipeline_depth=0", f"run_dir={run_dir}").code == 0
     done = info_of(run_dir)
-    r = kitchen("resume", str(run_dir), "max_steps=10", "+adapters.training.nan_at_step=6")
+    r = kitchen("resume", str(run_dir), "max_steps=10", "adapters.training.nan_at_step=6")
     assert r.code == 2 and "nan" in r.err, r
     info = info_of(run_dir)
     assert (info["status"], info["step"], info["final_metrics"]) == ("completed", 4, done["final_metrics"])

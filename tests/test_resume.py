@@ -100,7 +100,7 @@ def test_ctrl_c_checkpoints_and_resume_finishes(kitchen, tmp_path):
 def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(kitchen, tmp_path):
     run_dir = tmp_path / "nan"
     r = kitchen("run", "adapters=noop", "telemetry=jsonl", "max_steps=20", "save_every=4", "pipeline_depth=0",
-                "+adapters.training.nan_at_step=7", f"run_dir={run_dir}")
+                "adapters.training.nan_at_step=7", f"run_dir={run_dir}")
     assert r.code == 2, r
     assert "loss became nan at step 7" in r.err and "step 4" in r.err and "Traceback" not in r.err
     records = [json.loads(line) for line in (run_dir / "checkpoints" / "checkpoints.jsonl").read_text().splitlines()]

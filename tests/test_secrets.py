@@ -44,12 +44,12 @@ def assert_clean(run_dir, *secrets: str) -> None:
 def test_urls_in_config_and_argv_are_redacted_harmless_args_kept(kitchen, tmp_path):
     run_dir = tmp_path / "urls"
     note = f"data from https://bob:{URL_SECRET}@data.example/set?token={QUERY_SECRET}&v=2"
-    r = kitchen("run", *NOOP, "max_steps=2", "max_tokens=7", f"description='{note}'", f"run_dir={run_dir}")
+    r = kitchen("run", *NOOP, "max_steps=2", "preview_max_tokens=7", f"description='{note}'", f"run_dir={run_dir}")
     assert r.code == 0, r
     assert_clean(run_dir, URL_SECRET, QUERY_SECRET)
     assert "https://bob:***@data.example/set?token=***&v=2" in (run_dir / "config.yaml").read_text()
     argv = json.loads((run_dir / "run.json").read_text())["argv"]
-    assert "max_tokens=7" in argv  # not dropped for containing "token"
+    assert "preview_max_tokens=7" in argv  # not dropped for containing "token"
     assert any("bob:***@data.example" in a for a in argv), argv
 
 

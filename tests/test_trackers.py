@@ -328,5 +328,5 @@ def test_sink_entries_shapes():
     assert resolved[1].node["experiment"] == "x" and resolved[2].node["a"] == 1
     with pytest.raises(ConfigError, match="telemetry.sinks\\[0\\]"):
         resolve_sinks([42])
-    with pytest.raises(ConfigError, match="could not be built"):
+    with pytest.raises(ConfigError, match="Could not import sink no_such_module"):
         build_sinks([{"_target_": "no_such_module.Sink"}], SinkContext(run_dir=Path(".")))
