@@ -99,3 +99,19 @@ def assert_completed(run_dir: Path, steps: int) -> dict:
     assert info["step"] == steps
     assert (run_dir / "final").is_dir()
     return info
+
+
+def run_completed(kitchen, run_dir: Path, *args: str, env: dict | None = None) -> dict:
+    """`kitchen run ARGS run_dir=RUN_DIR`, which must complete; returns its run.json."""
+    r = kitchen("run", *args, f"run_dir={run_dir}", env=env)
+    assert r.code == 0, r
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed", info.get("error")
+    return info
+
+
+def dataset_line(run_dir: Path) -> str:
+    """The run's `dataset:` line (detected format and row counts)."""
+    (line,) = [e["message"] for e in read_jsonl(run_dir / "events.jsonl")
+               if e["event"] == "run.info" and str(e.get("message", "")).startswith("dataset:")]
+    return line

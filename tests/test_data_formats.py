@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl
+from conftest import dataset_line, run_completed
 from data_fixtures import (
     alpaca_rows, answer, conversational_prompt_completion_rows, messages_rows, prompt_completion_rows, question,
     sharegpt_rows, text_rows, trained_per_answer, write_jsonl,
@@ -22,17 +22,8 @@ TINY = ("recipe=sl_basic", "adapters=local", "model=tiny-llama", "batch_size=2",
 
 
 def run_ok(kitchen, run_dir: Path, *overrides: str) -> dict:
-    r = kitchen("run", *TINY, f"run_dir={run_dir}", *overrides)
-    assert r.code == 0, r
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "completed", info.get("error")
-    return info
+    return run_completed(kitchen, run_dir, *TINY, *overrides)
 
-
-def dataset_line(run_dir: Path) -> str:
-    (line,) = [e["message"] for e in read_jsonl(run_dir / "events.jsonl")
-               if e["event"] == "run.info" and str(e.get("message", "")).startswith("dataset:")]
-    return line
 
 
 def test_sharegpt_train_and_alpaca_test_are_detected_and_trained_on_the_answers(kitchen, tmp_path):

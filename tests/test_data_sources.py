@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl
+from conftest import dataset_line, run_completed, read_jsonl
 from data_fixtures import (
     alpaca_rows, make_hub_cache, messages_rows, prompt_completion_rows, sharegpt_rows, trained_per_answer, write_jsonl,
 )
@@ -20,17 +20,8 @@ TINY = ("recipe=sl_basic", "adapters=local", "model=tiny-llama", "batch_size=2",
 
 
 def run_ok(kitchen, run_dir: Path, *overrides: str, env: dict | None = None) -> dict:
-    r = kitchen("run", *TINY, f"run_dir={run_dir}", *overrides, env=env)
-    assert r.code == 0, r
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "completed", info.get("error")
-    return info
+    return run_completed(kitchen, run_dir, *TINY, *overrides, env=env)
 
-
-def dataset_line(run_dir: Path) -> str:
-    (line,) = [e["message"] for e in read_jsonl(run_dir / "events.jsonl")
-               if e["event"] == "run.info" and str(e.get("message", "")).startswith("dataset:")]
-    return line
 
 
 def test_csv_train_and_parquet_shard_directory_test(kitchen, tmp_path):

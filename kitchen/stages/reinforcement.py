@@ -27,6 +27,7 @@ from kitchen.evaluators import EnvAccuracy
 from kitchen.ports.types import Datum
 from kitchen.stages.rollouts import (
     Group,
+    env_groups,
     Rollouts,
     Sample,
     lane_indices,
@@ -75,10 +76,9 @@ class RLPrompts(Stage):
 
     def execute(self, ctx: Context) -> None:
         ctx.pipeline.drain()  # on-policy: the sampler must see every finished optimizer step
-        spec, rl, renderer = ctx.spec, ctx.use(RLState), ctx.use(Session).renderer
-        problems = rl.env.initial_prompts(spec.seed * 1_000_003 + ctx.step, spec.groups_per_batch)
+        spec, rl = ctx.spec, ctx.use(RLState)
         rollouts = ctx.use(Rollouts)
-        rollouts.groups = [Group(p.messages, renderer.build_prompt(p.messages), problem=p) for p in problems]
+        rollouts.groups = env_groups(ctx, rl.env, spec.groups_per_batch)
         rollouts.sampler = ctx.training.sampling_client()
         if spec.kl_coef > 0 and rl.reference is None:
             rl.reference = ctx.training.sampling_client(base_model=spec.model)

@@ -44,6 +44,15 @@ class Rollouts:
     sampler: Any = None
 
 
+def env_groups(ctx: Context, env: Any, n: int) -> list[Group]:
+    """This step's ``n`` prompts from ``env`` (a pure function of seed and step), rendered as groups."""
+    from kitchen.stages.session import Session
+
+    renderer = ctx.use(Session).renderer
+    problems = env.initial_prompts(ctx.spec.seed * 1_000_003 + ctx.step, n)
+    return [Group(p.messages, renderer.build_prompt(p.messages), problem=p) for p in problems]
+
+
 def lanes(stage_cls: type, label: str, n: int = ROLLOUT_LANES) -> ParallelNode:
     """``n`` rollout lanes in a ``parallel`` node; lane i owns the groups g with g % lanes == i."""
     return parallel(

@@ -18,7 +18,7 @@ from typing import Any
 from kitchen.engine.context import Context
 from kitchen.engine.pipeline import StepOutput
 from kitchen.engine.stage import Stage
-from kitchen.stages.rollouts import Group, Rollouts, Sample, require_max_steps, sample_lane
+from kitchen.stages.rollouts import Group, Rollouts, Sample, env_groups, require_max_steps, sample_lane
 from kitchen.stages.session import Session
 from kitchen.telemetry import events as ev
 from kitchen.train.messages import last_user_text
@@ -65,11 +65,10 @@ class SampleK(Stage):
     def execute(self, ctx: Context) -> None:
         ctx.pipeline.drain()  # on-policy: the sampler must see every finished optimizer step
         spec, env, renderer = ctx.spec, ctx.use(RSFTState).env, ctx.use(Session).renderer
-        problems = env.initial_prompts(spec.seed * 1_000_003 + ctx.step, spec.prompts_per_step)
         rollouts = ctx.use(Rollouts)
-        rollouts.groups = [Group(p.messages, renderer.build_prompt(p.messages), problem=p) for p in problems]
+        rollouts.groups = env_groups(ctx, env, spec.prompts_per_step)  # this step's prompts (seed, step)
         # kitchen's helper sends every prompt's sample() before awaiting any (seeds: seed, step, prompt)
-        for group, result in sample_lane(ctx, ctx.training.sampling_client(), renderer, list(range(len(problems))),
+        for group, result in sample_lane(ctx, ctx.training.sampling_client(), renderer, list(range(len(rollouts.groups))),
                                          n=spec.samples_per_prompt):
             for seq in result.sequences:
                 text = renderer.parse_response(seq.tokens)
