@@ -169,8 +169,8 @@ def recipes(recipes_dir: Optional[List[str]] = RecipesDirOpt) -> None:
     from kitchen.plugins import check_workflows, warn_once
 
     found = discover(recipes_dir or [])
-    for why in check_workflows().values():
-        warn_once(why)  # keyed by its package: one warning per broken plugin
+    for package, why in check_workflows().values():
+        warn_once(why, key=package)  # one warning per broken plugin
     print_recipes(found)
 
 

@@ -177,8 +177,8 @@ def catalog(refresh: bool = False) -> Catalog:
     return _CATALOG
 
 
-def check_workflows() -> dict[str, str]:
-    """Load every plugin workflow once; {name: why} for those that fail (the caller warns or errors)."""
+def check_workflows() -> dict[str, tuple[str, str]]:
+    """Load every plugin workflow once; {name: (package, why)} for those that fail (the caller warns or errors)."""
     broken = {}
     for entry in catalog().entries("workflows"):
         if entry.source == BUILTIN:
@@ -186,8 +186,7 @@ def check_workflows() -> dict[str, str]:
         try:
             entry.load()
         except ConfigError as exc:
-            broken[entry.name] = f"plugin {entry.source} is skipped: {exc.render()}"
-            _SOURCES[broken[entry.name]] = entry.source
+            broken[entry.name] = (entry.source, f"plugin {entry.source} is skipped: {exc.render()}")
     return broken
 
 
@@ -220,14 +219,13 @@ def plugin_recipe_dirs() -> list[tuple[str, Any]]:
 
 
 _WARNED: set[str] = set()
-_SOURCES: dict[str, str] = {}  # a broken workflow's message -> its package
 warning_sink: Callable[[str], None] | None = None
 
 
 def warn_once(message: str, key: str | None = None) -> None:
     """One warning per ``key`` (a plugin package: its first problem) per process, on stderr
     (the CLI) or through ``warning_sink``."""
-    key = key or _SOURCES.get(message) or message
+    key = key or message
     if key in _WARNED:
         return
     _WARNED.add(key)

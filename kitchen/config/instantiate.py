@@ -22,9 +22,6 @@ from typing import Any, Mapping
 
 from kitchen.errors import ConfigError, KitchenError
 
-# Names of missing modules -> the extra that installs them (for optional sinks and such).
-EXTRAS: dict[str, str] = {}
-
 # A config may name any class or factory, but never these modules' functions: a recipe
 # someone shared must not be able to run a shell command or rewrite files by naming
 # `os.system` or `shutil.rmtree` as an adapter.
@@ -102,14 +99,7 @@ def _load(target: str, label: str) -> Any:
     module_name, _, attr = target.rpartition(".")
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = (exc.name or "").split(".")[0]
-        extra = EXTRAS.get(missing)
-        if extra:
-            raise ConfigError(
-                f"{label} needs the Python package '{missing}', which is not installed. "
-                f"Install it with: pip install 'crucible-kitchen[{extra}]'."
-            ) from None
+    except ModuleNotFoundError as exc:  # a tracker's missing SDK is named with its extra earlier (resolve_sinks)
         raise ConfigError(f"Could not import {label}: no module named '{exc.name}'.") from None
     except KitchenError:
         raise
