@@ -9,7 +9,6 @@ run's own base model, then saved by the same ``save_weights`` as ``final/``).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -64,7 +63,6 @@ def export(run_dir: str | Path, out: str | Path, *, step: int | None = None, mer
                     data_stats=rw.info.get("data_stats"), step=step if step is not None else rw.info.get("step"))
         for leftover in picked.glob(".*"):
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
-        os.chmod(picked, 0o755)
         if out.exists():
             out.rmdir()
         atomic_publish_dir(picked, out)

@@ -8,6 +8,8 @@ transformers / peft, and their logits compared with each other.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +80,14 @@ def test_export_any_checkpoint_loads_with_plain_peft_and_transformers(cli, train
     assert "step 2" in (tmp_path / "a2" / "README.md").read_text()
     assert "library_name: transformers" in (tmp_path / "m2" / "README.md").read_text()
     assert json.loads((tmp_path / "m2" / "config.json").read_text())["dtype"] == "bfloat16"
+    # Published weights follow the umask like any other file (transformers writes model.safetensors
+    # through a 0600 temporary), so a serving process or a teammate in the group can read them.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for d in (run / "final", tmp_path / "m2", tmp_path / "a2"):
+        for p in (d, *d.rglob("*")):
+            want = (0o777 if p.is_dir() else 0o666) & ~mask
+            assert stat.S_IMODE(p.stat().st_mode) == want, p
 
     ids = list(range(3, 40))
     load = lambda p: AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)  # noqa: E731

@@ -180,7 +180,6 @@ def write_state(
         for p in sorted(tmp.iterdir()):
             files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         _write_json(tmp / MANIFEST, {"format": FORMAT, "step": int(step), "files": files})
-        os.chmod(tmp, 0o755)
         atomic_publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

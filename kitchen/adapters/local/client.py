@@ -555,7 +555,6 @@ class LocalTrainingClient:
                         self.model.save_pretrained(str(tmp / "adapter"))
                 finally:
                     pcfg.base_model_name_or_path, pcfg.revision = old
-            os.chmod(tmp, 0o755)
             atomic_publish_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -282,8 +282,31 @@ def _fsync_tree(path: Path) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _give_usual_modes(path: Path) -> None:
+    """Give a tree the modes a plain ``open``/``mkdir`` would have, under the user's umask.
+
+    Temporary dirs are created 0700, and transformers writes ``model.safetensors`` through a
+    0600 temporary file, so without this a published ``final/`` or checkpoint is readable
+    only by its owner: a serving process or a teammate in the same group cannot load it.
+    """
+    mask = _current_umask()
+    os.chmod(path, 0o777 & ~mask)
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~mask)
+
+
 def atomic_publish_dir(tmp: Path, final: Path, *, replace: bool = True) -> None:
-    """fsync ``tmp`` and rename it to ``final`` (swapping out an old ``final``)."""
+    """Give ``tmp`` the usual modes, fsync it and rename it to ``final`` (swapping out an old ``final``)."""
+    _give_usual_modes(tmp)
     _fsync_tree(tmp)
     if final.exists():
         if not replace:
