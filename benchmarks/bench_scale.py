@@ -191,10 +191,13 @@ def grid(model_dir: Path, batches: list[int], lengths: list[int], steps: int, th
     for i, (b, L) in enumerate(workloads):
         data = datums(token_rows(b, L))
         for mode, client in clients.items():
-            times, peak, loss = kitchen_steps(client, data, steps, warmup=i == 0)
-            med = statistics.median(times)
-            rows.append(dict(batch=b, length=L, mode=mode, step_s=med, tok_s=b * L / med, peak_mib=peak / MIB, loss=loss))
-            log(f"  batch {b:>2} x len {L:>4}  {mode:<15} {med:7.2f} s/step {b * L / med:8.0f} tok/s  peak +{peak / MIB:7.0f} MiB  loss {loss:.4f}")
+            cpu: list[float] = []
+            times, peak, loss = kitchen_steps(client, data, steps, cpu, warmup=i == 0)
+            med, med_cpu = statistics.median(times), statistics.median(cpu)
+            rows.append(dict(batch=b, length=L, mode=mode, step_s=med, cpu_s=med_cpu, tok_s=b * L / med,
+                             peak_mib=peak / MIB, loss=loss))
+            log(f"  batch {b:>2} x len {L:>4}  {mode:<15} {med:7.2f} s/step ({med_cpu:6.2f} CPU s) {b * L / med:8.0f} tok/s  "
+                f"peak +{peak / MIB:7.0f} MiB  loss {loss:.4f}")
     for client in clients.values():
         client.close()
     clients.clear()
@@ -203,10 +206,11 @@ def grid(model_dir: Path, batches: list[int], lengths: list[int], steps: int, th
 
 
 def print_grid(rows: list[dict]) -> None:
-    log("\n| batch | length | mode | s/step | tokens/s | peak step memory (MiB) | loss |")
-    log("|---:|---:|---|---:|---:|---:|---:|")
+    log("\n| batch | length | mode | s/step | CPU s/step | tokens/s | peak step memory (MiB) | loss |")
+    log("|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        log(f"| {r['batch']} | {r['length']} | {r['mode']} | {r['step_s']:.2f} | {r['tok_s']:.0f} | {r['peak_mib']:.0f} | {r['loss']:.4f} |")
+        log(f"| {r['batch']} | {r['length']} | {r['mode']} | {r['step_s']:.2f} | {r['cpu_s']:.2f} | {r['tok_s']:.0f} | "
+            f"{r['peak_mib']:.0f} | {r['loss']:.4f} |")
 
 
 # ------------------------------------------------------------------ extrapolation
