@@ -225,3 +225,16 @@ def test_world_size_must_divide_the_batch(tmp_path):
     assert "batch_size=6 cannot be split evenly over 4 processes" in res.text
     assert "1, 2, 3, 6" in res.text
     assert "Traceback" not in res.text
+
+
+def test_resume_on_ranks_that_cannot_split_the_batch_is_refused_before_launching(tmp_path):
+    run_dir = tmp_path / "r"
+    res = run_kitchen("run", "recipe=sl_basic", "adapters=noop", "telemetry=jsonl", "batch_size=4", "max_steps=2",
+                      f"run_dir={run_dir}")
+    assert res.code == 0, res
+    before = (run_dir / "run.json").read_text()
+    res = run_kitchen("resume", str(run_dir), "max_steps=4", "distributed.nproc_per_node=3")
+    assert res.code == 2, res
+    assert "batch_size=4 cannot be split evenly over 3 processes" in res.text and "1, 2, 4" in res.text
+    assert "Traceback" not in res.text
+    assert (run_dir / "run.json").read_text() == before  # nothing started, nothing written
