@@ -454,7 +454,7 @@ def main() -> None:
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)
     skip = set(filter(None, args.skip.split(",")))
-    log(f"bench_scale: torch {torch.__version__}, {threads} threads, CPU fp32, LoRA r16; "
+    log(f"bench_scale: torch {torch.__version__}, {threads} threads (TRL side by side: {args.trl_threads}), CPU fp32, LoRA r16; "
         f"machine load average {os.getloadavg()[0]:.1f} (shared machine: compare rows of one run, not across runs)")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(Path(tmp))
