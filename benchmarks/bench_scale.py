@@ -11,9 +11,11 @@
    size in {4, 8, 16, 32} at length 256 and length in {512, 1024, 2048} at batch 4 (by
    default only batch {4, 16} at 256 and 4 x 1024), with
    LoRA r16 in fp32: time per step and peak memory, for the single pass, a token budget
-   per micro-batch (``max_tokens_per_micro_batch`` = 1024, or the longest length when
-   that is longer), activation checkpointing, and both. One client per mode takes every
-   workload in turn (one warm-up step per client).
+   per micro-batch (``max_tokens_per_micro_batch`` = 1024, or the row length when that
+   is longer), activation checkpointing, and both. One client per mode takes every
+   workload in turn, with one warm-up step when it is created (a length above 1024 gets
+   four new ones, as the budget is a session setting), so the four clients of a row have
+   seen the same batches and their losses differ only by float rounding.
 2. **Memory** is the peak resident set of this process during one step, above the
    resident set just before it (model, optimizer state and allocator caches included in
    the baseline): ``VmHWM`` from /proc/self/status after resetting it by writing 5 to
@@ -166,7 +168,7 @@ def kitchen_steps(client, data, steps: int, cpu_times: list[float] | None = None
 
 
 # ------------------------------------------------------------------ grid
-MICRO_BUDGET = 1024  # tokens per micro-batch, raised to the grid's longest length when that is longer
+MICRO_BUDGET = 1024  # tokens per micro-batch, raised to the row length when that is longer
 MODES = {
     "single pass": {},
     "micro budget": {"budget": True},
@@ -177,22 +179,25 @@ MODES = {
 
 def grid(model_dir: Path, batches: list[int], lengths: list[int], steps: int, threads: int) -> list[dict]:
     """Every workload through one long-lived client per mode (session setup and the warm-up
-    step happen once per mode, not once per cell); each mode's client sees the same
-    batches in the same order, so the losses of one row stay comparable across modes."""
+    step happen once per client, not once per cell); each mode's client sees the same
+    batches in the same order, so the losses of one row stay comparable across modes.
+    The micro-batch budget is a session setting, so a length above it gets new clients."""
     workloads = [(b, lengths[0]) for b in batches] + [(batches[0], L) for L in lengths[1:]]
-    budget = max(MICRO_BUDGET, max(lengths))  # one sequence is never split, so the budget must hold the longest
-    clients = {}
-    for mode, opts in MODES.items():
-        scale = dict(opts)
-        if scale.pop("budget", False):
-            scale["max_tokens_per_micro_batch"] = budget
-        clients[mode] = kitchen_client(model_dir, threads, **scale)
+    clients: dict[tuple[str, int], object] = {}
     rows = []
-    for i, (b, L) in enumerate(workloads):
+    for b, L in workloads:
         data = datums(token_rows(b, L))
-        for mode, client in clients.items():
+        for mode, opts in MODES.items():
+            scale = dict(opts)
+            budget = max(MICRO_BUDGET, L)  # a sequence is never split across passes
+            if scale.pop("budget", False):
+                scale["max_tokens_per_micro_batch"] = budget
+            # every mode gets a new client when the budget changes, so a row's clients share one history
+            fresh = (mode, budget) not in clients
+            if fresh:
+                clients[(mode, budget)] = kitchen_client(model_dir, threads, **scale)
             cpu: list[float] = []
-            times, peak, loss = kitchen_steps(client, data, steps, cpu, warmup=i == 0)
+            times, peak, loss = kitchen_steps(clients[(mode, budget)], data, steps, cpu, warmup=fresh)
             med, med_cpu = statistics.median(times), statistics.median(cpu)
             rows.append(dict(batch=b, length=L, mode=mode, step_s=med, cpu_s=med_cpu, tok_s=b * L / med,
                              peak_mib=peak / MIB, loss=loss))
