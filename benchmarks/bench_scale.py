@@ -1,7 +1,7 @@
 """Memory and time per step of the local backend at scale; TRL's SFTTrainer side by side.
 
     make bench-scale                         # the default, short run: 3 workloads x 4 modes, 2 TRL rounds
-    make bench-scale ARGS=--full             # the whole grid below, more steps and rounds (~6x the tokens)
+    make bench-scale ARGS=--full             # the whole grid below, more steps and rounds (~16 min on 2 busy cores)
 
 1. **Grid.** A Llama-shaped model built from a config dict with random weights (speed and
    memory do not depend on the weights): vocabulary 8192, tied embeddings, hidden 128,
@@ -425,7 +425,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true",
                     help=f"the whole grid (batches {FULL['batches']}, lengths {FULL['lengths']}), "
-                         f"{FULL['steps']} timed steps per cell and {FULL['trl_rounds']} TRL rounds (about 6x the default grid's tokens; not timed here)")
+                         f"{FULL['steps']} timed steps per cell and {FULL['trl_rounds']} TRL rounds (16 min on 2 cores at load average ~11)")
     ap.add_argument("--batches", default=None, help=f"batch sizes at the first length (default {QUICK['batches']})")
     ap.add_argument("--lengths", default=None, help=f"lengths; the longer ones at the first batch size (default {QUICK['lengths']})")
     ap.add_argument("--steps", type=int, default=None, help=f"timed steps per cell, after one warm-up step (default {QUICK['steps']})")
