@@ -111,7 +111,7 @@ def _run_sweep(overrides: list[str], recipes_dir: list[str]) -> None:
     from kitchen.cli_views import print_sweep_summary
     from kitchen.config.compose import expand_sweep, launch
     from kitchen.preflight import compose_spec, preflight
-    from kitchen.sweeps import SWEEP_LOG_ENV, read_records, sweep_overrides, sweep_task
+    from kitchen.sweeps import SWEEP_LOG_ENV, SWEEP_RECIPES_ENV, read_records, sweep_overrides, sweep_task
 
     # Every value the sweep will try is preflighted first, so a bad one fails before Hydra
     # creates the sweep directory.
@@ -122,6 +122,7 @@ def _run_sweep(overrides: list[str], recipes_dir: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="kitchen-sweep-") as tmp:
         log_path = os.path.join(tmp, "jobs.jsonl")
         os.environ[SWEEP_LOG_ENV] = log_path
+        os.environ[SWEEP_RECIPES_ENV] = os.pathsep.join(os.path.abspath(d) for d in recipes_dir)
         stopped = None
         try:
             launch(sweep_overrides(overrides), sweep_task, multirun=True, recipe_dirs=recipes_dir)
@@ -133,6 +134,7 @@ def _run_sweep(overrides: list[str], recipes_dir: list[str]) -> None:
             stopped = f"{type(exc).__name__}: {exc}"
         finally:
             os.environ.pop(SWEEP_LOG_ENV, None)
+            os.environ.pop(SWEEP_RECIPES_ENV, None)
         records = read_records(log_path)
     failed = print_sweep_summary(records)
     if stopped:
@@ -146,17 +148,27 @@ def resume(
     run_dir: Path = typer.Argument(..., help="A run directory written by `kitchen run`."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value changes, e.g. max_steps=200."),
 ) -> None:
-    """Continue a run from its last complete checkpoint (same as re-running with resume=true)."""
-    from kitchen.app import execute
+    """Continue a run from its last complete checkpoint (same as re-running with resume=true).
+
+    A run saved with ``distributed.nproc_per_node=N`` resumes on N ranks through torch's launcher,
+    as ``kitchen run`` started it; under ``torchrun ... -m kitchen resume DIR`` each rank joins the job."""
+    from kitchen import distributed as kdist
+    from kitchen.app import execute_prepared
     from kitchen.config.compose import setup
-    from kitchen.preflight import build_spec
+    from kitchen.preflight import build_spec, preflight
     from kitchen.resume_config import resume_config  # every malformed input is one paragraph
+    from kitchen.workflows import get_workflow
 
     config = run_dir / "config.yaml"
     data = resume_config(run_dir, list(overrides or []))
     setup()  # plugins' workflows by name
     spec, _ = build_spec(data, source=str(config))
-    result = execute(spec)
+    if spec.distributed.nproc_per_node > 1 and not kdist.under_launcher():
+        preflight(spec, get_workflow(spec.workflow.name))  # fail before starting any rank
+        raise typer.Exit(kdist.launch_run(spec, pin_run_dir=False)["exit_code"])
+    if kdist.is_distributed():
+        spec = kdist.join_run(spec)
+    result = execute_prepared(preflight(spec, get_workflow(spec.workflow.name)))
     raise typer.Exit(result.exit_code)
 
 

@@ -152,17 +152,20 @@ def join_run(spec: Any) -> Any:
     return spec.model_copy(update={"run_dir": run_dir}) if run_dir != spec.run_dir else spec
 
 
-def launch_run(spec: Any, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``kitchen run ... distributed.nproc_per_node=N``: re-run the same command on N ranks.
+def launch_run(spec: Any, argv: Sequence[str] | None = None, *, pin_run_dir: bool = True) -> dict[str, Any]:
+    """``kitchen run ... distributed.nproc_per_node=N`` (or ``kitchen resume`` of such a run,
+    or one job of a sweep): re-run the same command on N ranks.
 
     Checks what can be checked before starting anything (exit 2), pins the run dir so
-    every rank composes the same one, and returns the job's status for the CLI.
+    every rank composes the same one (``kitchen resume DIR`` names it already), and
+    returns the job's status for the CLI.
     """
     d = spec.distributed
     if getattr(spec, "batch_size", None):
         check_world_size(spec.batch_size, d.nproc_per_node * (int(d.nnodes) if d.nnodes.isdigit() else 1))
     args = list(sys.argv[1:] if argv is None else argv)
-    args = [a for a in args if not a.startswith("run_dir=")] + [f"run_dir={spec.run_dir}"]
+    if pin_run_dir:
+        args = [a for a in args if not a.startswith("run_dir=")] + [f"run_dir={spec.run_dir}"]
     code = launch(d.nproc_per_node, args, nnodes=d.nnodes, rdzv_endpoint=d.rdzv_endpoint,
                   rdzv_backend=d.rdzv_backend, node_rank=d.node_rank)
     status = {0: "completed", 130: "interrupted"}.get(code, "failed")

@@ -24,6 +24,7 @@ from typing import Any
 
 SWEEP_LOG_ENV = "KITCHEN_SWEEP_LOG"
 SWEEP_JOB_ENV = "KITCHEN_SWEEP_JOB"  # the console prefixes its lines with the job number
+SWEEP_RECIPES_ENV = "KITCHEN_SWEEP_RECIPES_DIRS"  # the sweep's --recipes-dir options, for jobs relaunched on N ranks
 
 
 def final_metric(result_metrics: dict[str, Any], run_dir: str | None, name: str) -> float | None:
@@ -77,6 +78,7 @@ def sweep_task(cfg: Any) -> Any:
     """The task function for each multirun job: never raises, so one failure can't stop the sweep."""
     from hydra.core.hydra_config import HydraConfig
 
+    from kitchen import distributed
     from kitchen.app import execute
     from kitchen.config.compose import register_resolvers, to_container
     from kitchen.preflight import build_spec
@@ -96,8 +98,11 @@ def sweep_task(cfg: Any) -> Any:
         data["run_dir"] = run_dir
         spec, _ = build_spec(data)
         objective, mode = spec.objective, spec.objective_mode
-        result = execute(spec)
-        record.update(status=result.status, step=result.step, metrics=result.metrics, error=result.error)
+        if spec.distributed.nproc_per_node > 1 and not distributed.under_launcher():
+            record.update(_run_on_ranks(spec, record["overrides"]))
+        else:
+            result = execute(spec)
+            record.update(status=result.status, step=result.step, metrics=result.metrics, error=result.error)
     except KitchenError as exc:
         record["error"] = exc.render()
     except Exception as exc:  # noqa: BLE001
@@ -121,6 +126,24 @@ def sweep_task(cfg: Any) -> Any:
     return record
 
 
+def _run_on_ranks(spec: Any, overrides: list[str]) -> dict[str, Any]:
+    """One sweep job with ``distributed.nproc_per_node=N``: ``kitchen run <its overrides>`` on N ranks.
+
+    The job runs through torch's launcher exactly as a single ``kitchen run`` would (each
+    rank composes the same config from the same overrides, in the job's own run dir); the
+    job's outcome is what rank 0 recorded in run.json.
+    """
+    from kitchen import distributed
+
+    dirs = [d for d in os.environ.get(SWEEP_RECIPES_ENV, "").split(os.pathsep) if d]
+    argv = ["run", *(a for d in dirs for a in ("--recipes-dir", d)), *overrides]
+    out = distributed.launch_run(spec, argv)
+    error = out["error"]
+    if out["status"] != "completed" and not error:
+        error = f"the job's ranks exited with code {out['exit_code']} (their errors are on the console above)"
+    return {"status": out["status"], "step": out["step"], "metrics": out["metrics"], "error": error}
+
+
 def sweep_overrides(overrides: list[str]) -> list[str]:
     """Let ``objective_mode=max`` set the Optuna sweeper's direction unless the user set it."""
     values = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("+", "~")))
@@ -138,4 +161,4 @@ def rank(records: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     return scored + rest
 
 
-__all__ = ["SWEEP_JOB_ENV", "SWEEP_LOG_ENV", "final_metric", "rank", "read_records", "sweep_overrides", "sweep_task"]
+__all__ = ["SWEEP_JOB_ENV", "SWEEP_LOG_ENV", "SWEEP_RECIPES_ENV", "final_metric", "rank", "read_records", "sweep_overrides", "sweep_task"]

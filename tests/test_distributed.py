@@ -3,6 +3,10 @@
 Each rank takes a contiguous share of every global batch and gradients are summed across
 ranks, so a 2-process run must take the 1-process run's steps (rel <= 1e-4). Only rank 0
 writes the run dir; a SIGKILLed job resumes exactly; a dying rank takes the job down.
+
+The default suite keeps the 1-vs-2-process equality, the rank-0 writes and the batch split
+error; every test that starts more torchrun jobs (FSDP2, kill and resume, resume through
+the launcher, sweeps on 2 ranks, a dying rank) is ``slow`` (CI runs those too).
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ COMMON = ("recipe=sl_basic", "model=tiny-llama", "batch_size=4", "num_preview_sa
 ENV = {"OMP_NUM_THREADS": "1"}
 
 
-def torchrun(*args: str, nproc: int = 2, timeout: float = 300, script: str | None = None) -> subprocess.CompletedProcess:
+def torchrun(*args: str, nproc: int = 2, timeout: float = 300, script: str | None = None,
+             command: str = "run") -> subprocess.CompletedProcess:
     target = [script] if script else ["-m", "kitchen"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "--monitor-interval=0.5", *target, "run", *args]
+           "--monitor-interval=0.5", *target, command, *args]
     return subprocess.run(cmd, cwd=REPO, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=timeout)
 
 
@@ -75,6 +80,7 @@ def test_only_rank0_writes_one_metrics_line_per_step(two_ranks):
     assert len(session) == 1 and "world_size=2" in session[0]["message"] and "parallel=ddp" in session[0]["message"]
 
 
+@pytest.mark.slow
 def test_full_finetune_with_fsdp2_through_kitchen_launcher(tmp_path):
     """``distributed.nproc_per_node=2`` on ``kitchen run`` starts the ranks through torch.distributed.run."""
     one = tmp_path / "one"
@@ -97,6 +103,7 @@ def test_full_finetune_with_fsdp2_through_kitchen_launcher(tmp_path):
     assert t.dtype == torch.float32 and t.shape[1] == 64
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_under_torchrun_is_exact(tmp_path, two_ranks):
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "kitchen", "run",
@@ -114,12 +121,58 @@ def test_sigkill_and_resume_under_torchrun_is_exact(tmp_path, two_ranks):
         proc.wait(timeout=30)
     done = [r["step"] for r in read_jsonl(index)]
     assert done and done[-1] < 5
-    res = torchrun(*COMMON, "max_steps=5", "save_every=2", f"run_dir={run_dir}", "resume=true")
+    res = torchrun(str(run_dir), command="resume")  # torchrun --nproc-per-node 2 -m kitchen resume RUN_DIR
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert_completed(run_dir, 5)
     assert step_losses(run_dir) == step_losses(two_ranks)  # bit for bit at the same world size
 
 
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory) -> Path:
+    """A LoRA run started by ``kitchen run ... distributed.nproc_per_node=2`` (config.yaml records the 2)."""
+    run_dir = tmp_path_factory.mktemp("dp") / "launched"
+    res = run_kitchen("run", *COMMON, "max_steps=5", "save_every=2", "distributed.nproc_per_node=2", f"run_dir={run_dir}", env=ENV)
+    assert res.code == 0, res
+    return run_dir
+
+
+@pytest.mark.slow
+def test_kitchen_resume_relaunches_a_launched_run_on_its_ranks(tmp_path, launched, two_ranks):
+    import shutil
+
+    assert step_losses(launched) == step_losses(two_ranks)  # the launcher's ranks are torchrun's ranks
+    run_dir = tmp_path / "again"
+    shutil.copytree(launched, run_dir)
+    index = run_dir / "checkpoints" / "checkpoints.jsonl"
+    index.write_text(index.read_text().splitlines()[0] + "\n")  # the last complete checkpoint is step 2
+    res = run_kitchen("resume", str(run_dir), env=ENV)  # no torchrun: kitchen relaunches on 2 ranks itself
+    assert res.code == 0, res
+    assert "world_size=2" in res.text and "parallel=ddp" in res.text
+    assert "written by 2 process(es)" not in res.text  # same world size: no data-order note
+    assert [r["step"] for r in metric_rows(run_dir)] == [1, 2, 3, 4, 5, 3, 4, 5]
+    assert step_losses(run_dir) == step_losses(launched)  # bit for bit
+
+
+@pytest.mark.slow
+def test_each_sweep_job_runs_on_two_ranks(tmp_path, one_process):
+    """``kitchen run -m ... distributed.nproc_per_node=2``: every job goes through torch's launcher."""
+    sweep = tmp_path / "sweep"
+    res = run_kitchen("run", "-m", *COMMON, "max_steps=5", "eval_max_examples=4,8", "distributed.nproc_per_node=2",
+                      f"hydra.sweep.dir={sweep}", env=ENV, timeout=600)
+    assert res.code == 0, res
+    jobs = sorted(p.parent for p in sweep.glob("*/run.json"))
+    assert len(jobs) == 2
+    for job in jobs:
+        assert_completed(job, 5)
+        assert [r["step"] for r in metric_rows(job)] == [1, 2, 3, 4, 5]  # rank 0 alone wrote the metrics
+        session = [e for e in read_jsonl(job / "events.jsonl") if str(e.get("message", "")).startswith("session:")]
+        assert len(session) == 1 and "world_size=2" in session[0]["message"]
+        losses = step_losses(job)
+        for step, loss in step_losses(one_process).items():  # eval_max_examples does not change training
+            assert losses[step] == pytest.approx(loss, rel=1e-4)
+
+
+@pytest.mark.slow
 def test_resume_at_another_world_size_works_and_says_so(tmp_path, two_ranks):
     import shutil
 
@@ -136,6 +189,7 @@ def test_resume_at_another_world_size_works_and_says_so(tmp_path, two_ranks):
         assert b[step] == pytest.approx(a[step], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_dying_rank_takes_the_job_down_with_its_error(tmp_path):
     script = tmp_path / "die.py"
     script.write_text(
@@ -171,3 +225,16 @@ def test_world_size_must_divide_the_batch(tmp_path):
     assert "batch_size=6 cannot be split evenly over 4 processes" in res.text
     assert "1, 2, 3, 6" in res.text
     assert "Traceback" not in res.text
+
+
+def test_resume_on_ranks_that_cannot_split_the_batch_is_refused_before_launching(tmp_path):
+    run_dir = tmp_path / "r"
+    res = run_kitchen("run", "recipe=sl_basic", "adapters=noop", "telemetry=jsonl", "batch_size=4", "max_steps=2",
+                      f"run_dir={run_dir}")
+    assert res.code == 0, res
+    before = (run_dir / "run.json").read_text()
+    res = run_kitchen("resume", str(run_dir), "max_steps=4", "distributed.nproc_per_node=3")
+    assert res.code == 2, res
+    assert "batch_size=4 cannot be split evenly over 3 processes" in res.text and "1, 2, 4" in res.text
+    assert "Traceback" not in res.text
+    assert (run_dir / "run.json").read_text() == before  # nothing started, nothing written
