@@ -183,3 +183,66 @@ def test_lru_evicts_loaded_samplers_and_reloads_them_from_disk(tmp_path, sdk_env
         metas = sorted((tmp_path / "s").rglob("sampler_weights/*/meta.json"))
         assert [json.loads(m.read_text())["kind"] for m in metas] == ["full" if rank == 0 else "lora"] * 2
         service.close("success").result()
+
+
+def _gauges(srv) -> dict[str, float]:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{srv.base_url}/metrics", headers={"X-API-Key": KEY}, timeout=30).text
+    return {f.name: f.samples[0].value for f in text_string_to_metric_families(text) if f.samples}
+
+
+def test_lora_sessions_share_one_base_model_in_memory(tmp_path, sdk_env):
+    """Three more LoRA sessions (with a sampler snapshot each) over the same base add only
+    their adapters to the server's weights, less than one base copy in all; a full
+    fine-tuning session still owns a whole copy."""
+    import tinker
+    from tinker import types
+
+    tokens = list(range(5, 25))
+    prompt = types.ModelInput.from_ints(tokens[:6])
+    with serve_subprocess(KEY, "local", state_dir=str(tmp_path / "s")) as srv:
+        service = tinker.ServiceClient(base_url=srv.base_url)
+
+        def lora_session(seed: int):
+            tc = service.create_lora_training_client(base_model="tiny-llama", rank=4, seed=seed).result()
+            tc.forward_backward([_datum(types, tokens)], "cross_entropy").result()
+            tc.optim_step(types.AdamParams(learning_rate=5e-2)).result()
+            snap = tc.save_weights_and_get_sampling_client().result()
+            return tc, snap.compute_logprobs(prompt).result()
+
+        first, first_lps = lora_session(0)
+        one = _gauges(srv)["kitchen_serve_weight_bytes"]
+        more = [lora_session(seed) for seed in (1, 2, 3)]
+        four = _gauges(srv)["kitchen_serve_weight_bytes"]
+        full = service.create_lora_training_client(base_model="tiny-llama", rank=0, seed=0).result()
+        with_full = _gauges(srv)["kitchen_serve_weight_bytes"]
+        base_copy = with_full - four  # what a session that owns its weights costs
+        assert base_copy > 0
+        assert four - one < base_copy, (one, four, with_full)  # 3 sessions: far less than 3 copies
+        # sharing changes no numbers: each session kept its own adapter
+        assert all(lps != pytest.approx(first_lps, abs=1e-4) for _, lps in more)
+        assert first.save_weights_and_get_sampling_client().result().compute_logprobs(prompt).result() == pytest.approx(first_lps, abs=1e-6)
+        assert full.get_info().lora_rank == 0
+        service.close("success").result()
+
+
+@pytest.mark.slow
+def test_lora_sessions_on_smollm2_share_the_base_in_resident_memory(tmp_path, sdk_env):
+    """The same on the real 135M model, by the server's resident memory (/metrics):
+    two more LoRA sessions cost far less than one more base copy (~540 MB in fp32)."""
+    import tinker
+
+    with serve_subprocess(KEY, "local", state_dir=str(tmp_path / "s"), startup_timeout_s=300) as srv:
+        service = tinker.ServiceClient(base_url=srv.base_url)
+        model = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        clients = [service.create_lora_training_client(base_model=model, rank=8, seed=0).result()]
+        g1 = _gauges(srv)
+        clients += [service.create_lora_training_client(base_model=model, rank=8, seed=s).result() for s in (1, 2)]
+        g3 = _gauges(srv)
+        base_bytes = 134_515_008 * 4  # SmolLM2-135M parameters in fp32
+        assert g3["kitchen_serve_weight_bytes"] - g1["kitchen_serve_weight_bytes"] < 0.1 * base_bytes
+        grown = g3["process_resident_memory_bytes"] - g1["process_resident_memory_bytes"]
+        assert grown < 0.5 * base_bytes, f"two more LoRA sessions grew RSS by {grown / 2**20:.0f} MiB"
+        service.close("success").result()

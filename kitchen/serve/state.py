@@ -274,6 +274,23 @@ class ServerState:
                 continue
         return out
 
+    def weight_bytes(self) -> int:
+        """Bytes of model weights in memory: every training model, sampler and base sampler,
+        with a storage shared between them (the LoRA sessions' one frozen base) counted once."""
+        if self.backend != "local":
+            return 0
+        from kitchen.adapters.local.shared_base import distinct_tensor_bytes, module_tensors
+
+        with self.lock:
+            clients = [w.client for w in self.models.values()]
+            bases = list(self.base_samplers.values())
+        tensors: list[Any] = []
+        for c in clients:
+            tensors += module_tensors(getattr(c, "model", None))
+        for b in bases:
+            tensors += module_tensors(b.model)
+        return distinct_tensor_bytes(tensors + self.snapshots.tensors())
+
     def pending_futures(self) -> int:
         with self.lock:
             return sum(1 for f in self.futures.values() if not f.event.is_set())
