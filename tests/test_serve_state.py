@@ -246,3 +246,31 @@ def test_lora_sessions_on_smollm2_share_the_base_in_resident_memory(tmp_path, sd
         grown = g3["process_resident_memory_bytes"] - g1["process_resident_memory_bytes"]
         assert grown < 0.5 * base_bytes, f"two more LoRA sessions grew RSS by {grown / 2**20:.0f} MiB"
         service.close("success").result()
+
+
+def test_sampling_takes_turns_between_clients(local_server, sdk_env):
+    """One client floods the sampler with requests, another sends one: the second is
+    answered while most of the flood is still queued (round robin between sessions),
+    not after the flood drains; the flood still completes, in full."""
+    import time
+
+    import tinker
+    from tinker import types
+
+    prompt = types.ModelInput.from_ints(list(range(5, 13)))
+    flooder = tinker.ServiceClient(base_url=local_server.base_url).create_sampling_client(base_model="tiny-llama").result()
+    polite = tinker.ServiceClient(base_url=local_server.base_url).create_sampling_client(base_model="tiny-llama").result()
+    heavy = types.SamplingParams(max_tokens=16, temperature=1.0)
+    light = types.SamplingParams(max_tokens=2, temperature=1.0)
+    flooder.sample(prompt, 1, light).result()  # the base sampler is loaded before the race
+    polite.sample(prompt, 1, light).result()
+    n = 12
+    flood = [flooder.sample(prompt, 4, heavy) for _ in range(n)]
+    deadline = time.monotonic() + 60
+    while _gauges(local_server)["kitchen_serve_pending_futures"] < n // 2:  # the flood is queued on the server
+        assert time.monotonic() < deadline, "the flood never reached the server"
+        time.sleep(0.02)
+    assert len(polite.sample(prompt, 1, light).result().sequences) == 1
+    still_queued = _gauges(local_server)["kitchen_serve_pending_futures"]
+    assert still_queued >= n // 4, f"the single request waited for the flood: only {still_queued:g} of {n} flood requests left"
+    assert all(len(f.result().sequences) == 4 for f in flood)

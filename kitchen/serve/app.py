@@ -600,7 +600,7 @@ class TinkerApp:
             plp = client.compute_logprobs(tokens).result() if want_prompt_lp else None
             rec.finish(latency_s=state.latency_s, payload=wire.sample_result_to_proto(result, plp))
 
-        self.state.submit_sample(rec, work)
+        self.state.submit_sample(rec, work, client=(req.sampling_session_id or "").split(":", 1)[0])
         out = self._untyped(rec)
         out["sample_sequence_ids"] = [f"{rec.request_id}-{i}" for i in range(n)]
         return out
