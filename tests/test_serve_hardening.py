@@ -41,6 +41,7 @@ def test_bad_options_exit_2_with_one_paragraph(tmp_path):
     _one_paragraph(_serve("--faults", "garbage", "--backend", "noop", "--port", "0"), "--faults", "ENDPOINT:KIND:COUNT")
     _one_paragraph(_serve("--log-level", "loud", "--backend", "noop", "--port", "0"), "--log-level")
     _one_paragraph(_serve("--max-loaded-samplers", "0", "--backend", "noop", "--port", "0"), "--max-loaded-samplers")
+    _one_paragraph(_serve("--header-timeout-s", "0", "--backend", "noop", "--port", "0"), "--header-timeout-s", "> 0")
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     _one_paragraph(_serve("--state-dir", str(blocker / "state"), "--backend", "noop", "--port", "0"), "--state-dir", "not writable")
