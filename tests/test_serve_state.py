@@ -231,7 +231,7 @@ def test_lora_sessions_share_one_base_model_in_memory(tmp_path, sdk_env):
 @pytest.mark.slow
 def test_lora_sessions_on_smollm2_share_the_base_in_resident_memory(tmp_path, sdk_env):
     """The same on the real 135M model, by the server's resident memory (/metrics):
-    two more LoRA sessions cost far less than one more base copy (~540 MB in fp32)."""
+    two more LoRA sessions cost less than one base copy (~540 MB in fp32) between them."""
     import tinker
     from tinker import types
 
@@ -251,7 +251,8 @@ def test_lora_sessions_on_smollm2_share_the_base_in_resident_memory(tmp_path, sd
         g3 = _gauges(srv)
         base_bytes = 134_515_008 * 4  # SmolLM2-135M parameters in fp32
         grown = g3["process_resident_memory_bytes"] - g1["process_resident_memory_bytes"]
-        assert grown < 0.5 * base_bytes, f"two more LoRA sessions grew RSS by {grown / 2**20:.0f} MiB"
+        # measured: about 0.4 base copies shared (the sessions' own working memory), 2.4 copies unshared
+        assert grown < base_bytes, f"two more LoRA sessions grew RSS by {grown / 2**20:.0f} MiB"
         assert g3["kitchen_serve_weight_bytes"] - g1["kitchen_serve_weight_bytes"] < 0.1 * base_bytes
         service.close("success").result()
 
