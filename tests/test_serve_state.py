@@ -283,3 +283,21 @@ def test_sampling_takes_turns_between_clients(local_server, sdk_env):
     still_queued = _gauges(local_server)["kitchen_serve_pending_futures"]
     assert still_queued >= n // 4, f"the single request waited for the flood: only {still_queued:g} of {n} flood requests left"
     assert all(len(f.result().sequences) == 4 for f in flood)
+
+
+def test_fair_queue_serves_clients_in_turn_and_drains_on_close():
+    from kitchen.serve.fair_queue import FairQueue
+
+    q: FairQueue[str] = FairQueue()
+    for i in range(5):
+        q.put("flood", f"f{i}")
+    q.put("one", "o0")
+    q.put("two", "t0")
+    q.put("two", "t1")
+    q.close()
+    order = []
+    while (item := q.get()) is not None:
+        order.append(item)
+    assert order == ["f0", "o0", "t0", "f1", "t1", "f2", "f3", "f4"]  # each client keeps its own order
+    with pytest.raises(RuntimeError):
+        q.put("late", "x")
