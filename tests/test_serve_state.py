@@ -257,32 +257,45 @@ def test_lora_sessions_on_smollm2_share_the_base_in_resident_memory(tmp_path, sd
         service.close("success").result()
 
 
-def test_sampling_takes_turns_between_clients(local_server, sdk_env):
-    """One client floods the sampler with requests, another sends one: the second is
-    answered while most of the flood is still queued (round robin between sessions),
-    not after the flood drains; the flood still completes, in full."""
+FLOODER = textwrap.dedent('''
+    import sys, tinker
+    from tinker import types
+    url, n = sys.argv[1], int(sys.argv[2])
+    sampler = tinker.ServiceClient(base_url=url).create_sampling_client(base_model="tiny-llama").result()
+    prompt = types.ModelInput.from_ints(list(range(5, 13)))
+    flood = [sampler.sample(prompt, 4, types.SamplingParams(max_tokens=16, temperature=1.0)) for _ in range(n)]
+    print(sum(len(f.result().sequences) for f in flood))
+''')
+
+
+def test_sampling_takes_turns_between_clients(tmp_path, sdk_env):
+    """One client (its own process) floods the sampler with requests, another sends one:
+    the second is answered while most of the flood is still queued (round robin between
+    sessions), not after the flood drains; the flood is served in full too."""
     import time
 
     import tinker
     from tinker import types
 
-    prompt = types.ModelInput.from_ints(list(range(5, 13)))
-    flooder = tinker.ServiceClient(base_url=local_server.base_url).create_sampling_client(base_model="tiny-llama").result()
-    polite = tinker.ServiceClient(base_url=local_server.base_url).create_sampling_client(base_model="tiny-llama").result()
-    heavy = types.SamplingParams(max_tokens=16, temperature=1.0)
-    light = types.SamplingParams(max_tokens=2, temperature=1.0)
-    flooder.sample(prompt, 1, light).result()  # the base sampler is loaded before the race
-    polite.sample(prompt, 1, light).result()
-    n = 12
-    flood = [flooder.sample(prompt, 4, heavy) for _ in range(n)]
-    deadline = time.monotonic() + 60
-    while _gauges(local_server)["kitchen_serve_pending_futures"] < n // 2:  # the flood is queued on the server
-        assert time.monotonic() < deadline, "the flood never reached the server"
-        time.sleep(0.02)
-    assert len(polite.sample(prompt, 1, light).result().sequences) == 1
-    still_queued = _gauges(local_server)["kitchen_serve_pending_futures"]
+    script = tmp_path / "flooder.py"
+    script.write_text(FLOODER)
+    n = 24
+    with serve_subprocess(KEY, "local", state_dir=str(tmp_path / "s")) as srv:
+        prompt = types.ModelInput.from_ints(list(range(5, 13)))
+        polite = tinker.ServiceClient(base_url=srv.base_url).create_sampling_client(base_model="tiny-llama").result()
+        light = types.SamplingParams(max_tokens=2, temperature=1.0)
+        polite.sample(prompt, 1, light).result()  # the base sampler is loaded before the race
+        flooder = subprocess.Popen([sys.executable, str(script), srv.base_url, str(n)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while _gauges(srv)["kitchen_serve_pending_futures"] < n // 2:  # the flood is queued on the server
+            assert flooder.poll() is None and time.monotonic() < deadline, "the flood never reached the server"
+            time.sleep(0.02)
+        assert len(polite.sample(prompt, 1, light).result().sequences) == 1
+        still_queued = _gauges(srv)["kitchen_serve_pending_futures"]
+        out, err = flooder.communicate(timeout=300)
+        assert flooder.returncode == 0 and out.split() == [str(4 * n)], err[-2000:]
     assert still_queued >= n // 4, f"the single request waited for the flood: only {still_queued:g} of {n} flood requests left"
-    assert all(len(f.result().sequences) == 4 for f in flood)
 
 
 def test_fair_queue_serves_clients_in_turn_and_drains_on_close():
