@@ -97,13 +97,6 @@ def _forget(key: tuple, ref: Any) -> None:
         _bases.pop(key, None)
 
 
-def loaded() -> list[SharedBase]:
-    """The shared bases alive in this process (for memory reports)."""
-    with _lock:
-        refs = list(_bases.values())
-    return [b for b in (r() for r in refs) if b is not None]
-
-
 def module_tensors(module: Any) -> list[Any]:
     """Every parameter and buffer of a torch module (empty for None)."""
     if module is None:
