@@ -253,6 +253,7 @@ def serve(
     workers: int = typer.Option(16, help="Threads answering requests (a bounded pool)."),
     read_timeout_s: float = typer.Option(60.0, help="Time allowed to send a request body (408 beyond)."),
     idle_timeout_s: float = typer.Option(30.0, help="Idle keep-alive connections are closed after this."),
+    header_timeout_s: float = typer.Option(10.0, help="A connection must send its request head within this, else it is closed (slow-header guard)."),
 ) -> None:
     """Serve the Tinker REST API on this machine, backed by a kitchen backend.
 
@@ -268,7 +269,8 @@ def serve(
                         stall_s=stall_s, ready_file=str(ready_file) if ready_file else None, api_key_env=api_key_env,
                         log_level=log_level, max_loaded_samplers=max_loaded_samplers, max_body_mb=max_body_mb,
                         max_decompression_ratio=max_decompression_ratio, workers=workers,
-                        read_timeout_s=read_timeout_s, idle_timeout_s=idle_timeout_s).validate()
+                        read_timeout_s=read_timeout_s, idle_timeout_s=idle_timeout_s,
+                        header_timeout_s=header_timeout_s).validate()
     from kitchen.serve import run_server
 
     raise typer.Exit(run_server(opts))

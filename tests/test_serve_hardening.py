@@ -41,6 +41,7 @@ def test_bad_options_exit_2_with_one_paragraph(tmp_path):
     _one_paragraph(_serve("--faults", "garbage", "--backend", "noop", "--port", "0"), "--faults", "ENDPOINT:KIND:COUNT")
     _one_paragraph(_serve("--log-level", "loud", "--backend", "noop", "--port", "0"), "--log-level")
     _one_paragraph(_serve("--max-loaded-samplers", "0", "--backend", "noop", "--port", "0"), "--max-loaded-samplers")
+    _one_paragraph(_serve("--header-timeout-s", "0", "--backend", "noop", "--port", "0"), "--header-timeout-s", "> 0")
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     _one_paragraph(_serve("--state-dir", str(blocker / "state"), "--backend", "noop", "--port", "0"), "--state-dir", "not writable")
@@ -212,6 +213,54 @@ def test_idle_connections_do_not_hold_the_server(guarded_server):
     finally:
         for s in socks:
             s.close()
+
+
+def _closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> float | None:
+    """Seconds until the server closes ``sock`` (sending one byte of ``trickle`` every 0.2 s), or None."""
+    import select
+
+    t0 = time.monotonic()
+    for i in range(int(seconds / 0.2)):
+        if i < len(trickle):
+            try:
+                sock.sendall(trickle[i:i + 1])
+            except OSError:
+                return time.monotonic() - t0
+        if select.select([sock], [], [], 0.2)[0]:
+            try:
+                if sock.recv(65536) == b"":
+                    return time.monotonic() - t0
+            except OSError:
+                return time.monotonic() - t0
+    return None
+
+
+def test_slow_header_and_silent_connections_are_dropped(tmp_path):
+    """A client that trickles its request head (slowloris), on a new or a kept-alive
+    connection, or sends nothing at all, is disconnected once --header-timeout-s has
+    passed; a slow *body* after a prompt head is not, and normal clients are served."""
+    with serve_subprocess(KEY, "noop", state_dir=str(tmp_path / "s"), extra_args=("--header-timeout-s", "1")) as srv:
+        head = b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode() + b"\r\nX-Pad: " + b"a" * 200
+        silent = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        slow = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        kept = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        kept.sendall(head + b"\r\n\r\n")
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200")  # served; the connection stays open (keep-alive)
+        r = httpx.get(f"{srv.base_url}/api/v1/healthz", headers=H, timeout=5)
+        assert r.status_code == 200  # a normal client is not held up
+        for name, sock, trickle in (("silent", silent, b""), ("slow head", slow, head), ("slow head on a kept-alive connection", kept, head)):
+            took = _closed_within(sock, 10.0, trickle)
+            assert took is not None and took < 6.0, f"{name} connection still open after 10 s"
+            sock.close()
+        # a prompt head with a body that takes longer than the head deadline is still answered
+        body = b'{"tags": [], "user_metadata": {}, "sdk_version": "0.38.0"}'
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as c:
+            c.sendall(b"POST /api/v1/create_session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: "
+                      + KEY.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:5])
+            time.sleep(2.0)
+            c.sendall(body[5:])
+            assert c.recv(65536).startswith(b"HTTP/1.1 200")
+        assert httpx.get(f"{srv.base_url}/api/v1/healthz", headers=H, timeout=5).status_code == 200
 
 
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):

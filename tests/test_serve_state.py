@@ -183,3 +183,134 @@ def test_lru_evicts_loaded_samplers_and_reloads_them_from_disk(tmp_path, sdk_env
         metas = sorted((tmp_path / "s").rglob("sampler_weights/*/meta.json"))
         assert [json.loads(m.read_text())["kind"] for m in metas] == ["full" if rank == 0 else "lora"] * 2
         service.close("success").result()
+
+
+def _gauges(srv) -> dict[str, float]:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{srv.base_url}/metrics", headers={"X-API-Key": KEY}, timeout=30).text
+    return {f.name: f.samples[0].value for f in text_string_to_metric_families(text) if f.samples}
+
+
+def test_lora_sessions_share_one_base_model_in_memory(tmp_path, sdk_env):
+    """Three more LoRA sessions (with a sampler snapshot each) over the same base add only
+    their adapters to the server's weights, less than one base copy in all; a full
+    fine-tuning session still owns a whole copy."""
+    import tinker
+    from tinker import types
+
+    tokens = list(range(5, 25))
+    prompt = types.ModelInput.from_ints(tokens[:6])
+    with serve_subprocess(KEY, "local", state_dir=str(tmp_path / "s")) as srv:
+        service = tinker.ServiceClient(base_url=srv.base_url)
+
+        def lora_session(seed: int):
+            tc = service.create_lora_training_client(base_model="tiny-llama", rank=4, seed=seed).result()
+            tc.forward_backward([_datum(types, tokens)], "cross_entropy").result()
+            tc.optim_step(types.AdamParams(learning_rate=5e-2)).result()
+            snap = tc.save_weights_and_get_sampling_client().result()
+            return tc, snap.compute_logprobs(prompt).result()
+
+        first, first_lps = lora_session(0)
+        one = _gauges(srv)["kitchen_serve_weight_bytes"]
+        more = [lora_session(seed) for seed in (1, 2, 3)]
+        four = _gauges(srv)["kitchen_serve_weight_bytes"]
+        full = service.create_lora_training_client(base_model="tiny-llama", rank=0, seed=0).result()
+        with_full = _gauges(srv)["kitchen_serve_weight_bytes"]
+        base_copy = with_full - four  # what a session that owns its weights costs
+        assert base_copy > 0
+        assert four - one < base_copy, (one, four, with_full)  # 3 sessions: far less than 3 copies
+        # sharing changes no numbers: each session kept its own adapter
+        assert all(lps != pytest.approx(first_lps, abs=1e-4) for _, lps in more)
+        assert first.save_weights_and_get_sampling_client().result().compute_logprobs(prompt).result() == pytest.approx(first_lps, abs=1e-6)
+        assert full.get_info().lora_rank == 0
+        service.close("success").result()
+
+
+@pytest.mark.slow
+def test_lora_sessions_on_smollm2_share_the_base_in_resident_memory(tmp_path, sdk_env):
+    """The same on the real 135M model, by the server's resident memory (/metrics):
+    two more LoRA sessions cost less than one base copy (~540 MB in fp32) between them."""
+    import tinker
+    from tinker import types
+
+    with serve_subprocess(KEY, "local", state_dir=str(tmp_path / "s"), startup_timeout_s=300) as srv:
+        service = tinker.ServiceClient(base_url=srv.base_url)
+        model = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        datum = _datum(types, list(range(100, 132)))
+
+        def session(seed: int):
+            tc = service.create_lora_training_client(base_model=model, rank=8, seed=seed).result()
+            tc.forward_backward([datum], "cross_entropy").result()  # every weight is read (paged in)
+            return tc
+
+        clients = [session(0)]
+        g1 = _gauges(srv)
+        clients += [session(1), session(2)]
+        g3 = _gauges(srv)
+        base_bytes = 134_515_008 * 4  # SmolLM2-135M parameters in fp32
+        grown = g3["process_resident_memory_bytes"] - g1["process_resident_memory_bytes"]
+        # measured: about 0.4 base copies shared (the sessions' own working memory), 2.4 copies unshared
+        assert grown < base_bytes, f"two more LoRA sessions grew RSS by {grown / 2**20:.0f} MiB"
+        assert g3["kitchen_serve_weight_bytes"] - g1["kitchen_serve_weight_bytes"] < 0.1 * base_bytes
+        service.close("success").result()
+
+
+FLOODER = textwrap.dedent('''
+    import sys, tinker
+    from tinker import types
+    url, n = sys.argv[1], int(sys.argv[2])
+    sampler = tinker.ServiceClient(base_url=url).create_sampling_client(base_model="tiny-llama").result()
+    prompt = types.ModelInput.from_ints(list(range(5, 13)))
+    flood = [sampler.sample(prompt, 4, types.SamplingParams(max_tokens=16, temperature=1.0)) for _ in range(n)]
+    print(sum(len(f.result().sequences) for f in flood))
+''')
+
+
+def test_sampling_takes_turns_between_clients(tmp_path, sdk_env):
+    """One client (its own process) floods the sampler with requests, another sends one:
+    the second is answered while most of the flood is still queued (round robin between
+    sessions), not after the flood drains; the flood is served in full too."""
+    import time
+
+    import tinker
+    from tinker import types
+
+    script = tmp_path / "flooder.py"
+    script.write_text(FLOODER)
+    n = 24
+    with serve_subprocess(KEY, "local", state_dir=str(tmp_path / "s")) as srv:
+        prompt = types.ModelInput.from_ints(list(range(5, 13)))
+        polite = tinker.ServiceClient(base_url=srv.base_url).create_sampling_client(base_model="tiny-llama").result()
+        light = types.SamplingParams(max_tokens=2, temperature=1.0)
+        polite.sample(prompt, 1, light).result()  # the base sampler is loaded before the race
+        flooder = subprocess.Popen([sys.executable, str(script), srv.base_url, str(n)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while _gauges(srv)["kitchen_serve_pending_futures"] < n // 2:  # the flood is queued on the server
+            assert flooder.poll() is None and time.monotonic() < deadline, "the flood never reached the server"
+            time.sleep(0.02)
+        assert len(polite.sample(prompt, 1, light).result().sequences) == 1
+        still_queued = _gauges(srv)["kitchen_serve_pending_futures"]
+        out, err = flooder.communicate(timeout=300)
+        assert flooder.returncode == 0 and out.split() == [str(4 * n)], err[-2000:]
+    assert still_queued >= n // 4, f"the single request waited for the flood: only {still_queued:g} of {n} flood requests left"
+
+
+def test_fair_queue_serves_clients_in_turn_and_drains_on_close():
+    from kitchen.serve.fair_queue import FairQueue
+
+    q: FairQueue[str] = FairQueue()
+    for i in range(5):
+        q.put("flood", f"f{i}")
+    q.put("one", "o0")
+    q.put("two", "t0")
+    q.put("two", "t1")
+    q.close()
+    order = []
+    while (item := q.get()) is not None:
+        order.append(item)
+    assert order == ["f0", "o0", "t0", "f1", "t1", "f2", "f3", "f4"]  # each client keeps its own order
+    with pytest.raises(RuntimeError):
+        q.put("late", "x")

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=d.workers, help="threads answering requests (bounded pool)")
     p.add_argument("--read-timeout-s", type=float, default=d.read_timeout_s, help="time allowed to send a request body (408 beyond)")
     p.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s, help="idle keep-alive connections are closed after this")
+    p.add_argument("--header-timeout-s", type=float, default=d.header_timeout_s, help="a connection must send its request head (line and headers) within this, else it is closed")
     args = p.parse_args(argv)
     from kitchen.errors import KitchenError
 
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                         latency_ms=args.latency_ms, faults=args.faults, stall_s=args.stall_s, ready_file=args.ready_file,
                         api_key_env=args.api_key_env, log_level=args.log_level, max_loaded_samplers=args.max_loaded_samplers,
                         max_body_mb=args.max_body_mb, max_decompression_ratio=args.max_decompression_ratio, workers=args.workers,
-                        read_timeout_s=args.read_timeout_s, idle_timeout_s=args.idle_timeout_s)
+                        read_timeout_s=args.read_timeout_s, idle_timeout_s=args.idle_timeout_s,
+                        header_timeout_s=args.header_timeout_s)
     try:
         opts.validate()
         from kitchen.serve import run_server

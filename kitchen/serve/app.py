@@ -600,7 +600,7 @@ class TinkerApp:
             plp = client.compute_logprobs(tokens).result() if want_prompt_lp else None
             rec.finish(latency_s=state.latency_s, payload=wire.sample_result_to_proto(result, plp))
 
-        self.state.submit_sample(rec, work)
+        self.state.submit_sample(rec, work, client=(req.sampling_session_id or "").split(":", 1)[0])
         out = self._untyped(rec)
         out["sample_sequence_ids"] = [f"{rec.request_id}-{i}" for i in range(n)]
         return out
@@ -696,6 +696,7 @@ def run_server(opts: Any) -> int:
     """
     import uvicorn
 
+    from kitchen.serve.connection_guard import head_deadline_protocol
     from kitchen.serve.http import Limits, build_asgi
     from kitchen.serve.metrics import ServeMetrics, state_gauges
     from kitchen.serve.options import configure_logging
@@ -711,7 +712,7 @@ def run_server(opts: Any) -> int:
     url = f"http://{host}:{port}"
     config = uvicorn.Config(asgi, log_config=None, access_log=False, timeout_keep_alive=int(max(1, opts.idle_timeout_s)),
                             limit_concurrency=max(64, 16 * opts.workers), timeout_graceful_shutdown=30,
-                            lifespan="off", server_header=False)
+                            lifespan="off", server_header=False, http=head_deadline_protocol(opts.header_timeout_s))
     server = uvicorn.Server(config)
     # uvicorn re-raises a captured SIGTERM/SIGINT after its graceful shutdown; with these
     # handlers that re-raise is harmless, so we get to drain and exit 0.

@@ -42,4 +42,6 @@ def state_gauges(state: Any) -> dict[str, tuple[str, Callable[[], float]]]:
         "kitchen_serve_loaded_samplers": ("Sampler weight sets loaded in memory (bounded by --max-loaded-samplers).",
                                           lambda: float(state.snapshots.loaded_count())),
         "kitchen_serve_pending_futures": ("Futures not yet finished.", lambda: float(state.pending_futures())),
+        "kitchen_serve_weight_bytes": ("Bytes of model weights in memory (training models and samplers); a base model "
+                                       "shared by LoRA sessions counts once.", lambda: float(state.weight_bytes())),
     }

@@ -46,6 +46,7 @@ class ServeOptions:
     workers: int = 16
     read_timeout_s: float = 60.0
     idle_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
 
     def validate(self) -> "ServeOptions":
         """Raise :class:`ServeOptionError` naming the first bad option; return self."""
@@ -69,7 +70,8 @@ class ServeOptions:
             if int(value) < 1:
                 raise ServeOptionError(f"{name} must be at least 1, got {value}.")
         for name, value in (("--max-body-mb", self.max_body_mb), ("--max-decompression-ratio", self.max_decompression_ratio),
-                            ("--read-timeout-s", self.read_timeout_s), ("--idle-timeout-s", self.idle_timeout_s)):
+                            ("--read-timeout-s", self.read_timeout_s), ("--idle-timeout-s", self.idle_timeout_s),
+                            ("--header-timeout-s", self.header_timeout_s)):
             if not value > 0:
                 raise ServeOptionError(f"{name} must be > 0, got {value:g}.")
         try:

@@ -199,6 +199,23 @@ class SnapshotStore:
                 continue
         return out
 
+    def tensors(self) -> list[Any]:
+        """The tensors behind the loaded samplers, their adapter hosts and source sessions (memory reports)."""
+        from kitchen.adapters.local.shared_base import module_tensors
+
+        with self._lock:
+            samplers = list(self._loaded.values())
+            hosts = list(self._hosts.values())
+            sources = list(self._sources.values())
+        out: list[Any] = []
+        for s in samplers:
+            out += list(s.tensors.values()) if isinstance(getattr(s, "tensors", None), dict) else module_tensors(getattr(s, "model", None))
+        for h in hosts:
+            out += module_tensors(h.client.model)
+        for c in sources:
+            out += module_tensors(getattr(c, "model", None))
+        return out
+
     def loaded_count(self) -> int:
         with self._lock:
             return len(self._loaded)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kitchen.errors import KitchenError
+from kitchen.serve.fair_queue import FairQueue
 from kitchen.ports.types import LoraConfig, SessionConfig
 
 log = logging.getLogger("kitchen.serve")
@@ -176,7 +177,7 @@ class ServerState:
         self.samplers: dict[str, SamplerRecord] = {}
         self.snapshots = SnapshotStore(self.root, backend, max_loaded_samplers, make_backend)
         self.base_samplers: dict[str, Any] = {}
-        self._sample_queue: "queue.Queue[tuple[FutureRecord, Callable[[], Any]] | None]" = queue.Queue()
+        self._sample_queue: "FairQueue[tuple[FutureRecord, Callable[[], Any]]]" = FairQueue()  # round robin per client
         self._sample_thread = threading.Thread(target=self._sample_loop, name="sampler", daemon=True)
         self._sample_thread.start()
 
@@ -274,6 +275,23 @@ class ServerState:
                 continue
         return out
 
+    def weight_bytes(self) -> int:
+        """Bytes of model weights in memory: every training model, sampler and base sampler,
+        with a storage shared between them (the LoRA sessions' one frozen base) counted once."""
+        if self.backend != "local":
+            return 0
+        from kitchen.adapters.local.shared_base import distinct_tensor_bytes, module_tensors
+
+        with self.lock:
+            clients = [w.client for w in self.models.values()]
+            bases = list(self.base_samplers.values())
+        tensors: list[Any] = []
+        for c in clients:
+            tensors += module_tensors(getattr(c, "model", None))
+        for b in bases:
+            tensors += module_tensors(b.model)
+        return distinct_tensor_bytes(tensors + self.snapshots.tensors())
+
     def pending_futures(self) -> int:
         with self.lock:
             return sum(1 for f in self.futures.values() if not f.event.is_set())
@@ -319,8 +337,9 @@ class ServerState:
         check_checkpoint_name(m.group(2), "sampler weights name")
 
     # ---- sampling worker --------------------------------------------------------------
-    def submit_sample(self, rec: FutureRecord, fn: Callable[[], Any]) -> None:
-        self._sample_queue.put((rec, fn))
+    def submit_sample(self, rec: FutureRecord, fn: Callable[[], Any], client: str = "") -> None:
+        """Queue sampling work; clients (sessions) take turns, so one client's flood cannot starve another."""
+        self._sample_queue.put(client, (rec, fn))
 
     def _sample_loop(self) -> None:
         while True:
@@ -359,7 +378,7 @@ class ServerState:
             workers = list(self.models.values())
         for w in workers:
             w.stop()
-        self._sample_queue.put(None)
+        self._sample_queue.close()
         deadline = time.monotonic() + drain_s
         for t in [w._thread for w in workers] + [self._sample_thread]:
             t.join(max(0.0, deadline - time.monotonic()))

@@ -160,10 +160,16 @@ class LocalTrainingClient:
 
         plan = scale.plan_session(self, config, device, dtype)
 
-        model, tokenizer, info = load_model(
-            config.base_model, cache_dir=self.cache_dir, dtype=dtype, device=device,
-            revision=getattr(config, "model_revision", None), chat_template=getattr(config, "chat_template", None),
-        )  # issue 9: hub revision + chat template override
+        load_kw = dict(cache_dir=self.cache_dir, dtype=dtype, device=device,
+                       revision=getattr(config, "model_revision", None), chat_template=getattr(config, "chat_template", None))
+        if config.lora.rank > 0 and not plan.quantization and plan.world_size == 1:
+            # LoRA never changes a base weight: share one frozen copy per process (kitchen serve
+            # runs many sessions in one). QLoRA rewrites the base and DDP broadcasts into it.
+            from kitchen.adapters.local import shared_base
+
+            model, tokenizer, info = shared_base.acquire(config.base_model, **load_kw).view()
+        else:
+            model, tokenizer, info = load_model(config.base_model, **load_kw)  # issue 9: revision + chat template
         model = scale.prepare_model(self, model, plan)  # activation checkpointing / QLoRA
         self._model_info = info
         lora = config.lora
@@ -575,7 +581,9 @@ class LocalTrainingClient:
             )
         key = resolve_model(base_model).name
         if key not in self._samplers:
-            model, tok, _ = load_model(base_model, cache_dir=self.cache_dir, dtype=self.dtype, device=self.device)
+            from kitchen.adapters.local import shared_base  # frozen base weights: one copy per process
+
+            model, tok, _ = shared_base.acquire(base_model, cache_dir=self.cache_dir, dtype=self.dtype, device=self.device).view()
             model.config.use_cache = True
             self._samplers[key] = LocalSamplingClient(
                 model, tok, device=self.device, autocast_dtype=autocast, name=canonical_name(base_model)

@@ -74,6 +74,7 @@ class AdapterHost:
         if not tc._lora:
             raise ValueError("AdapterHost needs a LoRA session")
         base = tc.model.get_base_model()
+        self._shared_base = getattr(base, "_kitchen_shared_base", None)  # keep the process's shared copy registered
         config = clean_config(base.config)
         sd = {k.replace(".base_layer.", "."): v.detach() for k, v in base.state_dict().items() if ".lora_" not in k}
         plain = model_from_state_dict(config, sd, buffers_from=base, dtype=base.dtype)  # shares the base tensors
