@@ -124,7 +124,6 @@ def test_exported_adapter_downloads_over_signed_urls_and_loads_with_peft(server,
 def test_what_cannot_be_downloaded_is_a_clear_4xx(server, sdk_env):
     import httpx
     import tinker
-    from tinker import types
 
     service = tinker.ServiceClient(base_url=server.base_url)
     training = service.create_lora_training_client(base_model="tiny-llama", rank=4).result()
@@ -147,7 +146,6 @@ def test_what_cannot_be_downloaded_is_a_clear_4xx(server, sdk_env):
         assert r.status_code in (400, 404) and needle in r.json()["error"], r.text
     r = httpx.post(f"{server.base_url}/api/v1/save_weights_external", json={"model_id": run_id, "path": "x"})
     assert r.status_code == 401
-    del types
 
 
 def test_tinker_cli_downloads_a_training_checkpoint(server, sdk_env, tmp_path):
