@@ -99,13 +99,13 @@ def check_checkpoints_load(srv, records: list[dict]) -> None:
     from tinker import types
 
     service = tinker.ServiceClient(base_url=srv.base_url, api_key=KEY)
-    rest = service.create_rest_client()
+    rest = tinker.RestClient(base_url=srv.base_url, api_key=KEY)
     prompt = types.ModelInput.from_ints([1, 9690, 198])
     for rec in records:
         assert rest.get_weights_info_by_tinker_path(rec["state_path"]).result().base_model == MODEL
         assert rest.get_weights_info_by_tinker_path(rec["sampler_path"]).result().base_model == MODEL
     for rec in (records[0], records[-1]):  # sampling from every one would only repeat this
-        sampler = service.create_sampling_client(model_path=rec["sampler_path"])
+        sampler = service.create_sampling_client(model_path=rec["sampler_path"]).result()
         out = sampler.sample(prompt, 1, types.SamplingParams(max_tokens=2, temperature=0.0)).result()
         assert len(out.sequences[0].tokens) >= 1
     final = service.create_training_client_from_state(records[-1]["state_path"]).result()
@@ -131,7 +131,7 @@ def check_weights_download(srv, record: dict, out: Path, monkeypatch) -> None:
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     tokens = [1, 9690, 198, 19556, 28, 1834, 30, 2, 198]
     service = tinker.ServiceClient(base_url=srv.base_url, api_key=KEY)
-    served = service.create_sampling_client(model_path=record["sampler_path"]).compute_logprobs(
+    served = service.create_sampling_client(model_path=record["sampler_path"]).result().compute_logprobs(
         types.ModelInput.from_ints(tokens)).result()
     base = AutoModelForCausalLM.from_pretrained(str(convert_gguf(Path(resolve_model("smollm2-135m-instruct").path))),
                                                 dtype=torch.float32)
@@ -140,7 +140,7 @@ def check_weights_download(srv, record: dict, out: Path, monkeypatch) -> None:
         lp = torch.log_softmax(model(input_ids=torch.tensor([tokens])).logits[0].float(), dim=-1)
     local = [float(lp[i, t]) for i, t in enumerate(tokens[1:])]
     assert local == pytest.approx(served[1:], abs=2e-3)
-    rest = service.create_rest_client()
+    rest = tinker.RestClient(base_url=srv.base_url, api_key=KEY)
     # the temporary export (made from a new training run on the checkpoint) is gone again
     runs = rest.list_training_runs(limit=100).result().training_runs
     assert all(c.checkpoint_type != "external" for r in runs for c in rest.list_checkpoints(r.training_run_id).result().checkpoints)

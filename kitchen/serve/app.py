@@ -418,7 +418,8 @@ class TinkerApp:
 
     def weights_info(self, body: Any) -> dict:
         if not isinstance(body, dict) or not isinstance(body.get("tinker_path"), str):
-            raise RequestError(400, "weights_info needs {\"tinker_path\": \"tinker://RUN/weights/NAME\"} (or sampler_weights)")
+            raise RequestError(400, "weights_info needs {\"tinker_path\": \"tinker://RUN/weights/NAME\"} "
+                                    "(or sampler_weights, external_weights)")
         path = body["tinker_path"]
         if "/external_weights/" in path:
             meta = self.external.require(*parse_external_path(path))
@@ -541,9 +542,9 @@ class TinkerApp:
         ttl_s = check_ttl(req.ttl_seconds)
         recipients = None
         if req.age_encryption_recipients is not None:
-            from kitchen.serve.external import _age_recipients
+            from kitchen.serve.external import age_recipients
 
-            recipients = _age_recipients(req.age_encryption_recipients)
+            recipients = age_recipients(req.age_encryption_recipients)
         rec = self._future(worker.model_id)
 
         def work() -> None:

@@ -76,7 +76,7 @@ def parse_external_path(path: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
-def _age_recipients(recipients: list[str]) -> list[Any]:
+def age_recipients(recipients: list[str]) -> list[Any]:
     try:
         import pyrage
     except ImportError:
