@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.kitchen-installed
 
-.PHONY: setup run test test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory bench-scale bench-kills clean
+.PHONY: setup cookbook run test test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory bench-scale bench-kills clean
 
 setup: $(STAMP)
 
@@ -27,10 +27,20 @@ run: setup
 test: setup
 	$(PY) -m pytest -m "not slow" -q
 
-test-slow: setup
+# tinker-cookbook 0.6.1, unmodified, for the slow suite's runs against `kitchen serve`
+# (see the `cookbook` extra in pyproject.toml for why --no-deps).
+COOKBOOK_STAMP := $(VENV)/.kitchen-cookbook-installed
+cookbook: $(COOKBOOK_STAMP)
+
+$(COOKBOOK_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[test,sweep,cookbook]"
+	$(PY) -m pip install -q --no-deps "tinker-cookbook==0.6.1"
+	touch $(COOKBOOK_STAMP)
+
+test-slow: setup cookbook
 	$(PY) -m pytest -m slow -q
 
-test-all: setup
+test-all: setup cookbook
 	$(PY) -m pytest -q
 
 bench: bench-engine bench-pipeline bench-local

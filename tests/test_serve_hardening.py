@@ -135,8 +135,8 @@ def test_malformed_http_is_4xx_never_500(guarded_server):
     assert r.status_code == 415
     r = httpx.get(f"{url}/api/v1/training_runs?limit=abc", headers=H)
     assert r.status_code == 400 and "limit" in r.json()["error"]
-    r = httpx.post(f"{url}/api/v1/save_weights_external", json={"model_id": "m", "path": "x"}, headers=H)
-    assert r.status_code == 400 and "state-dir" in r.json()["error"]
+    r = httpx.post(f"{url}/api/v1/copy_weights", json={"model_id": "m", "path": "x"}, headers=H)
+    assert r.status_code == 400 and "not offered" in r.json()["error"]
     assert "Traceback" not in guarded_server.log() and "internal error" not in guarded_server.log()
 
 

@@ -39,6 +39,7 @@ from tinker.proto import tinker_public_pb2 as pb
 
 from kitchen.ports.types import LOSS_FNS, AdamParams, CheckpointRef, LoraConfig, SamplingParams
 from kitchen.serve import wire
+from kitchen.serve.external import ExternalWeights, check_ttl, parse_external_path
 from kitchen.serve.faults import FaultPlan
 from kitchen.ports.tinker_ext import NOOP_TOKENIZER_ID, STEP_METRIC, session_settings
 from kitchen.serve.state import (
@@ -84,6 +85,7 @@ class TinkerApp:
         self.stall_s = stall_s
         self._tok_lock = threading.Lock()
         self.models = served_models(state.backend, models)
+        self.external = ExternalWeights(state.root, self._api_key)
 
     def __repr__(self) -> str:  # never show the key
         return f"TinkerApp(backend={self.state.backend!r})"
@@ -95,8 +97,13 @@ class TinkerApp:
             raise RequestError(401, "invalid API key: set TINKER_API_KEY in the client to the key this kitchen server was started with")
 
     # ---- routing -----------------------------------------------------------------------
-    def route(self, method: str, path: str, query: dict[str, str] | None = None) -> tuple[Callable[[Any], Any], str]:
-        """(handler, endpoint name for metrics/faults/logs), or a RequestError (404/405 with a message)."""
+    def route(self, method: str, path: str, query: dict[str, str] | None = None,
+              base_url: str = "") -> tuple[Callable[[Any], Any], str]:
+        """(handler, endpoint name for metrics/faults/logs), or a RequestError (404/405 with a message).
+
+        ``base_url`` is the server's address as the client reached it (the download URLs
+        of external weights are built on it).
+        """
         query = query or {}
         path = path.split("?", 1)[0].rstrip("/")
         if not path.startswith("/api/v1/"):
@@ -126,11 +133,9 @@ class TinkerApp:
             "asample": self.asample,
             "retrieve_future": self.retrieve_future,
             "weights_info": self.weights_info,
+            "save_weights_external": self.save_weights_external,
         }
         unsupported = {
-            "save_weights_external": "exporting weights (save_weights_external) is not offered by kitchen serve: the "
-                                     "weights already live on this machine under the server's --state-dir (runs/<run>/); "
-                                     "use save_weights / save_weights_for_sampler and read them there",
             "copy_weights": "copying weights between runs is not offered by kitchen serve",
             "create_custom_loss": "custom server-side losses are not offered by kitchen serve; use forward_backward_custom "
                                   "(client-side) or a built-in loss_fn",
@@ -144,20 +149,25 @@ class TinkerApp:
             return gets[name], name.replace("/", "_")
         if method == "POST" and name in posts:
             return posts[name], name.replace("/", "_")
-        m = re.fullmatch(r"training_runs/([^/]+)(/checkpoints(?:/(weights|sampler_weights)/([^/]+)(/publish)?)?)?", name)
+        m = re.fullmatch(r"training_runs/([^/]+)(/checkpoints(?:/(weights|sampler_weights|external_weights)/([^/]+)"
+                         r"(/publish|/ttl|/external_weights_urls)?)?)?", name)
         if m:
-            run_id, ckpts, kind, ckpt, publish = m.groups()
+            run_id, ckpts, kind, ckpt, action = m.groups()
             if not ckpts and method == "GET":
                 return (lambda _b: self.get_training_run(run_id)), "training_run"
             if ckpts and not kind and method == "GET":
                 return (lambda _b: self.list_checkpoints(run_id)), "list_checkpoints"
-            if kind and not publish and method == "DELETE":
+            if kind and not action and method == "DELETE":
                 return (lambda _b: self.delete_checkpoint(run_id, kind, ckpt)), "delete_checkpoint"
-            if kind and publish and method in ("POST", "DELETE"):
+            if kind and action == "/publish" and method in ("POST", "DELETE"):
                 return (lambda _b: self.set_public(run_id, kind, ckpt, method == "POST")), "publish_checkpoint"
+            if kind and action == "/ttl" and method == "PUT":
+                return (lambda b: self.set_ttl(run_id, kind, ckpt, b)), "checkpoint_ttl"
+            if kind and action == "/external_weights_urls" and method == "GET":
+                return (lambda _b: self.external_weights_urls(run_id, kind, ckpt, base_url)), "external_weights_urls"
         if re.fullmatch(r"training_runs/[^/]+/checkpoints/.+", name):
-            raise RequestError(400, f"{method} {path}: kitchen serve supports GET/DELETE of checkpoints and publish/unpublish; "
-                                    "external weights URLs and TTLs are not offered")
+            raise RequestError(400, f"{method} {path}: kitchen serve supports, per checkpoint, GET of external weights URLs, "
+                                    "DELETE, publish/unpublish and PUT of an external export's ttl")
         if method == "GET" and name.startswith("samplers/"):
             sampler_id = name[len("samplers/"):]
             return (lambda _body: self.get_sampler(sampler_id)), "get_sampler"
@@ -408,9 +418,12 @@ class TinkerApp:
 
     def weights_info(self, body: Any) -> dict:
         if not isinstance(body, dict) or not isinstance(body.get("tinker_path"), str):
-            raise RequestError(400, "weights_info needs {\"tinker_path\": \"tinker://RUN/weights/NAME\"} (or sampler_weights)")
+            raise RequestError(400, "weights_info needs {\"tinker_path\": \"tinker://RUN/weights/NAME\"} "
+                                    "(or sampler_weights, external_weights)")
         path = body["tinker_path"]
-        if "/sampler_weights/" in path:
+        if "/external_weights/" in path:
+            meta = self.external.require(*parse_external_path(path))
+        elif "/sampler_weights/" in path:
             self.state.check_sampler_path(path)
             meta = self.state.snapshots.meta(path)
             if meta is None:
@@ -469,6 +482,11 @@ class TinkerApp:
             out.append({"checkpoint_id": "sampler_weights/" + key.rsplit("/", 1)[-1], "checkpoint_type": "sampler",
                         "time": _iso(meta.get("created", 0)), "tinker_path": key, "size_bytes": meta.get("bytes"),
                         "public": bool(meta.get("public", False))})
+        for meta in self.external.list_for(run_id):
+            out.append({"checkpoint_id": "external_weights/" + meta["name"], "checkpoint_type": "external",
+                        "time": _iso(meta.get("created", 0)), "tinker_path": meta["tinker_path"],
+                        "size_bytes": meta.get("size_bytes"), "public": False,
+                        "expires_at": _iso(meta["expires_at"]) if meta.get("expires_at") is not None else None})
         return out
 
     def list_checkpoints(self, run_id: str) -> dict:
@@ -485,7 +503,10 @@ class TinkerApp:
 
     def delete_checkpoint(self, run_id: str, kind: str, name: str) -> Any:
         path = f"tinker://{run_id}/{kind}/{name}"
-        if kind == "sampler_weights":
+        if kind == "external_weights":
+            parse_external_path(path)
+            found = self.external.delete(run_id, name)
+        elif kind == "sampler_weights":
             self.state.check_sampler_path(path)
             found = self.state.snapshots.delete(path)
         else:
@@ -496,6 +517,9 @@ class TinkerApp:
 
     def set_public(self, run_id: str, kind: str, name: str, public: bool) -> Any:
         path = f"tinker://{run_id}/{kind}/{name}"
+        if kind == "external_weights":
+            raise RequestError(400, f"{path}: external weights are downloaded through signed URLs "
+                                    "(get_external_weights_urls); kitchen serve does not publish them")
         if kind == "sampler_weights":
             self.state.check_sampler_path(path)
             meta_file = self.state.snapshots.folder(path) / "meta.json"
@@ -508,6 +532,47 @@ class TinkerApp:
             raise RequestError(404, f"checkpoint {path!r} not found on this server") from None
         meta["public"] = public
         meta_file.write_text(json.dumps(meta, indent=2, default=str))
+        return {}
+
+    # ---- external weights (download) ---------------------------------------------------
+    def save_weights_external(self, body: Any) -> dict:
+        req = _parse(tt.SaveWeightsExternalRequest, body)
+        worker = self.state.model(req.model_id)
+        check_checkpoint_name(req.path, "external weights name")
+        ttl_s = check_ttl(req.ttl_seconds)
+        recipients = None
+        if req.age_encryption_recipients is not None:
+            from kitchen.serve.external import age_recipients
+
+            recipients = age_recipients(req.age_encryption_recipients)
+        rec = self._future(worker.model_id)
+
+        def work() -> None:
+            meta = self.external.export(worker, req.path, ttl_s=ttl_s, recipients=recipients)
+            self.state.touch_run(worker.model_id)
+            rec.finish(latency_s=self.state.latency_s, json_body={"path": meta["tinker_path"], "size_bytes": meta["size_bytes"],
+                                                                  "type": "save_weights_external"})
+
+        worker.submit(rec, work)
+        return self._untyped(rec)
+
+    def external_weights_urls(self, run_id: str, kind: str, name: str, base_url: str) -> dict:
+        if kind != "external_weights":
+            raise RequestError(400, f"tinker://{run_id}/{kind}/{name}: only external weights have download URLs; export "
+                                    "the session with save_weights_external first (the tinker CLI and the cookbook's "
+                                    "weights.download do this for a training checkpoint)")
+        parse_external_path(f"tinker://{run_id}/{kind}/{name}")
+        return self.external.urls(run_id, name, base_url)
+
+    def set_ttl(self, run_id: str, kind: str, name: str, body: Any) -> Any:
+        path = f"tinker://{run_id}/{kind}/{name}"
+        if kind != "external_weights":
+            raise RequestError(400, f"{path}: kitchen serve keeps training and sampler checkpoints until they are deleted; "
+                                    "only external weights exports have a TTL")
+        if not isinstance(body, dict) or "ttl_seconds" not in body:
+            raise RequestError(400, "set ttl needs {\"ttl_seconds\": SECONDS or null}")
+        parse_external_path(path)
+        self.external.set_ttl(run_id, name, body["ttl_seconds"])
         return {}
 
     # ---- sampling ----------------------------------------------------------------------

@@ -4,7 +4,9 @@ Why not the standard library's ``ThreadingHTTPServer`` any more: it read and
 decompressed a body before checking the key, had no body limit and no timeouts, and
 held one thread per connection. Here every request goes through one guarded path:
 
-1. the API key is checked from the headers, before a byte of body is read;
+1. the API key is checked from the headers, before a byte of body is read (the one
+   exception, a GET of an external weights file, is authorised by its URL's own
+   signature: :mod:`kitchen.serve.external`);
 2. the route is resolved (an unknown endpoint is a 404 with a message, body unread);
 3. ``Content-Length`` is parsed (400 when it is not a number) and checked against the
    body limit (413), then the body is streamed with the same limit (chunked uploads)
@@ -17,7 +19,8 @@ held one thread per connection. Here every request goes through one guarded path
    traceback goes to the log, never to the client.
 
 One access-log line per request at INFO (``kitchen.serve.access``): client, method,
-path, status, milliseconds; never a header or a body. ``/metrics`` (Prometheus text,
+path, status, milliseconds; never a header, a body or a query string (where download
+signatures travel). ``/metrics`` (Prometheus text,
 behind the same key) counts requests and latencies per endpoint and status, and
 reports sessions, models, loaded samplers and the process's memory.
 """
@@ -34,9 +37,10 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
+from kitchen.serve.external import FILES_PREFIX
 from kitchen.serve.state import RequestError
 
 log = logging.getLogger("kitchen.serve")
@@ -162,12 +166,16 @@ def build_asgi(app: Any, limits: Limits, metrics: Any) -> Starlette:
             access_log.info('%s "%s %s" %d %.1fms', client, method, path, status, elapsed * 1000)
 
     async def _dispatch(request: Request, method: str, path: str) -> Response:
+        if method == "GET" and path.startswith(FILES_PREFIX):  # a signed URL is its own authorisation
+            request.state.endpoint = "external_weights_file"
+            target = await anyio.to_thread.run_sync(app.external.file_for, path, dict(request.query_params), limiter=work)
+            return FileResponse(target, media_type="application/octet-stream")
         app.check_key(_presented_key(request))  # before any byte of the body
         if path.rstrip("/") == "/metrics":
             request.state.endpoint = "metrics"
             body, ctype = metrics.render()
             return Response(body, media_type=ctype)
-        handler, endpoint = app.route(method, path, dict(request.query_params))
+        handler, endpoint = app.route(method, path, dict(request.query_params), base_url=str(request.base_url))
         request.state.endpoint = endpoint
         raw = await _read_body(request, limits)
         raw = _decompress(raw, request.headers.get("content-encoding", ""), limits)

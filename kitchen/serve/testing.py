@@ -31,12 +31,17 @@ class ServerProcess:
 @contextlib.contextmanager
 def serve_subprocess(api_key: str, backend: str = "noop", *, latency_ms: float = 0.0, faults: str | None = None,
                      stall_s: float | None = None, state_dir: str | None = None, startup_timeout_s: float = 120.0,
-                     log_level: str = "WARNING", extra_args: tuple[str, ...] = ()) -> Iterator[ServerProcess]:
-    """Yield a running server; the key travels in the environment, never on the command line."""
+                     log_level: str = "WARNING", extra_args: tuple[str, ...] = (),
+                     entry: tuple[str, ...] = (sys.executable, "-m", "kitchen.serve")) -> Iterator[ServerProcess]:
+    """Yield a running server; the key travels in the environment, never on the command line.
+
+    ``entry`` starts it: ``python -m kitchen.serve`` by default, or e.g. ``("kitchen", "serve")``
+    to go through the CLI a user types (same options).
+    """
     with tempfile.TemporaryDirectory(prefix="kitchen-serve-test-") as tmp:
         ready = Path(tmp) / "ready.json"
         log_path = Path(tmp) / "server.log"
-        cmd = [sys.executable, "-m", "kitchen.serve", "--host", "127.0.0.1", "--port", "0", "--backend", backend,
+        cmd = [*entry, "--host", "127.0.0.1", "--port", "0", "--backend", backend,
                "--latency-ms", str(latency_ms), "--ready-file", str(ready), "--state-dir", state_dir or str(Path(tmp) / "state"),
                "--log-level", log_level]
         if faults:
