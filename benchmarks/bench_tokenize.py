@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,10 +48,21 @@ def conversation(i: int, turns: int = 8) -> list[dict]:
 
 
 def rss_mb() -> tuple[float, float]:
-    """Peak RSS of this process and of its (waited-for) children, in MB."""
+    """Peak RSS of this process and of its (waited-for) children, in MB.
+
+    This process's own peak comes from /proc's VmHWM where there is one: Linux carries
+    ``ru_maxrss`` across exec, so a child started by a large parent would report the
+    parent's peak as its own.
+    """
     scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1024 * 1024)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                own = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
 
 
 def rss_child(n: int) -> None:
@@ -76,9 +88,12 @@ def rss_child(n: int) -> None:
     seconds = time.perf_counter() - t0
     entry = sum(f.stat().st_size for f in (tmp / "cache").rglob("*") if f.is_file())
     own, children = rss_mb()
+    kept = len(data)
+    del data
+    shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps({"rows": n, "seconds": seconds, "rss_after_start_mb": base, "rss_after_load_mb": loaded,
                       "peak_rss_mb": own, "peak_rss_workers_mb": children, "arrow_cache_mb": entry / 2**20,
-                      "tokens": stats.total_tokens, "kept": len(data)}))
+                      "tokens": stats.total_tokens, "kept": kept}))
 
 
 def main() -> None:
