@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.kitchen-installed
 
-.PHONY: setup cookbook run test test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory bench-scale bench-kills clean
+.PHONY: setup cookbook run test test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory bench-scale bench-kills bench-tokenize clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,9 @@ bench-learning: setup
 
 bench-serve-memory: setup
 	$(PY) benchmarks/bench_serve_memory.py
+
+bench-tokenize: setup
+	$(PY) benchmarks/bench_tokenize.py $(ARGS)
 # Memory and time per step against batch size and length, micro-batching and activation
 # checkpointing, the 24 GiB extrapolation, and TRL's SFTTrainer side by side (the `bench` extra).
 BENCH_STAMP := $(VENV)/.kitchen-bench-installed

@@ -12,10 +12,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from kitchen.errors import ConfigError, DataError
-from kitchen.train.formats import FormatChoice, choose_format, normalize_rows
+from kitchen.train.formats import FormatChoice, NormalisedRows, choose_format
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")
 
@@ -24,7 +24,7 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")
 class LoadedSplit:
     """The normalised rows of one split and what identifies them."""
 
-    rows: list[dict[str, Any]]
+    rows: Sequence[dict[str, Any]]  # a list, or NormalisedRows reading the source on access
     source: str | None = None  # what the user named (for messages and the cache entry)
     format: FormatChoice | None = None
     fingerprint: str | None = None  # content of the source (the token cache key's base)
@@ -88,7 +88,8 @@ def load_split(store: Any, source: str, *, kind: str = "sft", split: str | None 
     except TypeError:  # a DatasetStore written against the older port: load(source, split)
         raw = store.load(source, split)
     choice = choose_format(source, raw[0] if raw else {}, fmt, kind, columns)
-    rows = normalize_rows(raw, choice, source, kind, where=_jsonl_line_namer(source))
+    rows = NormalisedRows(raw, choice, source, kind, where=_jsonl_line_namer(source))  # normalised when read
+    rows.check()  # a row that breaks the format fails here, before anything is written
     fingerprint = store.fingerprint(source) if hasattr(store, "fingerprint") else None
     extra = {"format": choice.name, "columns": list(choice.columns), "split": split, "subset": subset}
     return LoadedSplit(rows, source, choice, fingerprint, extra)
@@ -111,8 +112,12 @@ def carve_test(train: LoadedSplit, fraction: float, seed: int) -> tuple[LoadedSp
     random.Random(seed).shuffle(order)
     test_idx = set(order[:k])
     info = {"test_split_fraction": fraction, "seed": seed}
-    train_rows = [r for i, r in enumerate(train.rows) if i not in test_idx]
-    test_rows = [r for i, r in enumerate(train.rows) if i in test_idx]
+    keep = [i for i in range(n) if i not in test_idx]
+    carved = sorted(test_idx)
+    if hasattr(train.rows, "take"):  # a view of the same rows, not a copy
+        train_rows, test_rows = train.rows.take(keep), train.rows.take(carved)
+    else:
+        train_rows, test_rows = [train.rows[i] for i in keep], [train.rows[i] for i in carved]
     return (
         LoadedSplit(train_rows, train.source, train.format, train.fingerprint, {**train.extra, **info, "part": "train"}),
         LoadedSplit(test_rows, train.source, train.format, train.fingerprint,

@@ -137,3 +137,17 @@ def test_hub_bad_split_subset_and_missing_repo_are_clear(kitchen, tmp_path, hub_
     r = kitchen("validate", *common, "dataset=kitchen-test/not-there", env=hub_env)
     assert r.code == 2 and "hf download kitchen-test/not-there --repo-type dataset" in r.err, r
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_carving_lazily_read_rows_equals_carving_a_list(tmp_path):
+    """Rows read from disk on access (NormalisedRows) carve exactly as the same rows in a list."""
+    from kitchen.adapters.hf_datasets import HFDatasetStore
+    from kitchen.dataload import LoadedSplit, carve_test, load_split
+
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(30)))
+    lazy = load_split(HFDatasetStore(cache_dir=tmp_path / "hf"), str(path))
+    assert not isinstance(lazy.rows, list)
+    as_list = LoadedSplit(list(lazy.rows), lazy.source, lazy.format, lazy.fingerprint, lazy.extra)
+    for a, b in zip(carve_test(lazy, 0.2, 3), carve_test(as_list, 0.2, 3)):
+        assert a.rows == b.rows and list(a.rows) == b.rows and a.extra == b.extra

@@ -224,3 +224,16 @@ def test_fingerprint_is_sha256_of_content(tmp_path, store):
     folder.mkdir()
     write_jsonl(folder / "a.jsonl", ROWS)
     assert len(store.fingerprint(str(folder))) == 64
+
+
+def test_jsonl_rows_stay_on_disk_and_read_back_exactly(store, tmp_path):
+    """A JSONL file is indexed by line, not held as dicts; rows read back as written (BOM, CRLF, blank lines)."""
+    import pickle
+
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n\n  \n{"a": 2, "b": [1, "x"]}\n{"a": "three"}')
+    rows = store.load(str(path))
+    want = [{"a": 1}, {"a": 2, "b": [1, "x"]}, {"a": "three"}]
+    assert not isinstance(rows, list) and len(rows) == 3
+    assert rows == want and list(rows) == want and rows[1:] == want[1:] and rows[-1] == want[-1]
+    assert pickle.loads(pickle.dumps(rows)) == want  # what a spawned tokenizer worker receives: offsets, not rows

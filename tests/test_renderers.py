@@ -506,8 +506,27 @@ def test_render_renders_the_template_once_per_conversation(chat_tok, monkeypatch
     msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(16)]
     r.render(msgs)  # builds the plan for this role sequence
     calls = []
-    real = chat_tok.apply_chat_template
-    monkeypatch.setattr(chat_tok, "apply_chat_template", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = r._text
+    monkeypatch.setattr(r, "_text", lambda *a, **k: calls.append(1) or real(*a, **k))
     other = [{"role": m["role"], "content": m["content"] + " again"} for m in msgs]
     r.render(other)
     assert len(calls) == 1
+
+
+def test_direct_template_render_equals_apply_chat_template(chat_tok):
+    """The renderer renders the compiled template itself (cheaper per row); the text must be the same."""
+    r = build_renderer("chat_template", chat_tok)
+    assert r._compiled_template() is not None
+    for msgs in ([{"role": "user", "content": "hi"}],
+                 [{"role": "system", "content": " s "}, {"role": "user", "content": "a\n"}, {"role": "assistant", "content": "b"}]):
+        for gen in (False, True):
+            assert r._text(msgs, gen) == chat_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+
+def test_a_template_that_differs_from_apply_chat_template_is_not_rendered_directly(chat_tok, monkeypatch):
+    r = build_renderer("chat_template", chat_tok)
+    real = chat_tok.apply_chat_template
+    monkeypatch.setattr(chat_tok, "apply_chat_template", lambda *a, **k: real(*a, **k) + "!")
+    r.__dict__.pop("_template", None)
+    assert r._compiled_template() is None
+    assert r._text([{"role": "user", "content": "hi"}]).endswith("!")

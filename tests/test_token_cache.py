@@ -196,3 +196,21 @@ def test_num_proc_tokenizes_in_processes_to_the_same_arrow_entry(tmp_path, chat_
     assert isinstance(two, ArrowDatums) and s1 == s2 and s1.examples == len(rows)
     assert list(one) == list(two) == build_sft_data(rows, renderer)[0]
     assert s1 == build_sft_data(rows, renderer)[1]
+
+
+def test_num_proc_tables_equal_one_process_tables(chat_tok):
+    """The Arrow tables themselves (tokens, weights, truncated/empty flags, counts) match column for column."""
+    from kitchen.train.token_cache import MAP_BATCH, tokenize_to_table
+
+    n = 2 * MAP_BATCH + 5
+    sft = [{"messages": [{"role": "user", "content": f"q {i} " * (i % 4 * 3 + 1)}, {"role": "assistant", "content": "yes " * (i % 7)}]}
+           for i in range(n)]
+    sft[3] = {"text": "plain text row"}
+    pref = [{"prompt": [{"role": "user", "content": f"q {i} " * (i % 4 * 3 + 1)}], "chosen": [{"role": "assistant", "content": f"good {i}"}],
+             "rejected": [{"role": "assistant", "content": "bad " * (i % 5)}]} for i in range(n)]
+    renderer = build_renderer("auto", chat_tok, max_length=16)
+    for kind, rows in (("sft", sft), ("preference", pref)):
+        one = tokenize_to_table(rows, renderer, kind, "t", num_proc=1)
+        two = tokenize_to_table(rows, renderer, kind, "t", num_proc=2)
+        assert one.num_rows == n and one.combine_chunks().equals(two.combine_chunks())
+        assert one.column("truncated").to_pylist().count(True) and one.column("empty").to_pylist().count(True)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 
 @runtime_checkable
 class DatasetStore(Protocol):
     def load(self, source: str, split: str | None = None, subset: str | None = None,
-             prefer: tuple[str, ...] = ("train",)) -> list[dict[str, Any]]:
+             prefer: tuple[str, ...] = ("train",)) -> Sequence[dict[str, Any]]:
         """Rows of a dataset: a local JSONL/JSON/CSV/Parquet file, a directory of shards, a
         ``save_to_disk`` directory, or a hub dataset name. ``split``/``subset`` pick a split
         and config where the source has them; with no ``split``, the first of ``prefer``
-        that exists, else the only one. An unknown split is a DataError listing the splits."""
+        that exists, else the only one. An unknown split is a DataError listing the splits.
+        A ``Sequence`` (``len``, indexing, slicing) rather than a list, so a large source can read
+        rows on access instead of holding them all in memory."""
         ...
 
     def fingerprint(self, source: str) -> str:

@@ -34,7 +34,8 @@ their prompt turns).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kitchen.errors import DataError, did_you_mean
 
@@ -350,6 +351,82 @@ def normalize_preference(row: Any, columns: Mapping[str, str] | None = None) -> 
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+class NormalisedRows(Sequence):
+    """``rows`` seen through their format: row ``i`` normalised when it is read.
+
+    The rows of a large file stay where the store keeps them (on disk, in Arrow) and are
+    normalised a block at a time as tokenization reads them, never copied as a whole;
+    :meth:`check` reads them all once so a bad row is reported before anything is
+    written. ``take(indices)`` is a view of some rows (a carved-off test set). Errors
+    name the row as :func:`normalize_rows` does.
+    """
+
+    def __init__(self, rows: Sequence[Any], choice: FormatChoice, source: str, kind: str = "sft",
+                 where: Callable[[int], str] | None = None, indices: Sequence[int] | None = None) -> None:
+        self.rows, self.choice, self.source, self.kind = rows, choice, source, kind
+        self.where = where
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.rows)
+
+    def take(self, indices: Sequence[int]) -> "NormalisedRows":
+        base = [self.indices[i] for i in indices] if self.indices is not None else list(indices)
+        return NormalisedRows(self.rows, self.choice, self.source, self.kind, self.where, base)
+
+    def _normalise(self, raw: list[Any], positions: Iterable[int]) -> list[dict[str, Any]]:
+        columns = dict(self.choice.columns)
+        out = []
+        for i, row in zip(positions, raw):
+            try:
+                out.append(normalize_preference(row, columns) if self.kind == "preference"
+                           else normalize_sft(row, self.choice.name, columns))
+            except RowError as exc:
+                raise _row_error(self.source, (self.where or (lambda k: f"row {k}"))(i), self.choice.name, exc) from None
+        return out
+
+    def __getitem__(self, k):
+        n = len(self)
+        if isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            if step != 1 or self.indices is not None:
+                positions = [self.indices[i] if self.indices is not None else i for i in range(start, stop, step)]
+                return self._normalise([self.rows[p] for p in positions], positions)
+            return self._normalise(list(self.rows[start:stop]), range(start, stop)) if start < stop else []
+        if k < 0:
+            k += n
+        if not 0 <= k < n:
+            raise IndexError(k)
+        p = self.indices[k] if self.indices is not None else k
+        return self._normalise([self.rows[p]], [p])[0]
+
+    BLOCK = 1024
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for start in range(0, len(self), self.BLOCK):
+            yield from self[start:start + self.BLOCK]
+
+    def check(self) -> None:
+        """Read every row once: the first that breaks the format is a DataError."""
+        for _ in self:
+            pass
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, NormalisedRows)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<NormalisedRows {self.choice.name}: {len(self)} rows of {self.source}>"
+
+
+def _row_error(source: str, where: str, fmt: str, exc: RowError) -> DataError:
+    return DataError(f"{source}: {where} does not fit the {fmt} format: "
+                     f"field {exc.field} {exc.problem}. Expected {FORMAT_KEYS[fmt]}.")
+
+
 def normalize_rows(rows: Iterable[Any], choice: FormatChoice, source: str, kind: str = "sft",
                    where: Callable[[int], str] | None = None) -> list[dict[str, Any]]:
     """Every row normalised; the first bad one is a DataError naming source, row/line and field.
@@ -367,15 +444,13 @@ def normalize_rows(rows: Iterable[Any], choice: FormatChoice, source: str, kind:
             else:
                 out.append(normalize_sft(row, choice.name, columns))
         except RowError as exc:
-            raise DataError(
-                f"{source}: {where(i)} does not fit the {choice.name} format: "
-                f"field {exc.field} {exc.problem}. Expected {FORMAT_KEYS[choice.name]}."
-            ) from None
+            raise _row_error(source, where(i), choice.name, exc) from None
     return out
 
 
 __all__ = [
-    "ALL_FORMATS", "CANONICAL_FIELDS", "FORMAT_KEYS", "FormatChoice", "PREFERENCE_FORMATS", "RowError", "SFT_FORMATS",
+    "ALL_FORMATS", "CANONICAL_FIELDS", "FORMAT_KEYS", "FormatChoice", "NormalisedRows", "PREFERENCE_FORMATS", "RowError",
+    "SFT_FORMATS",
     "accepted_formats", "apply_columns", "check_columns", "check_format_name", "choose_format", "detect",
     "normalize_messages", "normalize_preference", "normalize_rows", "normalize_sft",
 ]

@@ -305,7 +305,56 @@ class ChatTemplateRenderer(Renderer):
         self._specials = _special_token_strings(tokenizer)
         self._eot_text, self._eot_id = self._probe_end_of_turn()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the compiled template is rebuilt on first use (datasets.map pickles the renderer to its workers)
+        return {k: v for k, v in self.__dict__.items() if k != "_template"}
+
+    def _compiled_template(self) -> Any:
+        """The tokenizer's template compiled once and rendered directly, or None.
+
+        ``apply_chat_template`` re-normalises every message and the special-token map on
+        each call, which costs as much as rendering the template itself. We render our
+        own plain ``{"role", "content"}`` string messages with transformers' compiled
+        template and the same variables, and use that only after checking, on probe
+        conversations, that it gives exactly what ``apply_chat_template`` gives.
+        """
+        if "_template" in self.__dict__:
+            return self._template
+        self._template = None
+        template = getattr(self.tokenizer, "chat_template", None)
+        if not isinstance(template, str):
+            return None
+        try:
+            from transformers.utils.chat_template_utils import _compile_jinja_template, _plain_template_data
+
+            compiled = _compile_jinja_template(template)
+            variables = _plain_template_data(dict(self.tokenizer.special_tokens_map))
+
+            def render(messages: list[dict], generation_prompt: bool) -> str:
+                return compiled.render(messages=messages, tools=None, documents=None,
+                                       add_generation_prompt=generation_prompt, **variables)
+
+            probes = [[{"role": "user", "content": "Kitchen probe"}],
+                      [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " two words "},
+                       {"role": "assistant", "content": "Yes.\n"}, {"role": "user", "content": "again"}]]
+            for probe in probes:
+                for gen in (False, True):
+                    if render([dict(m) for m in probe], gen) != self.tokenizer.apply_chat_template(
+                            [dict(m) for m in probe], tokenize=False, add_generation_prompt=gen):
+                        return None
+        except Exception:  # noqa: BLE001 - another transformers version or template: the public path
+            return None
+        self._template = render
+        return render
+
     def _text(self, messages: Sequence[Mapping[str, Any]], generation_prompt: bool = False) -> str:
+        fast = self._compiled_template()
+        if fast is not None and all(len(m) == 2 and type(m.get("role")) is str and type(m.get("content")) is str
+                                    for m in messages):
+            try:
+                return fast([{"role": m["role"], "content": m["content"]} for m in messages], generation_prompt)
+            except Exception as exc:  # jinja raise_exception(), bad roles...
+                raise DataError(f"The tokenizer's chat template rejected this conversation: {exc}") from exc
         try:
             text = self.tokenizer.apply_chat_template(
                 [dict(m) for m in messages], tokenize=False, add_generation_prompt=generation_prompt
@@ -351,7 +400,37 @@ class ChatTemplateRenderer(Renderer):
     def render(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[MessageSpan]]:
         return self.render_many([messages])[0]
 
+    #: conversations per tokenizer call in :meth:`render_many`; chunks are pipelined
+    _CHUNK = 64
+
     def render_many(self, conversations: Sequence[Sequence[Mapping[str, Any]]]) -> list[tuple[list[int], list[MessageSpan]]]:
+        """:meth:`render` for many conversations, pipelined in chunks.
+
+        A fast tokenizer encodes in Rust with the GIL released, so while one chunk is
+        being encoded on a helper thread, this thread renders the next chunk's template
+        and maps the previous chunk's spans: the Python and the Rust halves of the work
+        overlap instead of taking turns.
+        """
+        convs = list(conversations)
+        if len(convs) <= self._CHUNK:
+            layouts = self._lay_out(convs)
+            return self._spans(layouts, self._tokenize_many([t for _, t, _ in layouts]))
+        from concurrent.futures import ThreadPoolExecutor
+
+        out: list[tuple[list[int], list[MessageSpan]]] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="kitchen-encode") as pool:
+            pending = None
+            for k in range(0, len(convs), self._CHUNK):
+                layouts = self._lay_out(convs[k:k + self._CHUNK])
+                job = pool.submit(self._tokenize_many, [t for _, t, _ in layouts])
+                if pending is not None:
+                    out += self._spans(pending[0], pending[1].result())
+                pending = (layouts, job)
+            out += self._spans(pending[0], pending[1].result())
+        return out
+
+    def _lay_out(self, conversations: Sequence[Sequence[Mapping[str, Any]]]) -> list[tuple[list[dict], str, list]]:
+        """Per conversation: its messages, its rendered text and each message's character span."""
         layouts = []
         for messages in conversations:
             msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
@@ -360,8 +439,13 @@ class ChatTemplateRenderer(Renderer):
             if char_spans is None:
                 char_spans = self._char_spans(msgs, full_text)
             layouts.append((msgs, full_text, char_spans))
+        return layouts
+
+    @staticmethod
+    def _spans(layouts: list[tuple[list[dict], str, list]], encoded: list) -> list[tuple[list[int], list[MessageSpan]]]:
+        """Character spans to token spans, with each text's tokens."""
         out = []
-        for (msgs, full_text, char_spans), (full, to_token) in zip(layouts, self._tokenize_many([t for _, t, _ in layouts])):
+        for (msgs, _, char_spans), (full, to_token) in zip(layouts, encoded):
             spans = []
             for i, (m, (start, pos, action_end, seg_end)) in enumerate(zip(msgs, char_spans)):
                 start_t = to_token(start, False)

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kitchen.ports.types import Datum
 from kitchen.train.datum import DataStats, _warn_dropped, datum_from_rendered
@@ -123,42 +125,98 @@ def cache_key(source_fingerprint: str, tokenizer: Any, renderer: Renderer, kind:
 # and ``kitchen.json`` (key, fields, stats), written last. The directory is built under a
 # temp name and renamed into place, so a reader sees a complete entry or none. Data is
 # served from the memory-mapped table (:class:`ArrowDatums`), so a million tokenized rows
-# cost disk, not RAM. Tokenizing a miss goes through ``datasets.map`` (``num_proc``
-# processes, batched).
+# cost disk, not RAM. Tokenizing a miss streams record batches into ``table.arrow`` as
+# they are rendered (one process), or goes through ``datasets.map`` (``num_proc``
+# processes, each writing its own Arrow shard, copied into ``table.arrow`` batch by batch):
+# neither the rows nor their tokens are ever all in memory at once.
 
 ENTRY_SUFFIX = ".arrow"
-MAP_BATCH = 256
+MAP_BATCH = 1024  # rows per render call and per Arrow record batch
 
 
-def _sft_columns(batch: dict[str, list], indices: list[int], renderer: Renderer, source: str) -> dict[str, list]:
-    from kitchen.train.datum import render_sft_examples
-
-    rows = [json.loads(r) for r in batch["row"]]
-    examples = render_sft_examples(rows, renderer, source, start=indices[0] if indices else 0)
-    return _columns([(e,) for e in examples], ("",))
-
-
-def _preference_columns(batch: dict[str, list], indices: list[int], renderer: Renderer, source: str) -> dict[str, list]:
-    from kitchen.train.datum import render_preference_examples
-
-    rows = [json.loads(r) for r in batch["row"]]
-    pairs = render_preference_examples(rows, renderer, source, start=indices[0] if indices else 0)
-    return _columns(pairs, ("chosen_", "rejected_"))
+def _row_slices(rows: Any, size: int) -> Iterator[tuple[int, list]]:
+    """``(start, rows[start:start + size])`` over a Sequence (lazy or not) or any iterable."""
+    if isinstance(rows, Sequence):
+        for start in range(0, len(rows), size):
+            yield start, list(rows[start:start + size])
+        return
+    it, start = iter(rows), 0
+    while chunk := list(itertools.islice(it, size)):
+        yield start, chunk
+        start += len(chunk)
 
 
-def _columns(groups: list[tuple], prefixes: tuple[str, ...]) -> dict[str, list]:
-    cols: dict[str, list] = {f"{p}{c}": [] for p in prefixes for c in ("tokens", "weights")}
-    cols.update(truncated=[], empty=[], n_tokens=[], n_trained=[])
-    for group in groups:
-        empty = any(e.empty or len(e.tokens) < 2 for e in group)
-        for p, e in zip(prefixes, group):
-            cols[f"{p}tokens"].append(e.tokens)
-            cols[f"{p}weights"].append(e.weights)
-        cols["truncated"].append(any(e.truncated for e in group))
-        cols["empty"].append(empty)
-        cols["n_tokens"].append(0 if empty else sum(len(e.tokens) - 1 for e in group))
-        cols["n_trained"].append(0 if empty else sum(e.num_trained_tokens for e in group))
-    return cols
+def _list_array(values: list[list], dtype: Any):
+    """A list<dtype> Arrow array from Python lists, built through numpy (10x faster than pa.array on lists)."""
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum([len(v) for v in values], out=offsets[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(values), dtype=dtype, count=int(offsets[-1]))
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat)).cast(
+        pa.list_(pa.from_numpy_dtype(np.dtype(dtype))))
+
+
+def _record_batch(rows: list, start: int, renderer: Renderer, kind: str, source: str):
+    """One Arrow record batch of rendered rows (``start``: index of the first row, for errors)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from kitchen.train.datum import render_preference_examples, render_sft_examples
+
+    if kind == "preference":
+        groups, prefixes = render_preference_examples(rows, renderer, source, start=start), ("chosen_", "rejected_")
+    else:
+        groups, prefixes = [(e,) for e in render_sft_examples(rows, renderer, source, start=start)], ("",)
+    arrays = []
+    for k, _ in enumerate(prefixes):
+        arrays.append(_list_array([g[k].tokens for g in groups], np.int32))
+        arrays.append(_list_array([g[k].weights for g in groups], np.float32))
+    empty = [any(e.empty or len(e.tokens) < 2 for e in g) for g in groups]
+    arrays.append(pa.array([any(e.truncated for e in g) for g in groups], pa.bool_()))
+    arrays.append(pa.array(empty, pa.bool_()))
+    arrays.append(pa.array([0 if x else sum(len(e.tokens) - 1 for e in g) for g, x in zip(groups, empty)], pa.int64()))
+    arrays.append(pa.array([0 if x else sum(e.num_trained_tokens for e in g) for g, x in zip(groups, empty)], pa.int64()))
+    return pa.RecordBatch.from_arrays(arrays, schema=_schema(kind))
+
+
+class _Shared:
+    """The rows and the renderer, handed to ``datasets.map``'s worker processes.
+
+    ``datasets`` pickles a map function's arguments to every worker. Forked workers
+    already have the parent's memory, so under ``fork`` this pickles as a key into
+    :data:`_SHARED` only; pickling the rows and the tokenizer and rebuilding them in each
+    worker cost more than the workers saved. Other start methods get the full payload.
+    """
+
+    def __init__(self, rows: Any, renderer: Renderer) -> None:
+        self.key = f"{os.getpid()}:{id(self)}"
+        self.rows, self.renderer = rows, renderer
+
+    def __getstate__(self) -> dict[str, Any]:
+        import multiprocess
+
+        if multiprocess.get_start_method() == "fork":
+            return {"key": self.key}
+        return {"key": self.key, "rows": self.rows, "renderer": self.renderer}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.key = state["key"]
+        here = _SHARED.get(self.key)
+        self.rows, self.renderer = (here.rows, here.renderer) if here is not None else (state["rows"], state["renderer"])
+
+
+_SHARED: dict[str, _Shared] = {}  # inherited by forked map workers
+
+
+def _map_block(batch: dict[str, list], shared: _Shared, kind: str, source: str):
+    """``datasets.map`` function: the rows at this batch's indices, rendered (a pyarrow Table)."""
+    import pyarrow as pa
+
+    first, last = batch["i"][0], batch["i"][-1] + 1
+    rows = list(shared.rows[first:last])
+    return pa.Table.from_batches([_record_batch(rows, first, shared.renderer, kind, source)])
 
 
 def _schema(kind: str):
@@ -172,40 +230,84 @@ def _schema(kind: str):
     return pa.schema(fields)
 
 
-def tokenize_to_table(rows: Iterable[Mapping[str, Any]], renderer: Renderer, kind: str, source: str,
-                      num_proc: int = 1):
-    """Render ``rows`` into a ``pyarrow.Table`` of tokenized columns.
+def _mapped_batches(rows: Sequence, renderer: Renderer, kind: str, source: str, num_proc: int, workdir: Path):
+    """Record batches rendered by ``datasets.map`` in ``num_proc`` processes, in row order.
+
+    Each worker writes its shard of the rows to an Arrow file under ``workdir``; the
+    shards are read back batch by batch (not memory-mapped, so they do not count as this
+    process's memory). The map runs over a column of row indices: the rows themselves go
+    to the workers as one argument (a lazy row source pickles as its file name and
+    offsets), and each worker reads its own slice.
+    """
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+    from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
+
+    bars = is_progress_bar_enabled()
+    disable_progress_bars()
+    # forked workers must not start the Rust tokenizer's own thread pool (one core each already)
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    shared = _Shared(rows, renderer)
+    _SHARED[shared.key] = shared
+    try:
+        index = datasets.Dataset.from_dict({"i": np.arange(len(rows), dtype=np.int64)})
+        out = index.map(_map_block, batched=True, batch_size=MAP_BATCH, num_proc=num_proc, remove_columns=["i"],
+                        features=datasets.Features.from_arrow_schema(_schema(kind)),
+                        fn_kwargs={"shared": shared, "kind": kind, "source": source},
+                        cache_file_name=str(workdir / "shard.arrow"), load_from_cache_file=False,
+                        new_fingerprint=hashlib.sha256(f"{source}:{len(rows)}:{kind}:{os.getpid()}:{time.time()}".encode()).hexdigest()[:16])
+        shards = [f["filename"] for f in out.cache_files]
+        del out
+    finally:
+        _SHARED.pop(shared.key, None)
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+        if bars:
+            enable_progress_bars()
+    schema = _schema(kind)
+    for shard in shards:
+        with pa.OSFile(shard, "rb") as f:
+            for batch in pa.ipc.open_stream(f):
+                yield batch.select(schema.names).cast(schema) if batch.schema != schema else batch
+
+
+def tokenize_to_file(rows: Iterable[Mapping[str, Any]], renderer: Renderer, kind: str, source: str, path: Path,
+                     num_proc: int = 1) -> None:
+    """Render ``rows`` into the Arrow IPC file ``path``, streaming: memory stays flat in the row count.
 
     One process renders in place (pyarrow only: importing ``datasets`` costs seconds);
     ``num_proc > 1`` goes through ``datasets.map`` in that many processes.
     """
     import pyarrow as pa
 
-    rows = list(rows)
-    if num_proc <= 1 or len(rows) < 2 * MAP_BATCH:
-        from kitchen.train.datum import render_preference_examples, render_sft_examples
+    if num_proc > 1 and not isinstance(rows, Sequence):
+        rows = list(rows)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, _schema(kind)) as writer:
+        if num_proc <= 1 or len(rows) < 2 * MAP_BATCH:
+            for start, chunk in _row_slices(rows, MAP_BATCH):
+                writer.write_batch(_record_batch(chunk, start, renderer, kind, source))
+            return
+        workdir = Path(tempfile.mkdtemp(prefix="map.", dir=path.parent))
+        try:
+            for batch in _mapped_batches(rows, renderer, kind, source, num_proc, workdir):
+                writer.write_batch(batch)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
-        if kind == "preference":
-            cols = _columns(render_preference_examples(rows, renderer, source), ("chosen_", "rejected_"))
-        else:
-            cols = _columns([(e,) for e in render_sft_examples(rows, renderer, source)], ("",))
-        return pa.Table.from_pydict(cols, schema=_schema(kind))
-    import datasets
-    from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
 
-    fn = _preference_columns if kind == "preference" else _sft_columns
-    bars = is_progress_bar_enabled()
-    disable_progress_bars()
+def tokenize_to_table(rows: Iterable[Mapping[str, Any]], renderer: Renderer, kind: str, source: str,
+                      num_proc: int = 1):
+    """Render ``rows`` into a memory-mapped ``pyarrow.Table`` (a file in a temp dir, removed once mapped)."""
+    tmp = Path(tempfile.mkdtemp(prefix="kitchen-tokenized."))
     try:
-        raw = datasets.Dataset.from_dict({"row": [json.dumps(r, ensure_ascii=False) for r in rows]})
-        out = raw.map(fn, batched=True, batch_size=MAP_BATCH, with_indices=True, num_proc=num_proc,
-                      remove_columns=["row"], features=datasets.Features.from_arrow_schema(_schema(kind)),
-                      fn_kwargs={"renderer": renderer, "source": source},
-                      new_fingerprint=hashlib.sha256(f"{source}:{len(rows)}:{kind}:{os.getpid()}".encode()).hexdigest()[:16])
-        return out.data.table.combine_chunks()
+        tokenize_to_file(rows, renderer, kind, source, tmp / "table.arrow", num_proc)
+        return _open_table(tmp / "table.arrow")
     finally:
-        if bars:
-            enable_progress_bars()
+        shutil.rmtree(tmp, ignore_errors=True)  # POSIX keeps a mapped file readable after unlinking
 
 
 def table_stats(table) -> DataStats:
@@ -306,23 +408,25 @@ def _read_entry(entry: Path, key: str, kind: str):
         return None
 
 
-def _write_entry(entry: Path, table, payload: dict[str, Any]):
-    """Write ``table.arrow`` + ``kitchen.json`` under a temp dir, rename it to ``entry``; the table, memory-mapped."""
-    import pyarrow as pa
+def _build_entry(entry: Path, payload: dict[str, Any], render: Callable[[Path], None]):
+    """Render into ``table.arrow`` under a temp dir, add ``kitchen.json``, rename it to ``entry``.
 
+    Returns ``(table, stats)``, the table memory-mapped from the entry. ``render(path)``
+    writes the Arrow file; ``payload`` gets the stats before it is written.
+    """
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".", suffix=".tmp", dir=entry.parent))
     try:
-        with pa.OSFile(str(tmp / "table.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=MAP_BATCH * 16)
-        (tmp / "kitchen.json").write_text(json.dumps(payload, default=str))
+        render(tmp / "table.arrow")
+        stats = table_stats(_open_table(tmp / "table.arrow"))
+        (tmp / "kitchen.json").write_text(json.dumps({**payload, "stats": stats.to_dict()}, default=str))
         if entry.exists():
             shutil.rmtree(entry, ignore_errors=True)
         os.replace(tmp, entry)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _open_table(entry / "table.arrow")
+    return _open_table(entry / "table.arrow"), stats
 
 
 def _load_rows(rows_loader: Callable[..., Iterable[Mapping[str, Any]]], path: Any) -> Iterable[Mapping[str, Any]]:
@@ -342,27 +446,30 @@ def _cached(kind: str, path: Any, rows_loader: Callable[..., Iterable[Mapping[st
     tokenizer = tokenizer if tokenizer is not None else renderer.tokenizer
     fingerprint = source_fingerprint or (source_fingerprint_of(path) if path is not None else None)
 
-    def build():
+    def render(target: Path) -> None:
+        tokenize_to_file(_load_rows(rows_loader, path), renderer, kind, label, target, num_proc)
+
+    def uncached() -> tuple[Any, DataStats, bool]:
         table = tokenize_to_table(_load_rows(rows_loader, path), renderer, kind, label, num_proc)
         stats = table_stats(table)
         _warn_dropped(stats, label, renderer.max_length)
-        return table, stats
+        return ArrowDatums(table, kind), stats, False
 
     if not use_cache or fingerprint is None:
-        table, stats = build()
-        return ArrowDatums(table, kind), stats, False
+        return uncached()
     key, fields = cache_key(fingerprint, tokenizer, renderer, kind, extra)
     entry = tokenized_dir(cache_dir) / f"{key}{ENTRY_SUFFIX}"
     found = _read_entry(entry, key, kind)
     if found is not None:
         return found[0], found[1], True
-    table, stats = build()
     payload = {"code_version": CODE_VERSION, "key": key, "fields": fields,
-               "source_path": str(path) if path is not None else None, "stats": stats.to_dict()}
+               "source_path": str(path) if path is not None else None}
     try:
-        table = _write_entry(entry, table, payload)
-    except OSError as exc:  # a read-only cache must not stop training
+        table, stats = _build_entry(entry, payload, render)
+    except OSError as exc:  # a read-only or full cache must not stop training
         log.warning("could not write tokenized cache entry %s (%s)", entry, exc)
+        return uncached()
+    _warn_dropped(stats, label, renderer.max_length)
     return ArrowDatums(table, kind), stats, False
 
 

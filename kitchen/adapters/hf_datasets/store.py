@@ -1,13 +1,17 @@
 """``DatasetStore`` over local files, hub dataset repositories and the ``datasets`` cache.
 
-``HFDatasetStore().load(source, split=None, subset=None, prefer=("train",)) -> list[dict]``
+``HFDatasetStore().load(source, split=None, subset=None, prefer=("train",)) -> Sequence[dict]``
 
-* ``*.jsonl`` (also ``*.jsonl.gz``): read **directly with ``json``, whatever the size**, and
-  not through ``datasets``. We have to parse every line anyway to give a line-numbered
-  error for a malformed line, so the rows are already in hand; ``datasets`` would parse the
-  file a second time, write an Arrow copy into its cache and cost ~0.5 s of start-up per
-  load. A side effect: rows come back exactly as written (no Arrow type unification, no
-  ``None`` filled in for keys a row lacks).
+Large sources come back as lazy sequences (:mod:`.rows`) that read rows on access, so a
+million-row file is never held as Python dicts; small ones (a ``.json`` array, gzip) as lists.
+
+* ``*.jsonl``: read **directly with ``json``, whatever the size**, and not through
+  ``datasets``. Every line is parsed once at load to give a line-numbered error for a
+  malformed one; only each line's byte range is kept (:class:`~.rows.JsonlRows`), and a
+  row is parsed again when it is read. ``datasets`` would write an Arrow copy into its
+  cache and cost ~0.5 s of start-up per load. A side effect: rows come back exactly as
+  written (no Arrow type unification, no ``None`` filled in for keys a row lacks).
+  ``*.jsonl.gz`` is read the same way into a list (gzip has no random access).
 * ``*.json``: a JSON array of objects, or an object holding one such array (e.g.
   ``{"data": [...]}``), or JSON Lines saved as ``.json``; read directly too, for the same
   reasons (``datasets``' json loader handles the same shapes but reports errors poorly).
@@ -43,9 +47,12 @@ import zlib
 import hashlib
 import json
 import os
+from array import array
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Iterator
 
+from kitchen.adapters.hf_datasets.rows import ArrowRows, ChainRows, JsonlRows
 from kitchen.errors import DataError, did_you_mean
 
 JSONL_EXTS = (".jsonl", ".jsonl.gz", ".ndjson")
@@ -78,7 +85,7 @@ def _describe_json_type(value: Any) -> str:
 
 
 class HFDatasetStore:
-    """Local JSONL/JSON/CSV/Parquet files and cached hub datasets, as lists of dicts."""
+    """Local JSONL/JSON/CSV/Parquet files and cached hub datasets, as sequences of dicts."""
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
         #: where ``datasets`` keeps its Arrow cache (default: ``HF_DATASETS_CACHE``)
@@ -89,7 +96,7 @@ class HFDatasetStore:
     # ------------------------------------------------------------------------ public
 
     def load(self, source: str | os.PathLike[str], split: str | None = None, subset: str | None = None,
-             prefer: tuple[str, ...] = ("train",)) -> list[dict[str, Any]]:
+             prefer: tuple[str, ...] = ("train",)) -> Sequence[dict[str, Any]]:
         """Rows of ``source``. ``split``/``subset`` pick a split / config of a hub dataset or a
         ``save_to_disk`` DatasetDict; with no ``split``, the first of ``prefer`` that exists,
         else the only split."""
@@ -147,7 +154,7 @@ class HFDatasetStore:
 
     # ------------------------------------------------------------------------- files
 
-    def _load_path(self, given: str, path: Path, split: str | None) -> list[dict[str, Any]]:
+    def _load_path(self, given: str, path: Path, split: str | None) -> Sequence[dict[str, Any]]:
         if not path.exists():
             raise self._missing(given, path)
         if path.is_dir():
@@ -159,7 +166,9 @@ class HFDatasetStore:
                 f"Use a {_ALLOWED} file (or a hub dataset name)."
             )
         if ext in JSONL_EXTS:
-            return list(self._iter_jsonl(given, path))
+            if path.name.lower().endswith(".gz"):  # no random access into gzip: the rows are held
+                return list(self._iter_jsonl(given, path))
+            return self._index_jsonl(given, path)
         if ext in JSON_EXTS:
             return self._load_json(given, path)
         if path.stat().st_size == 0:
@@ -202,13 +211,28 @@ class HFDatasetStore:
                 "JSON Lines; decompress it or drop the .gz suffix if it is plain text."
             ) from None
 
+    def _index_jsonl(self, given: str, path: Path) -> JsonlRows:
+        """Every line checked (as :meth:`_jsonl_rows`), only its byte range kept: rows are read on access."""
+        starts, ends = array("q"), array("q")
+        for start, raw, _ in self._jsonl_lines(given, path, False, keep=False):
+            starts.append(start)
+            ends.append(start + len(raw))
+        return JsonlRows(str(path), starts, ends)
+
     def _jsonl_rows(self, given: str, path: Path, gz: bool) -> Iterator[dict[str, Any]]:
+        for _, _, row in self._jsonl_lines(given, path, gz, keep=True):
+            yield row
+
+    def _jsonl_lines(self, given: str, path: Path, gz: bool, keep: bool) -> Iterator[tuple[int, bytes, Any]]:
+        """``(byte offset, line, row or None)`` per non-blank line; DataError names a bad line."""
         opener = gzip.open if gz else open
         loads = json.loads
+        offset = 0
         with opener(path, "rb") as fh:
             for lineno, raw in enumerate(fh, 1):
+                start, offset = offset, offset + len(raw)
                 if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]  # UTF-8 byte-order mark
+                    raw, start = raw[3:], start + 3  # UTF-8 byte-order mark
                 if raw.isspace() or not raw:
                     continue
                 try:
@@ -230,7 +254,7 @@ class HFDatasetStore:
                         f"{given}: line {lineno} is {_describe_json_type(row)}, not a JSON object. "
                         'Each line must be one JSON object such as {"prompt": "...", "completion": "..."}.'
                     )
-                yield row
+                yield start, raw.rstrip(b"\r\n"), row if keep else None
 
     def _load_json(self, given: str, path: Path) -> list[dict[str, Any]]:
         raw = path.read_bytes()
@@ -277,7 +301,7 @@ class HFDatasetStore:
                 )
         return rows
 
-    def _load_dir(self, given: str, path: Path, split: str | None) -> list[dict[str, Any]]:
+    def _load_dir(self, given: str, path: Path, split: str | None) -> Sequence[dict[str, Any]]:
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             datasets = _import_datasets()
             try:
@@ -293,17 +317,14 @@ class HFDatasetStore:
             kind = kinds.pop()
             if kind in ("parquet", "csv"):
                 return self._via_datasets(given, kind, files)
-            rows: list[dict[str, Any]] = []
-            for f in files:
-                rows += self._load_path(str(Path(given) / f.name), f, split)
-            return rows
+            return ChainRows([self._load_path(str(Path(given) / f.name), f, split) for f in files])
         listing = ", ".join(p.name for p in files[:5]) or "no data files"
         raise DataError(
             f"{given} is a directory ({listing}). Point the recipe at one {_ALLOWED} file, a directory of "
             "shards of one type, or a directory written by Dataset.save_to_disk."
         )
 
-    def _via_datasets(self, given: str, builder: str, path: Path | list[Path], **kwargs: Any) -> list[dict[str, Any]]:
+    def _via_datasets(self, given: str, builder: str, path: Path | list[Path], **kwargs: Any) -> Sequence[dict[str, Any]]:
         datasets = _import_datasets()
         files = [str(p.resolve()) for p in path] if isinstance(path, list) else str(path.resolve())
         try:
@@ -320,7 +341,7 @@ class HFDatasetStore:
 
     # --------------------------------------------------------------------------- hub
 
-    def _load_hub(self, name: str, split: str | None) -> list[dict[str, Any]]:
+    def _load_hub(self, name: str, split: str | None) -> Sequence[dict[str, Any]]:
         ds = self._hub_dataset(name, split)
         return _rows(_pick_split(name, ds, split, self._prefer))
 
@@ -461,9 +482,9 @@ def _kind(path: Path) -> str:
     return "jsonl" if ext in JSONL_EXTS else "json" if ext in JSON_EXTS else "csv" if ext == ".csv" else "tsv" if ext == ".tsv" else "parquet"
 
 
-def _rows(ds: Any) -> list[dict[str, Any]]:
-    if hasattr(ds, "to_list"):
-        return ds.to_list()
+def _rows(ds: Any) -> Sequence[dict[str, Any]]:
+    if hasattr(ds, "to_list"):  # a datasets.Dataset: Arrow, memory-mapped; rows become dicts when read
+        return ArrowRows(ds)
     return [dict(r) for r in ds]
 
 
