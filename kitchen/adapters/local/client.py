@@ -163,6 +163,7 @@ class LocalTrainingClient:
         model, tokenizer, info = load_model(
             config.base_model, cache_dir=self.cache_dir, dtype=dtype, device=device,
             revision=getattr(config, "model_revision", None), chat_template=getattr(config, "chat_template", None),
+            commit=getattr(config, "model_commit", None),
         )  # issue 9: hub revision + chat template override
         model = scale.prepare_model(self, model, plan)  # activation checkpointing / QLoRA
         self._model_info = info
