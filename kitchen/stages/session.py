@@ -127,4 +127,6 @@ class Restore(Stage):
             ctx.emit(ev.RUN_WARNING, message=note)
         ctx.progress.step = record["step"]
         ctx.progress.last_checkpoint_step = record["step"]
+        if record.get("data_position"):  # a streamed dataset continues where this checkpoint left it
+            ctx.progress.data_positions = {record["step"]: record["data_position"]}
         ctx.emit(ev.RUN_INFO, message=f"resumed from checkpoint {record['name']} at step {record['step']}")
