@@ -156,7 +156,7 @@ def print_validated(prepared: Any) -> None:
 
     rows = ""
     if data.has(ChatData) and data.use(ChatData).loaded is not None:
-        rows = ", " + data.use(ChatData).loaded.summary()  # the detected format and row counts
+        rows = ", " + data.use(ChatData).summary()  # the detected format and row counts
     note = data.metadata.get("model_note")
     console.print(f"[green]ok[/]: recipe {spec.recipe}, workflow {prepared.workflow.name}, adapters {spec.adapters.name}, "
                   f"model {spec.model}" + (f" ({note})" if note else "") + f"{rows}; would write to {spec.run_dir}")

@@ -88,8 +88,19 @@ def inspect_data(spec: Any, *, examples: int = 3, color: str = "auto", console=N
     if not hasattr(spec, "dataset"):
         raise ConfigError(f"Recipe '{spec.recipe}' (workflow {spec.workflow.name}) reads no dataset; nothing to inspect.")
     kind = data_kind(spec)
-    loaded = load_training_rows(spec, build("adapters", dict(spec.adapters.dataset_store)), kind)
-    console.print(loaded.summary())
+    store = build("adapters", dict(spec.adapters.dataset_store))
+    if getattr(spec, "dataset_streaming", False):  # never materialise a streamed train set: its first rows only
+        from kitchen.dataload import LoadedData, LoadedSplit
+        from kitchen.streaming import CHECKED_ROWS, load_test_split, open_train_stream
+
+        stream = open_train_stream(spec, store, kind)
+        loaded = LoadedData(LoadedSplit(stream.first_rows, spec.dataset, stream.format, None,
+                                        {"streaming": True, "first_rows": CHECKED_ROWS}), load_test_split(spec, store, kind))
+        console.print(stream.summary(loaded.test) + f"; the train rows below are its first {len(stream.first_rows)} "
+                      "(in file order)")
+    else:
+        loaded = load_training_rows(spec, store, kind)
+        console.print(loaded.summary())
     tokenizer = tokenizer_for(spec)
     renderer = make_renderer(spec, tokenizer)
     console.print(f"tokenizer: {getattr(tokenizer, 'name_or_path', '') or spec.model} (no model weights loaded); "
@@ -105,7 +116,8 @@ def inspect_data(spec: Any, *, examples: int = 3, color: str = "auto", console=N
             continue
         rows = part.rows
         data, stats, _ = cached(part.source, lambda rows=rows: rows, tokenizer, renderer,
-                                source_fingerprint=part.fingerprint, extra=part.extra, num_proc=spec.tokenize_num_proc)
+                                source_fingerprint=part.fingerprint, extra=part.extra, num_proc=spec.tokenize_num_proc,
+                                use_cache=not part.extra.get("streaming"))  # a stream's first rows: not worth a cache entry
         lengths = sorted(_lengths(data, kind == "preference"))
         if lengths:
             p95 = lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]

@@ -142,3 +142,32 @@ def test_chat_template_override(kitchen, tmp_path):
     assert r.code == 2 and "Traceback" not in r.err and str(bad) in r.err and "line" in r.err, r
     r = kitchen("validate", *RUN, "model=tiny-llama", f"chat_template={tmp_path / 'nope.jinja'}", f"run_dir={tmp_path / 'v'}")
     assert r.code == 2 and "does not exist" in r.err, r
+
+
+def test_resume_loads_the_recorded_commit_after_the_branch_moved(kitchen, tmp_path, hf_home):
+    """`kitchen resume` continues on the commit the run trained on, not on where its branch points now."""
+    from conftest import step_losses
+
+    steps = ("lr_schedule=constant", "save_every=1")
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    common = (*RUN, f"model={REPO_ID}", "model_revision=main", *steps)
+    assert kitchen("run", *common, "max_steps=4", f"run_dir={ref}", env=offline(hf_home)).code == 0
+    r = kitchen("run", *common, "max_steps=2", f"run_dir={run}", env=offline(hf_home))
+    assert r.code == 0, r
+    (hf_home / "hub" / "models--acme--tiny-chat" / "refs" / "main").write_text(SHA_V2)  # the branch moves on
+    r = kitchen("resume", str(run), "max_steps=4", env=offline(hf_home))
+    assert r.code == 0, r
+    info = json.loads((run / "run.json").read_text())
+    assert info["model_commit"] == SHA_MAIN and info["model_revision"] == "main"
+    said = [e["message"] for e in read_jsonl(run / "events.jsonl") if e["event"] == "run.info"]
+    assert any(f"at commit {SHA_MAIN}" in m and "model_revision=main" in m for m in said), said
+    assert step_losses(run) == pytest.approx(step_losses(ref), rel=1e-6)  # the same base weights as the reference
+    # a fresh run does follow the branch, and its weights differ: the pin above mattered
+    fresh = tmp_path / "fresh"
+    assert kitchen("run", *common, "max_steps=4", f"run_dir={fresh}", env=offline(hf_home)).code == 0
+    assert json.loads((fresh / "run.json").read_text())["model_commit"] == SHA_V2
+    assert step_losses(fresh)[1] != pytest.approx(step_losses(ref)[1], rel=1e-6)
+    # changing model_revision on resume is a deliberate choice and is honoured
+    r = kitchen("resume", str(run), "max_steps=5", "model_revision=v2", env=offline(hf_home))
+    assert r.code == 0, r
+    assert json.loads((run / "run.json").read_text())["model_commit"] == SHA_V2

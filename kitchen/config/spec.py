@@ -191,6 +191,11 @@ class DatasetKeys(_Strict):
     test_split_fraction: float = Field(
         0.0, ge=0, lt=1, description="carve this fraction of the train rows off as the test set (shuffled by seed; needs no test_dataset)")
     tokenize_num_proc: int = Field(1, ge=1, description="processes that tokenize the dataset (datasets.map num_proc)")
+    dataset_streaming: bool = Field(
+        False, description="read the train set as a stream (datasets streaming=True), tokenizing rows as training goes; "
+        "supervised workflow only, needs max_steps")
+    dataset_shuffle_buffer: int = Field(
+        1000, gt=0, description="with dataset_streaming: rows in the seeded shuffle buffer (shards are shuffled too)")
 
 
 class ChatDataKeys(DatasetKeys):

@@ -53,6 +53,9 @@ class Progress:
     last_checkpoint_step: int | None = None
     last_eval_step: int | None = None
     resume_from: dict[str, Any] | None = None  # the checkpoint record a resumed run restores
+    # where a streamed dataset stood after each recent step (step -> position); a checkpoint at
+    # step s records data_positions[s], and a resume starts the stream there
+    data_positions: dict[int, dict[str, Any]] = field(default_factory=dict)
     stage_time: dict[str, float] = field(default_factory=dict)  # seconds per looped stage
 
 

@@ -24,6 +24,18 @@ class DatasetStore(Protocol):
 
 
 @runtime_checkable
+class StreamingDatasetStore(Protocol):
+    """A DatasetStore that can also stream (``dataset_streaming=true``); a separate port so a
+    store that only loads stays a complete DatasetStore."""
+
+    def stream(self, source: str, split: str | None = None, subset: str | None = None,
+               prefer: tuple[str, ...] = ("train",)) -> Any:
+        """The same sources as ``load`` as an iterable of rows that is never materialised: a
+        ``datasets.IterableDataset`` (its ``shuffle(seed=, buffer_size=)`` and ``set_epoch`` fix the order)."""
+        ...
+
+
+@runtime_checkable
 class BlobStore(Protocol):
     """Where copies of checkpoints and artifacts go (a folder, a bucket). Keys are ``/`` paths."""
 

@@ -77,6 +77,7 @@ class SessionConfig:
     device: str = "auto"  # auto | cpu | cuda
     max_length: int = 512
     model_revision: str | None = None  # hub models: branch, tag or commit (issue 9)
+    model_commit: str | None = None  # resume: load exactly this commit, not what model_revision points to now
     chat_template: str | None = None  # a Jinja file replacing the tokenizer's template (issue 9)
     # --- issue 11: how a backend that runs the model itself scales a batch (remote backends ignore these)
     micro_batch_size: int = 0  # datums per forward/backward pass; 0 = the whole batch

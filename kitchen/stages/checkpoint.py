@@ -56,6 +56,11 @@ def save_checkpoint(ctx: Context) -> None:
     name = f"step_{step:06d}"
     ref = ctx.training.save_state(name, step)
     record = {"name": name, "step": step, "path": ref.path, "epoch": ctx.progress.epoch, "time": time.time()}
+    if step in ctx.progress.data_positions:  # dataset_streaming: where the stream resumes
+        record["data_position"] = ctx.progress.data_positions[step]
+    commit = (ctx.metadata.get("session") or {}).get("model_commit")
+    if commit:  # the hub commit these weights were trained against: a resume loads exactly it
+        record["base_model"] = {"model": ctx.spec.model, "revision": ctx.spec.model_revision, "commit": commit}
     rundir = RunDir(ctx.run_dir)
     rundir.add_checkpoint(record)
     ctx.progress.last_checkpoint_step = step

@@ -27,8 +27,16 @@ class ChatData:
     plan: Any = None  # kitchen.train.batching.BatchPlan
     batch: Any = None  # the current kitchen.train.batching.BatchRef
     loaded: Any = None  # the kitchen.dataload.LoadedData preflight read (None: not loaded yet)
+    stream: Any = None  # kitchen.streaming.TrainStream with dataset_streaming=true (train is then empty)
+
+    def summary(self) -> str:
+        """The ``dataset:`` line: row counts (or the stream) and the detected format of each split."""
+        return self.stream.summary(self.loaded.test) if self.stream is not None else self.loaded.summary()
 
     def batch_items(self) -> list[Any]:
+        items = getattr(self.batch, "items", None)  # a streamed batch carries its Datums
+        if items is not None:
+            return list(items)
         return [self.train[i] for i in self.batch.indices]
 
 
@@ -41,23 +49,41 @@ class LoadDataset(Stage):
     """
 
     kind: str = "chat"  # "chat" (rows with messages) or "preference" (prompt, chosen, rejected)
+    streams: bool = False  # the workflow trains from dataset_streaming=true (kitchen.streaming)
 
     def validate(self, ctx: Context) -> None:
         spec = ctx.spec
         from kitchen.dataload import load_training_rows  # formats, splits, subsets, columns, test_split_fraction
 
         data = ctx.use(ChatData)
+        if getattr(spec, "dataset_streaming", False):
+            self._open_stream(ctx, data)
+            return
         data.loaded = load_training_rows(spec, ctx.adapters.dataset_store, kind="preference" if self.kind == "preference" else "sft")
         data.train_rows, data.test_rows = data.loaded.train.rows, data.loaded.test.rows
         train_on_what = getattr(spec, "train_on_what", "last_assistant_message")
         for part in (data.loaded.train, data.loaded.test):
             check_rows(part.rows, self.kind, str(part.source), train_on_what)
 
+    def _open_stream(self, ctx: Context, data: ChatData) -> None:
+        """The train split as a stream (its first rows checked), the test split loaded as usual."""
+        from kitchen.dataload import LoadedData, LoadedSplit
+        from kitchen.streaming import check_streaming_spec, load_test_split, open_train_stream
+
+        spec, kind = ctx.spec, "preference" if self.kind == "preference" else "sft"
+        check_streaming_spec(spec, self.streams)
+        data.stream = open_train_stream(spec, ctx.adapters.dataset_store, kind)
+        test = load_test_split(spec, ctx.adapters.dataset_store, kind)
+        check_rows(test.rows, self.kind, str(test.source), getattr(spec, "train_on_what", "last_assistant_message"))
+        train = LoadedSplit([], spec.dataset, data.stream.format, None, {"streaming": True})
+        data.loaded = LoadedData(train, test)
+        data.train_rows, data.test_rows = data.stream.first_rows, test.rows
+
     def execute(self, ctx: Context) -> None:
         data = ctx.use(ChatData)
         if data.loaded is None:
             self.validate(ctx)
-        ctx.emit(ev.RUN_INFO, message=data.loaded.summary())  # shows the detected format
+        ctx.emit(ev.RUN_INFO, message=data.summary())  # shows the detected format
 
 
 def check_rows(rows: list[dict[str, Any]], kind: str, source: str, train_on_what: str) -> None:
@@ -81,6 +107,8 @@ def tokenize_splits(ctx: Context, cached: Callable[..., Any], noun: str) -> None
     session, spec, data = ctx.use(Session), ctx.spec, ctx.use(ChatData)
     for split in ("train", "test"):
         part = getattr(data.loaded, split)  # a LoadedSplit: rows + what the token cache keys on
+        if split == "train" and data.stream is not None:
+            continue  # streamed: tokenized batch by batch as training goes (PlanBatches)
         if not part.rows:
             setattr(data, split, [])
             continue
@@ -98,7 +126,7 @@ def tokenize_splits(ctx: Context, cached: Callable[..., Any], noun: str) -> None
                 f"and were truncated; {stats.dropped_empty} had nothing left to train on and were dropped. "
                 "Raise max_length to keep them.",
             )
-    if not data.train:
+    if not data.train and data.stream is None:
         raise DataError(f"No trainable {noun} in {spec.dataset}: every row was empty after rendering with max_length={spec.max_length}.")
 
 
@@ -120,6 +148,15 @@ class PlanBatches(Stage):
         from kitchen.train.length_grouping import item_length
 
         spec, data = ctx.spec, ctx.use(ChatData)
+        if data.stream is not None:
+            from kitchen.stages.session import Session
+            from kitchen.train.stream_batches import StreamPlan
+
+            data.plan = StreamPlan(data.stream.rows_for_epoch, ctx.use(Session).renderer, spec.batch_size, spec.max_steps,
+                                   str(spec.dataset))
+            ctx.metadata["train_data_stats"] = data.plan.stats  # counts the rows as they are tokenized
+            ctx.progress.total_steps = data.plan.total_steps
+            return
         lengths = tuple(item_length(d) for d in data.train) if spec.length_grouped else None
         data.plan = BatchPlan(len(data.train), spec.batch_size, spec.epochs, spec.max_steps, spec.seed, group_lengths=lengths)
         ctx.progress.total_steps = data.plan.total_steps
@@ -127,7 +164,7 @@ class PlanBatches(Stage):
 
 def epochs(ctx: Context) -> Iterator[int]:
     """The epochs still to run, from the restored step on; binds ``ctx.progress.epoch``."""
-    for epoch in ctx.use(ChatData).plan.epochs_from(ctx.step):
+    for epoch in ctx.use(ChatData).plan.epochs_from(ctx.step, ctx.progress.data_positions.get(ctx.step)):
         ctx.progress.epoch = epoch
         yield epoch
 
@@ -137,6 +174,12 @@ def batches(ctx: Context) -> Iterator[Any]:
     data = ctx.use(ChatData)
     for batch in data.plan.batches_in_epoch(ctx.progress.epoch, ctx.step):
         data.batch = batch
+        position = getattr(batch, "position", None)  # a streamed batch: where the stream stands after it
+        if position is not None:
+            positions = ctx.progress.data_positions
+            positions[batch.step + 1] = position.to_dict()
+            for old in [k for k in positions if k < batch.step - 64]:  # steps far behind any checkpoint to come
+                del positions[old]
         yield batch
 
 

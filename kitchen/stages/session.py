@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +68,14 @@ class OpenSession(Stage):
         client = ctx.training
         if hasattr(client, "set_checkpoint_dir"):
             client.set_checkpoint_dir(ctx.run_dir / "checkpoints")
-        facts = client.start_session(session_config(ctx.spec))
+        config = session_config(ctx.spec)
+        commit = recorded_model_commit(ctx)
+        if commit:
+            config = dataclasses.replace(config, model_commit=commit)
+            asked = f"model_revision={ctx.spec.model_revision}" if ctx.spec.model_revision else "the default branch"
+            ctx.emit(ev.RUN_INFO, message=f"resume: loading {ctx.spec.model} at commit {commit}, the one this run "
+                     f"recorded, not what {asked} points to now (pass another model_revision= to change the base on purpose)")
+        facts = client.start_session(config)
         for message in facts.pop("warnings", None) or []:  # issue 13: backend warnings (e.g. lora_rank > hidden size)
             ctx.emit(ev.RUN_WARNING, message=message)
         ctx.metadata["session"] = facts
@@ -80,6 +88,29 @@ class OpenSession(Stage):
                  "padding_free", "quantization", "world_size", "parallel")
         summary = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items() if k in shown)
         ctx.emit(ev.RUN_INFO, message=f"session: {summary}")
+
+
+def recorded_model_commit(ctx: Context) -> str | None:
+    """On resume, the hub commit the run trained on, so a branch that moved since cannot change the base.
+
+    The checkpoint being restored records the commit its weights were trained against
+    (run.json's ``model_base`` too, once an attempt has ended). None for a fresh run, a
+    non-hub model, or when the resume changes ``model=`` or ``model_revision=`` on purpose.
+    """
+    spec = ctx.spec
+    if not (spec.resume or spec.resume_from):
+        return None
+    recorded = (ctx.progress.resume_from or {}).get("base_model")
+    if not recorded:  # no checkpoint yet: what the last attempt recorded in run.json
+        from kitchen.rundir import RunDir
+
+        base = (RunDir(ctx.run_dir).read_info() or {}).get("model_base") or {}
+        if base.get("kind") != "hub":
+            return None
+        recorded = {"model": base.get("repo_id"), "revision": base.get("revision"), "commit": base.get("commit")}
+    if recorded.get("model") != spec.model or recorded.get("revision") != spec.model_revision:
+        return None
+    return recorded.get("commit") or None
 
 
 class Restore(Stage):
@@ -96,4 +127,6 @@ class Restore(Stage):
             ctx.emit(ev.RUN_WARNING, message=note)
         ctx.progress.step = record["step"]
         ctx.progress.last_checkpoint_step = record["step"]
+        if record.get("data_position"):  # a streamed dataset continues where this checkpoint left it
+            ctx.progress.data_positions = {record["step"]: record["data_position"]}
         ctx.emit(ev.RUN_INFO, message=f"resumed from checkpoint {record['name']} at step {record['step']}")

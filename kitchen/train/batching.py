@@ -67,7 +67,8 @@ class BatchPlan:
             chunk = [order[i % len(order)] for i in range(start, start + self.batch_size)]
         return BatchRef(step, epoch, index, tuple(chunk))
 
-    def epochs_from(self, step: int) -> range:
+    def epochs_from(self, step: int, position: object = None) -> range:
+        """The epochs from ``step`` on (``position`` is for a streamed plan; this order needs only the step)."""
         last = (self.total_steps - 1) // self.steps_per_epoch if self.total_steps else -1
         return range(step // self.steps_per_epoch, last + 1)
 

@@ -26,7 +26,7 @@ SUPERVISED = Workflow(
     description="Supervised fine-tuning on chat data with per-token loss weights (cross_entropy).",
     config=SupervisedConfig,
     nodes=(
-        stage(LoadDataset),
+        stage(LoadDataset, streams=True),
         stage(OpenSession),
         stage(TokenizeChat),
         stage(PlanBatches),

@@ -119,6 +119,13 @@ class HFDatasetStore:
             )
         return rows
 
+    def stream(self, source: str | os.PathLike[str], split: str | None = None, subset: str | None = None,
+               prefer: tuple[str, ...] = ("train",)) -> Any:
+        """``source`` as a ``datasets.IterableDataset`` (``dataset_streaming=true``), never materialised."""
+        from kitchen.adapters.hf_datasets.streaming import open_stream
+
+        return open_stream(self, source, split, subset, prefer)
+
     def fingerprint(self, source: str | os.PathLike[str]) -> str:
         given = os.fspath(source)
         path = Path(given).expanduser()

@@ -161,7 +161,8 @@ class LocalTrainingClient:
         plan = scale.plan_session(self, config, device, dtype)
 
         load_kw = dict(cache_dir=self.cache_dir, dtype=dtype, device=device,
-                       revision=getattr(config, "model_revision", None), chat_template=getattr(config, "chat_template", None))
+                       revision=getattr(config, "model_revision", None), chat_template=getattr(config, "chat_template", None),
+                       commit=getattr(config, "model_commit", None))
         if config.lora.rank > 0 and not plan.quantization and plan.world_size == 1:
             # LoRA never changes a base weight: share one frozen copy per process (kitchen serve
             # runs many sessions in one). QLoRA rewrites the base and DDP broadcasts into it.

@@ -515,10 +515,16 @@ def load_model(
     device: str = "cpu",
     revision: str | None = None,
     chat_template: str | os.PathLike | None = None,
+    commit: str | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """Load ``(model, tokenizer, info)``; the model is in eval mode on ``device``."""
+    """Load ``(model, tokenizer, info)``; the model is in eval mode on ``device``.
+
+    ``commit`` (hub ids, on resume) loads exactly that commit instead of resolving
+    ``revision`` again, since a branch may have moved since the run started; ``revision``
+    is still recorded as the name the run asked for.
+    """
     t0 = time.time()
-    res = resolve_model(name, revision)
+    res = resolve_model(name, commit or revision)
     tdtype = _torch_dtype(dtype)
     info: dict[str, Any] = {"model": res.name, "source": res.kind}
     if res.kind == "tiny":
@@ -547,6 +553,8 @@ def load_model(
     else:
         snap = _hub_snapshot(res)
         res.path, res.commit = snap.path, snap.commit
+        if commit:
+            res.revision = revision
         info["path"] = snap.path
         info["revision"] = res.revision
         info["commit"] = snap.commit

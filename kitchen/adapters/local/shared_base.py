@@ -4,7 +4,7 @@ Why: ``kitchen serve`` runs many training sessions in one process. Each LoRA ses
 used to load its own copy of the base model (about 0.5 GiB for SmolLM2-135M in fp32),
 though LoRA training never changes a base weight: only the adapter matrices and their
 optimizer state differ between sessions. Here the base weights are loaded once per
-(model, revision, dtype, device, chat template, cache dir) and every LoRA session gets
+(model, revision, pinned commit, dtype, device, chat template, cache dir) and every LoRA session gets
 a *view*: its own module tree (PEFT wraps modules in place, so the tree cannot be
 shared) whose frozen parameters are the shared tensors (no copy). Sampler snapshots
 built from a session (:mod:`.snapshots`) share the same tensors in turn.
@@ -59,16 +59,17 @@ _lock = threading.Lock()
 _bases: "dict[tuple, weakref.ref[SharedBase]]" = {}
 
 
-def _key(name: str, *, cache_dir: Any, dtype: Any, device: str, revision: str | None, chat_template: Any) -> tuple:
+def _key(name: str, *, cache_dir: Any, dtype: Any, device: str, revision: str | None, chat_template: Any,
+         commit: str | None) -> tuple:
     from kitchen.adapters.local.models import resolve_model
 
     resolved = resolve_model(name, revision)
     template = str(Path(chat_template).expanduser().resolve()) if chat_template else None
-    return (resolved.name, revision, str(dtype), str(device), template, str(cache_dir or ""))
+    return (resolved.name, revision, commit, str(dtype), str(device), template, str(cache_dir or ""))
 
 
 def acquire(name: str, *, cache_dir: Any = None, dtype: Any = "float32", device: str = "cpu",
-            revision: str | None = None, chat_template: Any = None) -> SharedBase:
+            revision: str | None = None, chat_template: Any = None, commit: str | None = None) -> SharedBase:
     """The process's shared copy of this base model, loading it on first use.
 
     Loading happens under the registry lock, so two sessions that start at once over the
@@ -76,14 +77,15 @@ def acquire(name: str, *, cache_dir: Any = None, dtype: Any = "float32", device:
     """
     from kitchen.adapters.local.models import load_model
 
-    key = _key(name, cache_dir=cache_dir, dtype=dtype, device=device, revision=revision, chat_template=chat_template)
+    key = _key(name, cache_dir=cache_dir, dtype=dtype, device=device, revision=revision, chat_template=chat_template,
+               commit=commit)
     with _lock:
         ref = _bases.get(key)
         shared = ref() if ref is not None else None
         if shared is not None:
             return shared
         model, tokenizer, info = load_model(name, cache_dir=cache_dir, dtype=dtype, device=device, revision=revision,
-                                            chat_template=chat_template)
+                                            chat_template=chat_template, commit=commit)
         for p in model.parameters():
             p.requires_grad_(False)
         shared = SharedBase(model, tokenizer, info, key)

@@ -1,0 +1,169 @@
+"""``dataset_streaming=true``: train from a dataset that is never materialised.
+
+What changes against the default path (:mod:`kitchen.dataload` + the token cache):
+
+* the train set is a ``datasets.IterableDataset`` from the DatasetStore's ``stream``;
+  rows are normalised to the detected format and tokenized one batch at a time as
+  training goes (:class:`~kitchen.train.stream_batches.StreamPlan`); nothing is cached;
+* the data order is a seeded shard + buffer shuffle per epoch
+  (``shuffle(seed=seed, buffer_size=dataset_shuffle_buffer)`` and ``set_epoch(epoch)``),
+  so it is a pure function of (seed, epoch) and exact resume holds;
+* with no row count up front there is no epoch length, so ``max_steps`` is required
+  (the stream is read again, reshuffled, when a pass ends); the row count is never
+  inferred, even where a source's metadata states it (the ``dataset:`` line shows it);
+* ``validate`` (and ``kitchen data inspect``) read only the first rows: the format is
+  detected from the first one and the first :data:`CHECKED_ROWS` are checked; a bad row
+  further on stops the run when it is reached, naming the field;
+* the test set (``test_dataset``) is small by nature and is loaded as usual.
+
+Keys that need the whole dataset (``test_split_fraction``, ``length_grouped``, ``epochs``
+without ``max_steps``) and workflows that cannot stream are exit-2 errors naming the
+key, in ``kitchen validate`` too.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from kitchen.errors import ConfigError, DataError
+from kitchen.train.formats import FormatChoice, choose_format, normalize_rows
+
+CHECKED_ROWS = 64  # rows read and checked before training (validate, data inspect, the preview rows)
+
+
+def check_streaming_spec(spec: Any, workflow_streams: bool) -> None:
+    """Refuse, naming the key, what cannot work without the whole dataset in hand."""
+    if not workflow_streams:
+        raise ConfigError(
+            f"dataset_streaming=true is not supported by the {spec.workflow.name} workflow (recipe '{spec.recipe}'): "
+            "only the supervised workflow streams its train set. Preference (DPO) caches reference log-probs per "
+            "example and distillation samples prompts from the whole set. Set dataset_streaming=false."
+        )
+    if not getattr(spec, "max_steps", None):
+        raise ConfigError(
+            f"dataset_streaming=true needs max_steps=N: a stream has no known length, so epochs={getattr(spec, 'epochs', 1)} "
+            "cannot be turned into a number of steps. Set max_steps (the stream is read again, reshuffled, when a pass ends)."
+        )
+    if float(getattr(spec, "test_split_fraction", 0.0) or 0.0):
+        raise ConfigError(
+            f"test_split_fraction={spec.test_split_fraction} carves a test set off the whole train set, which "
+            "dataset_streaming=true never holds. Give a test_dataset= instead, or set dataset_streaming=false."
+        )
+    if getattr(spec, "length_grouped", False):
+        raise ConfigError(
+            "length_grouped=true sorts the whole train set by length, which dataset_streaming=true never holds. "
+            "Set length_grouped=false (or dataset_streaming=false)."
+        )
+
+
+@dataclass
+class TrainStream:
+    """The streamed train split: the IterableDataset, its format, and the first rows (checked)."""
+
+    dataset: Any  # datasets.IterableDataset, unshuffled
+    source: str
+    format: FormatChoice
+    kind: str
+    seed: int
+    buffer_size: int
+    first_rows: list[dict[str, Any]] = field(default_factory=list)  # normalised; previews and `data inspect` use them
+    num_rows: int | None = None  # when the source's metadata states it (shown, never relied on)
+
+    def rows_for_epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        """Epoch ``epoch``'s rows, normalised, in an order fixed by (seed, epoch)."""
+        shuffled = self.dataset.shuffle(seed=self.seed, buffer_size=self.buffer_size)
+        shuffled.set_epoch(epoch)  # datasets reshuffles with seed + epoch
+        for i, row in enumerate(_translated(iter(shuffled), self.source)):
+            yield _normalised(row, self.format, self.source, self.kind, f"row {i} of epoch {epoch} (in shuffled order)")
+
+    def summary(self, test: Any = None) -> str:
+        """The ``dataset:`` line of a streamed run."""
+        count = f"{self.num_rows} rows per its metadata" if self.num_rows else "row count unknown"
+        text = (f"dataset: train streamed from {self.source} ({count}; shuffle buffer {self.buffer_size}, seed {self.seed}), "
+                f"format {self.format.label()}")
+        if test is not None and test.rows:
+            same = test.format == self.format
+            text += f"; {len(test.rows)} test rows" + ("" if same else f", format {test.label()}")
+        else:
+            text += "; no test rows"
+        return text
+
+
+def _normalised(row: Any, choice: FormatChoice, source: str, kind: str, position: str) -> dict[str, Any]:
+    """One row normalised to ``choice``; a bad one is a DataError naming its line in its file when
+    the store tagged it (local JSON), else ``position`` in the stream."""
+    from kitchen.adapters.hf_datasets.streaming import row_origin
+    from kitchen.dataload import _jsonl_line_namer
+
+    origin = row_origin(row)
+
+    def where(_: int) -> str:
+        if origin is None:
+            return position
+        path, index = origin
+        return _jsonl_line_namer(path)(index) + ("" if Path(path) == Path(source).expanduser().resolve() else f" of {Path(path).name}")
+
+    return normalize_rows([row], choice, source, kind, where=where)[0]
+
+
+def _translated(rows: Iterator[Any], source: str) -> Iterator[Any]:
+    """``rows``, with a read error mid-stream (a malformed line in shard 7) as one DataError naming the source."""
+    count = 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the builder's parse errors, wrapped by datasets
+            cause = exc.__cause__ or exc.__context__ or exc
+            text = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else type(cause).__name__
+            raise DataError(f"{source}: could not read the stream after {count} rows ({type(cause).__name__}: {text}). "
+                            "Fix or remove the malformed file or line.") from None
+        count += 1
+        yield row
+
+
+def open_train_stream(spec: Any, store: Any, kind: str = "sft") -> TrainStream:
+    """Open the train split as a stream, detect its format from the first row and check the first rows."""
+    from kitchen.adapters.hf_datasets.streaming import ROW_ORIGIN, known_num_rows, row_origin
+    from kitchen.stages.data import check_rows
+
+    if not spec.dataset:
+        raise ConfigError(f"Recipe '{spec.recipe}' needs a dataset: pass dataset=PATH or a hub dataset name.")
+    if not callable(getattr(store, "stream", None)):
+        raise ConfigError(f"dataset_streaming=true: the dataset store of adapters={spec.adapters.name} "
+                          f"({type(store).__name__}) cannot stream (it has no stream() method). Set dataset_streaming=false.")
+    dataset = store.stream(spec.dataset, split=spec.dataset_split, subset=spec.dataset_subset, prefer=("train",))
+    first = list(itertools.islice(_translated(iter(dataset), spec.dataset), CHECKED_ROWS))
+    if not first:
+        raise DataError(f"The dataset {spec.dataset} is empty: it has no rows. Add at least one example.")
+    fmt = getattr(spec, "dataset_format", "auto") or "auto"
+    columns = {k: v for k, v in (getattr(spec, "dataset_columns", None) or {}).items() if v}
+    origins = [row_origin(row) for row in first]  # the format is detected from the row as written
+    choice = choose_format(spec.dataset, first[0], fmt, kind, columns)
+    rows = [_normalised({**row, ROW_ORIGIN: origin} if origin else row, choice, spec.dataset, kind, f"row {i}")
+            for i, (row, origin) in enumerate(zip(first, origins))]
+    check_rows(rows, "preference" if kind == "preference" else "chat", spec.dataset,
+               getattr(spec, "train_on_what", "last_assistant_message"))
+    return TrainStream(dataset, spec.dataset, choice, kind, spec.seed, spec.dataset_shuffle_buffer, rows,
+                       known_num_rows(dataset))
+
+
+def load_test_split(spec: Any, store: Any, kind: str = "sft") -> Any:
+    """The test split of a streamed run, loaded in full as on the default path (or an empty split)."""
+    from kitchen.dataload import LoadedSplit, load_split
+
+    if not spec.test_dataset:
+        return LoadedSplit([])
+    fmt = getattr(spec, "dataset_format", "auto") or "auto"
+    columns = {k: v for k, v in (getattr(spec, "dataset_columns", None) or {}).items() if v}
+    return load_split(store, spec.test_dataset, kind=kind, split=spec.test_dataset_split, subset=spec.test_dataset_subset,
+                      fmt=fmt, columns=columns, prefer=("test", "validation", "valid", "eval", "train"))
+
+
+__all__ = ["CHECKED_ROWS", "TrainStream", "check_streaming_spec", "load_test_split", "open_train_stream"]
