@@ -27,7 +27,7 @@ from kitchen.telemetry import events as ev
 from kitchen.telemetry.events import EventBus
 
 EXIT_OK, EXIT_ERROR, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
-_STOP_SIGNALS = ("SIGINT", "SIGTERM")  # issue 13: SIGTERM (schedulers, docker stop) = first Ctrl-C
+_STOP_SIGNALS = ("SIGINT", "SIGTERM")  # SIGTERM (schedulers, docker stop) = first Ctrl-C
 VERSIONED_PACKAGES = ("crucible-kitchen", "torch", "transformers", "peft", "hydra-core", "tinker", "datasets")
 
 
@@ -38,7 +38,7 @@ class RunResult:
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
-    signum: int | None = None  # issue 13: the signal that interrupted the run (exit 128 + signum)
+    signum: int | None = None  # the signal that interrupted the run (exit 128 + signum)
 
     @property
     def exit_code(self) -> int:
@@ -174,7 +174,7 @@ def execute_prepared(prepared: "Prepared") -> RunResult:
 def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, adapters: Adapters, runner: Runner,
                     mode: str, moved: Path | None, resume_record: dict[str, Any] | None,
                     previous: dict[str, Any] | None) -> RunResult:
-    """The run itself, while this process holds the run-dir lock (issue 13 split)."""
+    """The run itself, while this process holds the run-dir lock."""
     from kitchen import lifecycle
 
     from kitchen.telemetry.jsonl import redact
@@ -200,7 +200,7 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
             raise lifecycle.as_user_error(exc, rundir) from None
     started = time.time()
     info: dict[str, Any] = dict(previous or {})
-    attempt = lifecycle.start_attempt(info, mode=mode, started=started, resume_record=resume_record)  # issue 13
+    attempt = lifecycle.start_attempt(info, mode=mode, started=started, resume_record=resume_record)
     info.update(
         status="running",
         recipe=spec.recipe,
@@ -214,7 +214,7 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
         ended_at=None,
         git_sha=git_sha,
         versions=_versions(),
-        argv=lifecycle.redacted_argv(),  # issue 13: hide secret-looking keys, keep max_tokens=...
+        argv=lifecycle.redacted_argv(),  # hide secret-looking keys, keep max_tokens=...
         pid=os.getpid(),
     )
     info["trackers"] = sink_run.trackers  # tracker run ids, so a resume continues the same tracker run
@@ -228,7 +228,7 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
     try:
         with stopper:
             try:
-                ctx.emit(  # issue 13: inside the try, so a full disk here is reported like any other
+                ctx.emit(  # inside the try, so a full disk here is reported like any other
                     ev.WORKFLOW_START, workflow=workflow.name, recipe=spec.recipe, run_dir=str(rundir.path),
                     model=spec.model, backend=spec.adapters.name, resumed_from_step=(resume_record or {}).get("step", 0),
                 )
@@ -244,7 +244,7 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
         error, raised = exc.render(), exc
         lifecycle.quiet(lambda: ctx.emit(ev.WORKFLOW_EXCEPTION, error=error, type=type(raised).__name__))
     except Exception as exc:  # noqa: BLE001 - recorded, then re-raised for a traceback
-        if lifecycle.is_disk_full(exc):  # issue 13: a full disk is one paragraph, exit 2
+        if lifecycle.is_disk_full(exc):  # a full disk is one paragraph, exit 2
             exc = lifecycle.as_user_error(exc, rundir)
             error, raised = exc.render(), exc
         else:

@@ -44,7 +44,7 @@ def _fail(exc: KitchenError) -> None:
         traceback.print_exception(exc)
     from rich.markup import escape
 
-    _stderr().print(f"[bold red]error:[/] {escape(exc.render())}", markup=True)  # issue 10: keep "[wandb]" in messages
+    _stderr().print(f"[bold red]error:[/] {escape(exc.render())}", markup=True)  # keep "[wandb]" in messages
     raise typer.Exit(exc.exit_code)
 
 
@@ -261,7 +261,7 @@ def serve(
     (never a command-line argument); with neither set, one is generated and printed once.
     Then: TINKER_BASE_URL=http://127.0.0.1:PORT TINKER_API_KEY=... kitchen run adapters=tinker
     """
-    # issue 12: options are validated in kitchen/serve/options.py (exit 2, one paragraph)
+    # options are validated in kitchen/serve/options.py (exit 2, one paragraph)
     from kitchen.serve.options import ServeOptions
 
     opts = ServeOptions(host=host, port=port, backend=backend, models=list(model or []),
@@ -283,7 +283,7 @@ def plot(
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: loss and every eval metric)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write a PNG here (matplotlib); without it, draw in the terminal."),
 ) -> None:
-    """Training and evaluation curves from metrics.jsonl, one line per run (issue 10)."""
+    """Training and evaluation curves from metrics.jsonl, one line per run."""
     from kitchen.plot import plot as draw
 
     chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
@@ -291,7 +291,7 @@ def plot(
     typer.echo(f"wrote {result}" if out is not None else result)
 
 
-# -- issue 9: `kitchen data inspect` (body in kitchen/data_inspect.py) ----------------------
+# -- `kitchen data inspect` (body in kitchen/data_inspect.py) ----------------------
 data_app = typer.Typer(help="Look at a run's data before training on it.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -312,7 +312,7 @@ def data_inspect(
     inspect_data(spec, examples=examples, color=color)
 
 
-# --- issue 9: use and publish a trained model (bodies in kitchen/generate.py, kitchen/export.py) ---
+# --- use and publish a trained model (bodies in kitchen/generate.py, kitchen/export.py) ---
 StepOpt = typer.Option(None, "--step", help="Use the checkpoint at this step instead of the final weights.")
 BaseOpt = typer.Option(False, "--base", help="Use the run's base model (before training).")
 MaxTokOpt = typer.Option(256, "--max-tokens", min=1, help="Tokens to generate per reply.")

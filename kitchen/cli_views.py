@@ -167,7 +167,7 @@ def _find_runs(roots: Iterable[Path]) -> list[Path]:
     for root in roots:
         if (root / "run.json").exists():
             found.append(root)
-        elif root.is_dir():  # issue 10: anywhere below the root (sweep jobs sit two or more levels down)
+        elif root.is_dir():  # anywhere below the root (sweep jobs sit two or more levels down)
             found += [p.parent for p in root.rglob("run.json") if "checkpoints" not in p.parent.parts]
     return sorted(set(found))
 
@@ -229,7 +229,7 @@ def _varying(records: list[dict[str, Any]]) -> tuple[list[list[str]], list[str]]
 def print_sweep_summary(records: list[dict[str, Any]]) -> int:
     """One row per job (records from kitchen.sweeps), best objective first; returns the failure count.
 
-    issue 10: sorted by the objective when the sweep has one, with the best job named below.
+    Sorted by the objective when the sweep has one, with the best job named below.
     """
     from kitchen.sweeps import rank
 

@@ -58,7 +58,7 @@ _STEP_NAME = re.compile(r"^step_(\d+)$")
 
 
 def _writer() -> bool:
-    """issue 11: rank 0 (or a plain single process) owns the run dir's files."""
+    """Rank 0 (or a plain single process) owns the run dir's files."""
     from kitchen.distributed import is_rank0
 
     return is_rank0()
@@ -97,7 +97,7 @@ class RunDir:
             return {"status": "unknown"}
 
     def write_info(self, info: dict[str, Any]) -> None:
-        if not _writer():  # --- issue 11: under torchrun only rank 0 writes the run dir
+        if not _writer():  # under torchrun only rank 0 writes the run dir
             return
         atomic_write_text(self.run_json, json.dumps(info, indent=2, default=str) + "\n")
 

@@ -134,7 +134,7 @@ def compose(overrides: list[str], recipe_dirs: Iterable[str] = (), *, found: dic
     from hydra import initialize
 
     found = found if found is not None else setup(recipe_dirs)
-    check_override_syntax(overrides)  # issue 13
+    check_override_syntax(overrides)
     try:
         with initialize(config_path=None, version_base=VERSION_BASE, job_name="kitchen"):
             return hydra_compose(config_name=PRIMARY, overrides=list(overrides))
@@ -165,7 +165,7 @@ def launch(
     from hydra_zen import launch as zen_launch
 
     found = found if found is not None else setup(recipe_dirs)
-    check_override_syntax(overrides)  # issue 13
+    check_override_syntax(overrides)
     try:
         return zen_launch(
             primary_node(),
@@ -184,7 +184,7 @@ def launch(
             raise
         if _is_hydra_error(exc):
             raise translate(exc, overrides, found) from None
-        if isinstance(exc, OSError) and exc.filename:  # issue 13: Hydra creating hydra.run.dir (= run_dir)
+        if isinstance(exc, OSError) and exc.filename:  # Hydra creating hydra.run.dir (= run_dir)
             raise run_dir_error(exc) from None
         raise
 
@@ -220,7 +220,7 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
         for value in values[1:]:
             jobs.append(fixed + [v[0] if j != i else value for j, v in enumerate(swept)])
     return jobs
-# --- issue 13: malformed overrides and an uncreatable run_dir, as one paragraph ----------
+# --- malformed overrides and an uncreatable run_dir, as one paragraph ----------
 _HUGE_INT = re.compile(r"(?<![\w.])[-+]?\d{4000,}(?![\w.])")
 
 

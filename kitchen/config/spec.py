@@ -18,7 +18,7 @@ TrainOnWhat = Literal["last_assistant_message", "all_assistant_messages", "all_m
 
 
 class _Strict(BaseModel):
-    # allow_inf_nan=False (issue 13): learning_rate=inf or 1e999 is a config error naming the key,
+    # allow_inf_nan=False: learning_rate=inf or 1e999 is a config error naming the key,
     # not a crash mid-run; no hyperparameter has a meaning at inf or nan.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -52,7 +52,7 @@ class TelemetrySpec(_Strict):
 
 
 class DistributedSpec(_Strict):
-    """issue 11: ``kitchen run distributed.nproc_per_node=N`` starts N ranks through torch.distributed.run."""
+    """``kitchen run distributed.nproc_per_node=N`` starts N ranks through torch.distributed.run."""
 
     nproc_per_node: int = Field(1, ge=1, description="processes on this node; >1 launches through torch.distributed.run")
     nnodes: str = Field("1", description="nodes, or MIN:MAX for an elastic job (torchrun --nnodes)")

@@ -76,10 +76,10 @@ class SessionConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16
     device: str = "auto"  # auto | cpu | cuda
     max_length: int = 512
-    model_revision: str | None = None  # hub models: branch, tag or commit (issue 9)
+    model_revision: str | None = None  # hub models: branch, tag or commit
     model_commit: str | None = None  # resume: load exactly this commit, not what model_revision points to now
-    chat_template: str | None = None  # a Jinja file replacing the tokenizer's template (issue 9)
-    # --- issue 11: how a backend that runs the model itself scales a batch (remote backends ignore these)
+    chat_template: str | None = None  # a Jinja file replacing the tokenizer's template
+    # --- how a backend that runs the model itself scales a batch (remote backends ignore these)
     micro_batch_size: int = 0  # datums per forward/backward pass; 0 = the whole batch
     max_tokens_per_micro_batch: int = 0  # token budget per pass; 0 = none
     activation_checkpointing: bool = False

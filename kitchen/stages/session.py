@@ -76,7 +76,7 @@ class OpenSession(Stage):
             ctx.emit(ev.RUN_INFO, message=f"resume: loading {ctx.spec.model} at commit {commit}, the one this run "
                      f"recorded, not what {asked} points to now (pass another model_revision= to change the base on purpose)")
         facts = client.start_session(config)
-        for message in facts.pop("warnings", None) or []:  # issue 13: backend warnings (e.g. lora_rank > hidden size)
+        for message in facts.pop("warnings", None) or []:  # backend warnings (e.g. lora_rank > hidden size)
             ctx.emit(ev.RUN_WARNING, message=message)
         ctx.metadata["session"] = facts
         session = ctx.use(Session)

@@ -31,7 +31,7 @@ EVAL_RESULT = "eval.result"
 SAMPLE = "sample.completion"  # a sampled completion shown to the user (before/after, rollouts)
 RUN_INFO = "run.info"  # free-form notes: model loaded, resume point, warnings
 RUN_WARNING = "run.warning"
-ARTIFACT_SAVED = "artifact.saved"  # issue 10: files worth tracking were written (path, kind="weights"...)
+ARTIFACT_SAVED = "artifact.saved"  # files worth tracking were written (path, kind="weights"...)
 
 ALL_EVENTS = (
     WORKFLOW_START, WORKFLOW_STOP, WORKFLOW_EXCEPTION, STAGE_START, STAGE_STOP, STAGE_EXCEPTION,
@@ -80,7 +80,7 @@ class EventBus:
             except Exception as exc:  # noqa: BLE001 - a sink must never end the run...
                 if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
                     self._drop(sink, exc, warn=False)
-                    raise  # ...except a full disk: training on without metrics would lose them (issue 13)
+                    raise  # ...except a full disk: training on without metrics would lose them
                 self._drop(sink, exc)
         for fn in list(self._listeners):
             try:

@@ -282,7 +282,7 @@ def metrics_row_for_eval(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _with_path(exc: OSError, path: Path, line: str) -> OSError:
     """A buffered write's OSError names no file; say which one, and how much it was writing
-    (issue 13: a full disk is reported with the path and the bytes needed)."""
+    (a full disk is reported with the path and the bytes needed)."""
     out = OSError(exc.errno, exc.strerror or str(exc), str(path))
     out.needed = len(line.encode("utf-8"))  # type: ignore[attr-defined]
     return out

@@ -34,7 +34,7 @@ class BatchPlan:
     epochs: int
     max_steps: int | None
     seed: int
-    # issue 11: with lengths, batches group sequences of similar length (length_grouped=true)
+    # with lengths, batches group sequences of similar length (length_grouped=true)
     group_lengths: tuple[int, ...] | None = field(default=None, repr=False)
     _orders: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 

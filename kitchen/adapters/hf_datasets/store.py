@@ -210,7 +210,7 @@ class HFDatasetStore:
 
     def _iter_jsonl(self, given: str, path: Path) -> Iterator[dict[str, Any]]:
         gz = path.name.lower().endswith(".gz")
-        try:  # issue 13: a .gz that is not gzip (or is truncated) is one paragraph, not a traceback
+        try:  # a .gz that is not gzip (or is truncated) is one paragraph, not a traceback
             yield from self._jsonl_rows(given, path, gz)
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise DataError(
@@ -254,7 +254,7 @@ class HFDatasetStore:
                         f"{given}: line {lineno} is not valid UTF-8 text (byte {exc.start + 1}). "
                         "Save the file as UTF-8 with one JSON object per line."
                     ) from None
-                except RecursionError:  # issue 13: a deeply nested line
+                except RecursionError:  # a deeply nested line
                     raise DataError(_too_deep(f"{given}: line {lineno}")) from None
                 if type(row) is not dict:
                     raise DataError(
@@ -283,7 +283,7 @@ class HFDatasetStore:
             ) from None
         except UnicodeDecodeError:
             raise DataError(f"{given}: not valid UTF-8 text. Save the file as UTF-8.") from None
-        except RecursionError:  # issue 13: deeply nested JSON
+        except RecursionError:  # deeply nested JSON
             raise DataError(_too_deep(given)) from None
         rows = data
         if isinstance(data, dict):

@@ -159,7 +159,7 @@ def write_state(
 
     final = Path(final_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
-    # issue 13: refuse up front when the checkpoint cannot fit, naming the bytes it needs
+    # refuse up front when the checkpoint cannot fit, naming the bytes it needs
     from kitchen.diskfull import ensure_space
 
     tensors = [*weights.values(), *(optimizer[0].values() if optimizer is not None else ())]

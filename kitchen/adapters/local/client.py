@@ -83,7 +83,7 @@ class LocalTrainingClient:
         checkpoint_dir: str | None = None,
         **unused: Any,
     ) -> None:
-        self.threads = _check_threads(threads)  # issue 13: threads=-2 is a config error, not a torch crash
+        self.threads = _check_threads(threads)  # threads=-2 is a config error, not a torch crash
         self.cache_dir = cache_dir
         self.cpu_bf16_autocast = bool(cpu_bf16_autocast)
         self.checkpoint_dir: str | None = str(checkpoint_dir) if checkpoint_dir else None
@@ -107,7 +107,7 @@ class LocalTrainingClient:
         self._samplers: dict[str, LocalSamplingClient] = {}
         self._model_info: dict[str, Any] = {}
         self._vocab_size = 0
-        # --- issue 11: scale (micro-batching, data parallel, precision); see train_step.py / scale.py
+        # --- scale (micro-batching, data parallel, precision); see train_step.py / scale.py
         from kitchen.train.microbatch import MicroBatchOptions
 
         self.micro_opts = MicroBatchOptions()
@@ -156,7 +156,7 @@ class LocalTrainingClient:
         self.dtype = dtype
         if device == "cpu":
             torch.set_num_threads(self.threads or default_threads())
-        from kitchen.adapters.local import scale  # --- issue 11
+        from kitchen.adapters.local import scale
 
         plan = scale.plan_session(self, config, device, dtype)
 
@@ -170,11 +170,11 @@ class LocalTrainingClient:
 
             model, tokenizer, info = shared_base.acquire(config.base_model, **load_kw).view()
         else:
-            model, tokenizer, info = load_model(config.base_model, **load_kw)  # issue 9: revision + chat template
+            model, tokenizer, info = load_model(config.base_model, **load_kw)  # revision + chat template
         model = scale.prepare_model(self, model, plan)  # activation checkpointing / QLoRA
         self._model_info = info
         lora = config.lora
-        warnings_out: list[str] = []  # issue 13: surfaced as run.warning events by InitSession
+        warnings_out: list[str] = []  # surfaced as run.warning events by InitSession
         if lora.rank and lora.rank > 0:
             import peft
 
@@ -202,7 +202,7 @@ class LocalTrainingClient:
                 warnings.simplefilter("ignore")  # tied-embedding notes when lm_head is a target
                 try:
                     model = peft.get_peft_model(model, pcfg)
-                except (MemoryError, RuntimeError) as exc:  # issue 13: a rank too large to allocate
+                except (MemoryError, RuntimeError) as exc:  # a rank too large to allocate
                     if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower() and "out of memory" not in str(exc).lower():
                         raise
                     raise ConfigError(
@@ -225,7 +225,7 @@ class LocalTrainingClient:
         self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.optimizer = None
         self.step = 0
-        scale.wrap_parallel(self, plan)  # --- issue 11: DDP (LoRA) / FSDP2 (full) across ranks
+        scale.wrap_parallel(self, plan)  # DDP (LoRA) / FSDP2 (full) across ranks
         seen: set[int] = set()
         total = 0
         for p in model.parameters():
@@ -248,12 +248,12 @@ class LocalTrainingClient:
             "total_params": int(total),
             "trainable_fraction": trainable / max(total, 1),
         }
-        # issue 9: where the base truly came from (adapter config, model card, run.json)
+        # where the base truly came from (adapter config, model card, run.json)
         self.facts.update(base=info.get("base"), base_dtype=info.get("base_dtype"),
                           model_revision=info.get("revision"), model_commit=info.get("commit"))
         if self._lora:
             self.facts["lora_target_modules"] = sorted(targets) if isinstance(targets, list) else targets
-        self.facts.update(plan.facts())  # --- issue 11
+        self.facts.update(plan.facts())
         return dict(self.facts)
 
     @staticmethod
@@ -299,21 +299,21 @@ class LocalTrainingClient:
     def _autocast(self):
         import torch
 
-        if self._autocast_dtype is not None:  # --- issue 11: mixed_precision=bf16|fp16
+        if self._autocast_dtype is not None:  # mixed_precision=bf16|fp16
             return torch.autocast(device_type=self.device.split(":")[0], dtype=self._autocast_dtype)
         if self.cpu_bf16_autocast and self.device == "cpu":
             return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _backward(self, loss) -> None:
-        """``loss.backward()``, through the fp16 GradScaler when one is active (issue 11)."""
+        """``loss.backward()``, through the fp16 GradScaler when one is active."""
         if self._scaler is not None:
             self._scaler.scale(loss).backward()
         else:
             loss.backward()
 
     def _run(self, data: list[Datum], loss_fn: str, loss_fn_config, *, train: bool) -> ForwardBackwardResult:
-        """One batch, in micro-batches and across ranks when configured (issue 11: train_step.py)."""
+        """One batch, in micro-batches and across ranks when configured (train_step.py)."""
         from kitchen.adapters.local.train_step import run_batch
 
         self._require_session()
@@ -358,7 +358,7 @@ class LocalTrainingClient:
             g["weight_decay"] = float(params.weight_decay)
         tensors = [p for _, p in self._params]
         grads = [p.grad for p in tensors if p.grad is not None]
-        if self._scaler is not None:  # --- issue 11: fp16 loss scaling; clip the true gradients
+        if self._scaler is not None:  # fp16 loss scaling; clip the true gradients
             self._scaler.unscale_(self.optimizer)
         if params.grad_clip_norm and params.grad_clip_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(tensors, float(params.grad_clip_norm))
@@ -392,7 +392,7 @@ class LocalTrainingClient:
             )
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise ConfigError(f"Invalid checkpoint name '{name}': use a plain name like 'step_000100'.")
-        from kitchen.adapters.local import scale  # --- issue 11: FSDP2 gathers; only rank 0 writes
+        from kitchen.adapters.local import scale  # FSDP2 gathers; only rank 0 writes
 
         names = [n for n, _ in self._params]
         weights = {n: scale.full_tensor(p.detach()) for n, p in self._params}
@@ -420,7 +420,7 @@ class LocalTrainingClient:
     def load_state(self, ref: CheckpointRef | str, with_optimizer: bool = True) -> None:
         import torch
 
-        from kitchen.adapters.local import scale  # --- issue 11
+        from kitchen.adapters.local import scale
 
         self._require_session()
         path = ref.path if isinstance(ref, CheckpointRef) else str(ref)
@@ -440,13 +440,13 @@ class LocalTrainingClient:
                 t = weights[n]
                 if t.shape != p.shape:
                     raise KitchenError(f"Checkpoint {path}: parameter {n} has shape {tuple(t.shape)}, expected {tuple(p.shape)}.")
-                if hasattr(p, "device_mesh"):  # --- issue 11: FSDP2 shard
+                if hasattr(p, "device_mesh"):  # FSDP2 shard
                     p.copy_(scale.like(p, t))
                 else:
                     p.copy_(t.to(p.dtype))
         for _, p in self._params:
             p.grad = None
-        # --- issue 11: say when the world size changed since the checkpoint
+        # --- say when the world size changed since the checkpoint
         self.resume_note = scale.world_size_note(
             state["info"].get("world_size"), self._dist.get_world_size() if self._dist is not None else 1
         )
@@ -459,7 +459,7 @@ class LocalTrainingClient:
                     raise KitchenError(f"Checkpoint {path}: optimizer state was saved for different parameters.")
                 if self.optimizer is None:
                     self.optimizer = self._make_optimizer(AdamParams())
-                if self._fsdp:  # --- issue 11
+                if self._fsdp:
                     opt_state = scale.local_optimizer_state(self.optimizer, opt_state, [p for _, p in self._params])
                 self.optimizer.load_state_dict(opt_state)
             else:
@@ -505,7 +505,7 @@ class LocalTrainingClient:
                     config.tie_word_embeddings = False
                     if hasattr(config, "get_text_config"):
                         config.get_text_config().tie_word_embeddings = False
-            elif self._fsdp:  # --- issue 11: gather FSDP2 shards (a collective: every rank calls this)
+            elif self._fsdp:  # gather FSDP2 shards (a collective: every rank calls this)
                 from kitchen.adapters.local.scale import full_tensor
 
                 sd = {k: full_tensor(v.detach()).clone() for k, v in base.state_dict().items()}
@@ -528,7 +528,7 @@ class LocalTrainingClient:
         self._require_session()
         _quiet_transformers()
         final = Path(path).expanduser()
-        from kitchen.adapters.local import scale  # --- issue 11: rank 0 writes the final weights
+        from kitchen.adapters.local import scale  # rank 0 writes the final weights
 
         if not scale.writes_files():
             if self._fsdp:
@@ -539,7 +539,7 @@ class LocalTrainingClient:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
             merged = self._merged_copy()
-            # issue 9: saved in the base model's own dtype (e.g. bf16), not the training dtype
+            # saved in the base model's own dtype (e.g. bf16), not the training dtype
             base_dtype = _torch_dtype(self._model_info.get("base_dtype") or "auto")
             if merged.dtype != base_dtype:
                 merged = merged.to(base_dtype)
@@ -547,7 +547,7 @@ class LocalTrainingClient:
             self.tokenizer.save_pretrained(str(tmp))
             del merged
             if self._lora:
-                # issue 9: the adapter names its TRUE base (a GGUF file + package, a hub id at a
+                # the adapter names its TRUE base (a GGUF file + package, a hub id at a
                 # commit, a local dir), never the look-alike hub id of a dequantised GGUF.
                 base = self._model_info.get("base") or {"kind": "builtin", "name": self._model_info.get("model")}
                 pcfg = self.model.peft_config["default"]

@@ -418,7 +418,7 @@ def convert_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None, *, quie
     target = gguf_cache_dir(gguf, cache_dir)
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    _check_gguf_magic(gguf)  # issue 13: a garbage .gguf is one paragraph, not a transformers traceback
+    _check_gguf_magic(gguf)  # a garbage .gguf is one paragraph, not a transformers traceback
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -434,7 +434,7 @@ def convert_gguf(gguf: Path, cache_dir: str | os.PathLike | None = None, *, quie
         try:
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:  # issue 13: damaged/unsupported file
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:  # damaged/unsupported file
             raise BackendError(
                 f"Could not read the GGUF model {gguf}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}. "
                 "Check that the file is a complete GGUF of a supported architecture (re-download it if it was cut short)."

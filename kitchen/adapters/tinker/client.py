@@ -339,7 +339,7 @@ class TinkerTrainingClient:
         import tinker
 
         self.config = config
-        if self.base_url:  # issue 12: a dead or closed server is exit 2 within a minute, not a hang
+        if self.base_url:  # a dead or closed server is exit 2 within a minute, not a hang
             from kitchen.adapters.tinker.probe import check_reachable
 
             check_reachable(self.base_url)
