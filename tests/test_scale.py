@@ -232,3 +232,51 @@ def test_cpu_bf16_mixed_precision_close_to_fp32_and_shown():
     assert all(p.dtype == torch.float32 for _, p in c._params)  # fp32 master weights
     mixed, plain = train(c, data), train(client(), data)
     assert mixed[0] == pytest.approx(plain[0], rel=2e-3)
+
+
+@pytest.mark.slow  # needs the qlora extra, which `make test-slow` installs (see the Makefile)
+@pytest.mark.parametrize("quant", ["4bit", "8bit"])
+def test_qlora_base_is_quantized_and_merges_into_full_precision_weights(quant):
+    """QLoRA's quantize + merge on bitsandbytes' CPU kernels (training itself refuses
+    quantization off CUDA): the layers really hold 4-bit data, a trained adapter merges
+    into dequantized base weights, and the merged copy is a plain model with no packed
+    tensors that computes what the QLoRA model computes."""
+    import bitsandbytes as bnb
+    import torch
+    from peft import LoraConfig as PeftLora, get_peft_model
+
+    from kitchen.adapters.local import scale
+
+    from kitchen.adapters.local.models import load_model
+
+    c = client(rank=4)
+    ref = load_model("tiny-llama", dtype=torch.float32, device="cpu")[0]
+    plain = ref.state_dict()
+    fresh = load_model("tiny-llama", dtype=torch.float32, device="cpu")[0]
+    q = scale.quantize(fresh, quant, "cpu")
+    kind = bnb.nn.Linear4bit if quant == "4bit" else bnb.nn.Linear8bitLt
+    layers = [m for m in q.modules() if isinstance(m, kind)]
+    packed = torch.uint8 if quant == "4bit" else torch.int8
+    assert layers and all(scale.is_quantized(m.weight) and m.weight.dtype == packed for m in layers)
+    assert not isinstance(q.get_output_embeddings(), kind)  # the unembedding stays full precision
+    name = next(n for n, m in q.named_modules() if isinstance(m, kind))
+    w = scale.dequantized(q.get_submodule(name))
+    assert w.shape == plain[f"{name}.weight"].shape and torch.allclose(w, plain[f"{name}.weight"], atol=0.05)
+
+    peft_model = get_peft_model(q, PeftLora(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    torch.manual_seed(0)
+    for n, p in peft_model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.05)  # a trained adapter: nonzero deltas
+    c.model = peft_model  # the session now holds a QLoRA model, as start_session builds on CUDA
+    merged = c._merged_copy()
+    assert not any(scale.is_quantized(p) for p in merged.parameters())
+    assert not any("absmax" in k or "quant" in k for k in merged.state_dict())
+    ids = torch.tensor([[3, 17, 42, 5, 9, 11]])
+    with torch.no_grad():
+        want = peft_model(input_ids=ids).logits.float()
+        got = merged(input_ids=ids).logits.float()
+    assert torch.allclose(got, want, atol=2e-2), (got - want).abs().max()
+    with torch.no_grad():
+        unmerged = ref(input_ids=ids).logits.float()
+    assert not torch.allclose(got, unmerged, atol=2e-2)  # the adapter's delta is in the merged weights

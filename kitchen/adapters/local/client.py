@@ -487,15 +487,29 @@ class LocalTrainingClient:
             if self._lora:
                 from peft.tuners.lora import LoraLayer
 
+                from kitchen.adapters.local.scale import dequantized, is_quantized
+
                 merged: dict[str, Any] = {}
+                quantized: set[str] = set()  # QLoRA: layers whose stored weight is packed bitsandbytes data
                 for name, mod in base.named_modules():
                     if isinstance(mod, LoraLayer) and "default" in getattr(mod, "lora_A", {}):
-                        w = mod.get_base_layer().weight
+                        layer = mod.get_base_layer()
+                        w = dequantized(layer)
                         merged[f"{name}.weight"] = (w + mod.get_delta_weight("default")).to(w.dtype)
+                    elif ".base_layer" not in name and is_quantized(getattr(mod, "weight", None)):
+                        merged[f"{name}.weight"] = dequantized(mod)
+                    else:
+                        continue
+                    if is_quantized(getattr(mod.get_base_layer() if isinstance(mod, LoraLayer) else mod, "weight", None)):
+                        quantized.add(name)
                 for k, v in base.state_dict().items():
                     if ".lora_" in k:
                         continue
-                    sd[k.replace(".base_layer.", ".")] = v.detach()
+                    k = k.replace(".base_layer.", ".")
+                    owner = k.rsplit(".weight", 1)[0] if ".weight" in k else k.rsplit(".", 1)[0]
+                    if owner in quantized and not k.endswith(".bias"):
+                        continue  # packed data and its quantization state: replaced by the dequantized weight
+                    sd[k] = v.detach()
                 sd.update(merged)
                 head = base.get_output_embeddings()
                 emb = base.get_input_embeddings()

@@ -160,12 +160,17 @@ def prepare_model(client: Any, model: Any, plan: ScalePlan) -> Any:
     return model
 
 
-def quantize(model: Any, quant: str, device: str) -> Any:  # pragma: no cover - needs CUDA + bitsandbytes
-    """Replace the body's Linear layers by bitsandbytes 4-bit (NF4) or 8-bit layers, on CUDA.
+def quantize(model: Any, quant: str, device: str) -> Any:
+    """Replace the body's Linear layers by bitsandbytes 4-bit (NF4) or 8-bit layers.
 
-    The unembedding stays in full precision (as QLoRA does). Written against
-    transformers' bitsandbytes integration; not exercised on the CPU-only CI.
+    The unembedding stays in full precision (as QLoRA does). Each new layer gets its
+    weight as a bitsandbytes parameter (``Params4bit`` / ``Int8Params``) built from the
+    original tensor; bitsandbytes quantizes it when it moves to ``device``. (Assigning
+    plain tensors with ``load_state_dict(assign=True)`` would drop that parameter type
+    and leave the layers unquantized and unusable.) Training refuses quantization off
+    CUDA; the CPU tests call this directly, with bitsandbytes' CPU kernels.
     """
+    import bitsandbytes as bnb
     import peft
     import torch
     from transformers import BitsAndBytesConfig
@@ -178,10 +183,35 @@ def quantize(model: Any, quant: str, device: str) -> Any:  # pragma: no cover - 
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     model = model.to("cpu")
     model = replace_with_bnb_linear(model, modules_to_not_convert=["lm_head"], quantization_config=cfg)
-    model.load_state_dict(state, strict=False, assign=True)
-    model = model.to(device)  # bitsandbytes quantizes the weights as they move to the GPU
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.weight = bnb.nn.Params4bit(state.pop(f"{name}.weight"), requires_grad=False, quant_type="nf4")
+        elif isinstance(module, bnb.nn.Linear8bitLt):
+            module.weight = bnb.nn.Int8Params(state.pop(f"{name}.weight"), requires_grad=False, has_fp16_weights=False)
+    model.load_state_dict(state, strict=False, assign=True)  # the rest: embeddings, norms, biases, lm_head
+    model = model.to(device)  # bitsandbytes quantizes its parameters as they move
     model.config.quantization_config = cfg
     return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def is_quantized(weight: Any) -> bool:
+    """A bitsandbytes 4-bit or 8-bit weight (QLoRA's frozen base)."""
+    return type(weight).__name__ in ("Params4bit", "Int8Params")
+
+
+def dequantized(module: Any) -> Any:
+    """``module.weight`` as a plain tensor in the layer's compute precision.
+
+    Merging LoRA into a QLoRA base, and writing the merged weights in the base dtype,
+    both start from the dequantized base weight: the packed 4-bit storage cannot take
+    a LoRA delta, and transformers cannot load it as a plain checkpoint.
+    """
+    weight = module.weight
+    if not is_quantized(weight):
+        return weight
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    return dequantize_bnb_weight(weight, state=getattr(module, "state", None))
 
 
 def wrap_parallel(client: Any, plan: ScalePlan) -> None:
