@@ -371,21 +371,26 @@ class HFDatasetStore:
             except Exception:  # noqa: BLE001
                 return None
 
+    def load_snapshot(self, repo: str, config: str, snapshot: Path, **load_kw: Any) -> Any:
+        """``datasets.load_dataset`` over a hub repo's local snapshot (its README ``configs:``,
+        split names from file names), offline; a failure is one paragraph naming the repo."""
+        datasets = _import_datasets()
+        try:
+            with _offline(datasets):
+                return datasets.load_dataset(str(snapshot), config or None, cache_dir=self.cache_dir, **load_kw)
+        except ValueError as exc:
+            if config and ("config" in str(exc).lower() or "builderconfig" in str(exc).lower()):
+                raise DataError(f"Dataset {repo} has no subset '{config}' ({_first_line(exc)}).") from None
+            raise DataError(f"Dataset {repo}: could not read its files ({_first_line(exc)}).") from None
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"Dataset {repo}: could not read its files ({type(exc).__name__}: {_first_line(exc)}).") from None
+
     def _hub_dataset(self, name: str, split: str | None) -> Any:
         datasets = _import_datasets()
         repo, _, config = name.partition(":")
         snapshot = self._hub_snapshot(repo)
         if snapshot is not None:
-            # the repo's files are local now: datasets reads them (its README `configs:`, split names from file names)
-            try:
-                with _offline(datasets):
-                    return datasets.load_dataset(str(snapshot), config or None, cache_dir=self.cache_dir)
-            except ValueError as exc:
-                if config and ("config" in str(exc).lower() or "builderconfig" in str(exc).lower()):
-                    raise DataError(f"Dataset {repo} has no subset '{config}' ({_first_line(exc)}).") from None
-                raise DataError(f"Dataset {repo}: could not read its files ({_first_line(exc)}).") from None
-            except Exception as exc:  # noqa: BLE001
-                raise DataError(f"Dataset {repo}: could not read its files ({type(exc).__name__}: {_first_line(exc)}).") from None
+            return self.load_snapshot(repo, config, snapshot)
         args = (repo, config) if config else (repo,)
         try:  # datasets' own Arrow cache (a dataset prepared earlier with datasets.load_dataset)
             with _offline(datasets):

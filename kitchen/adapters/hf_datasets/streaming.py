@@ -110,17 +110,7 @@ def open_stream(store: Any, source: str | os.PathLike[str], split: str | None = 
     snapshot = store._hub_snapshot(repo)
     if snapshot is None:  # a dataset prepared earlier by datasets.load_dataset: memory-mapped from its Arrow cache
         return _pick_split(name, store._hub_dataset(name, split), split, prefer).to_iterable_dataset()
-    datasets = _import_datasets()
-    try:
-        with _offline(datasets):
-            splits = datasets.load_dataset(str(snapshot), config or None, streaming=True, cache_dir=cache_dir)
-    except ValueError as exc:
-        if config and ("config" in str(exc).lower() or "builderconfig" in str(exc).lower()):
-            raise DataError(f"Dataset {repo} has no subset '{config}' ({_first_line(exc)}).") from None
-        raise DataError(f"Dataset {repo}: could not read its files ({_first_line(exc)}).") from None
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"Dataset {repo}: could not read its files ({type(exc).__name__}: {_first_line(exc)}).") from None
-    return _pick_split(name, splits, split, prefer)
+    return _pick_split(name, store.load_snapshot(repo, config, snapshot, streaming=True), split, prefer)
 
 
 def known_num_rows(stream: Any) -> int | None:
