@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -226,6 +227,41 @@ def test_lora_sessions_share_one_base_model_in_memory(tmp_path, sdk_env):
         assert first.save_weights_and_get_sampling_client().result().compute_logprobs(prompt).result() == pytest.approx(first_lps, abs=1e-6)
         assert full.get_info().lora_rank == 0
         service.close("success").result()
+
+
+def test_a_finished_session_unloads_its_models_and_keeps_what_it_saved(tmp_path, sdk_env):
+    """ServiceClient.close ends its session, as on Tinker: its training models leave the
+    server's memory (a long-lived server sees many runs), a request naming one is a clear
+    4xx, and the state it saved still loads into a new training client."""
+    import httpx
+    import tinker
+    from tinker import types
+
+    tokens = list(range(5, 25))
+    with serve_subprocess(KEY, "local", state_dir=str(tmp_path / "s")) as srv:
+        keep = tinker.ServiceClient(base_url=srv.base_url)
+        kept = keep.create_lora_training_client(base_model="tiny-llama", rank=4, seed=0).result()
+        kept.forward_backward([_datum(types, tokens)], "cross_entropy").result()
+        done = tinker.ServiceClient(base_url=srv.base_url)
+        tc = done.create_lora_training_client(base_model="tiny-llama", rank=4, seed=1).result()
+        tc.forward_backward([_datum(types, tokens)], "cross_entropy").result()
+        tc.optim_step(types.AdamParams(learning_rate=5e-2)).result()
+        path = tc.save_state("finished-run").result().path
+        model_id = tc.get_info().model_id
+        before = _gauges(srv)["kitchen_serve_weight_bytes"]
+
+        done.close("success").result()
+        deadline = time.monotonic() + 30
+        while _gauges(srv)["kitchen_serve_weight_bytes"] >= before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _gauges(srv)["kitchen_serve_weight_bytes"] < before  # its adapter is out of memory
+        r = httpx.post(f"{srv.base_url}/api/v1/get_info", json={"model_id": model_id}, headers={"x-api-key": KEY})
+        assert r.status_code == 400 and "unloaded when its session" in r.text, r.text
+        restored = keep.create_training_client_from_state(path).result()  # what it saved stays loadable
+        assert restored.get_info().lora_rank == 4
+        restored.forward_backward([_datum(types, tokens)], "cross_entropy").result()
+        kept.optim_step(types.AdamParams(learning_rate=5e-2)).result()  # the other session trains on
+        keep.close("success").result()
 
 
 @pytest.mark.slow

@@ -172,7 +172,8 @@ class TinkerApp:
             sampler_id = name[len("samplers/"):]
             return (lambda _body: self.get_sampler(sampler_id)), "get_sampler"
         if method == "POST" and name.startswith("sessions/") and name.endswith("/finish"):
-            return (lambda _b: {}), "finish_session"
+            session_id = name[len("sessions/"):-len("/finish")]
+            return (lambda b: self.finish_session(session_id, b)), "finish_session"
         if name.startswith(("sessions", "audit", "projects", "whoami", "checkpoint_storage")):
             raise RequestError(400, f"{method} {path}: session listing, projects and audit logs are not offered by kitchen serve")
         raise RequestError(404, f"no such endpoint: {method} {path} (kitchen serve implements the Tinker training, "
@@ -196,6 +197,14 @@ class TinkerApp:
             "sample_join_sampling_session": False,
             "custom_loss_server_side": False,
         }
+
+    def finish_session(self, session_id: str, body: Any) -> dict:
+        reason = body.get("reason") if isinstance(body, dict) else None
+        kind = reason.get("type") if isinstance(reason, dict) else None
+        unloaded = self.state.finish_session(session_id, str(kind or "finished"))
+        if unloaded:
+            log.info("session %s finished (%s): unloaded %s", session_id, kind or "finished", ", ".join(unloaded))
+        return {}
 
     def create_session(self, body: Any) -> dict:
         req = _parse(tt.CreateSessionRequest, body)
@@ -253,8 +262,7 @@ class TinkerApp:
 
     def create_model(self, body: Any) -> dict:
         req = _parse(tt.CreateModelRequest, body)
-        if req.session_id not in self.state.sessions:
-            raise RequestError(404, f"unknown session_id {req.session_id!r}; create a session first")
+        self.state.live_session(req.session_id)
         lc = req.lora_config
         if lc is None:
             raise RequestError(400, "create_model needs a lora_config (kitchen serve trains LoRA adapters)")
@@ -387,8 +395,7 @@ class TinkerApp:
         local_path, meta = self.state.resolve_state(req.path)
         ref = CheckpointRef(name=meta.get("name", Path(local_path).name), path=str(local_path), step=int(meta.get("step", 0)))
         if req.session_id is not None:  # create-via-load: a new model whose first request is the load
-            if req.session_id not in self.state.sessions:
-                raise RequestError(404, f"unknown session_id {req.session_id!r}")
+            self.state.live_session(req.session_id)
             if req.model_seq_id is None:
                 raise RequestError(400, "load_weights with session_id needs model_seq_id")
             model_id = f"{req.session_id}:train:{req.model_seq_id}"

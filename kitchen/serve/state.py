@@ -141,6 +141,7 @@ class ModelWorker:
         while True:
             item = self._queue.get()
             if item is None:
+                self.client = None  # unloaded: its adapter, optimizer state and base view can be freed
                 return
             rec, fn = item
             try:
@@ -173,6 +174,7 @@ class ServerState:
         self.lock = threading.RLock()
         self.sessions: dict[str, dict[str, Any]] = {}
         self.models: dict[str, ModelWorker] = {}
+        self.unloaded: dict[str, str] = {}  # model id -> the finished session it belonged to
         self.futures: "OrderedDict[str, FutureRecord]" = OrderedDict()
         self.samplers: dict[str, SamplerRecord] = {}
         self.snapshots = SnapshotStore(self.root, backend, max_loaded_samplers, make_backend)
@@ -217,9 +219,43 @@ class ServerState:
     def model(self, model_id: str) -> ModelWorker:
         with self.lock:
             worker = self.models.get(model_id)
+            finished = self.unloaded.get(model_id)
+        if worker is None and finished is not None:
+            raise RequestError(400, f"model {model_id!r} was unloaded when its session {finished} finished "
+                                    "(ServiceClient.close, or the end of its `with` block). What it saved stays on this "
+                                    "server: create a new training client from one of its checkpoints.")
         if worker is None:
             raise RequestError(404, f"unknown model_id {model_id!r}")
         return worker
+
+    def live_session(self, session_id: str) -> None:
+        """Refuse a session that does not exist or has finished (Tinker: a finished session is terminal)."""
+        with self.lock:
+            info = self.sessions.get(session_id)
+        if info is None:
+            raise RequestError(404, f"unknown session_id {session_id!r}; create a session first")
+        if info.get("finished"):
+            raise RequestError(400, f"session {session_id} has finished ({info['finished']}); start a new ServiceClient")
+
+    def finish_session(self, session_id: str, reason: str) -> list[str]:
+        """End a session, as ``ServiceClient.close`` asks: its training models are unloaded
+        once the requests already queued on them have run. Why: a long-lived server sees
+        many runs, and each LoRA session holds its adapter, optimizer state and a module
+        tree over the shared base. Everything it saved (checkpoints, sampler weights, run
+        metadata) is on disk under --state-dir and stays loadable."""
+        with self.lock:
+            info = self.sessions.get(session_id)
+            if info is None:
+                raise RequestError(404, f"unknown session_id {session_id!r}")
+            info.setdefault("finished", reason or "finished")
+            prefix = f"{session_id}:"  # model ids are "<session>:train:<seq>" (create_model, load_weights)
+            gone = [w for mid, w in self.models.items() if mid.startswith(prefix)]
+            for w in gone:
+                del self.models[w.model_id]
+                self.unloaded[w.model_id] = session_id
+        for w in gone:
+            w.stop()
+        return [w.model_id for w in gone]
 
     def add_model(self, worker: ModelWorker, user_metadata: dict[str, Any] | None = None) -> None:
         with self.lock:
