@@ -246,7 +246,9 @@ class ServerState:
         with self.lock:
             info = self.sessions.get(session_id)
             if info is None:
-                raise RequestError(404, f"unknown session_id {session_id!r}")
+                # Sessions live in memory: one opened before a server restart is unknown now, and
+                # its client's close (at the end of its `with` block) must not fail the user's run.
+                return []
             info.setdefault("finished", reason or "finished")
             prefix = f"{session_id}:"  # model ids are "<session>:train:<seq>" (create_model, load_weights)
             gone = [w for mid, w in self.models.items() if mid.startswith(prefix)]
