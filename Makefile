@@ -38,7 +38,7 @@ $(COOKBOOK_STAMP): $(STAMP)
 	touch $(COOKBOOK_STAMP)
 
 # bitsandbytes (the `qlora` extra) for the slow suite's QLoRA quantize-and-merge test on its
-# CPU kernels. Not in the default test set: peft imports it, and it prints a warning, on every run.
+# CPU kernels. Not in the default test set: it is 125 MB, and peft then imports it on every run.
 QLORA_STAMP := $(VENV)/.kitchen-qlora-installed
 qlora: $(QLORA_STAMP)
 

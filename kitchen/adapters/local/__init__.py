@@ -6,9 +6,16 @@ this package (or ``kitchen.adapters.local.models``) does not pull in torch.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 __all__ = ["LocalTrainingClient", "LocalSamplingClient"]
+
+# With the `qlora` extra installed, peft imports bitsandbytes on every run, and on a machine
+# without CUDA its CPU backend logs a warning about an optional kernels package to stderr.
+# Kitchen never runs bitsandbytes' CPU kernels in training (quantization is CUDA-only), so
+# that warning would only bury the run's own first line (and its one-paragraph errors).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def __getattr__(name: str) -> Any:
