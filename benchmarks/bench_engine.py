@@ -43,15 +43,15 @@ def bare_loop(datums, steps: int, batch_size: int) -> float:
 
 
 def kitchen_loop(steps: int, batch_size: int, run_dir: Path, sinks: list[str] | None = None) -> tuple[float, list]:
-    from kitchen.app import execute
-    from kitchen.preflight import compose_spec
+    from kitchen.runs.execute import execute
+    from kitchen.runs.preflight import compose_spec
 
     spec, _, _, _ = compose_spec([
         "adapters=noop", f"max_steps={steps}", f"batch_size={batch_size}", "~test_dataset",
         "num_preview_samples=0", "save_every=0", "eval_every=0", f"run_dir={run_dir}", "pipeline_depth=1",
         *([f"telemetry.sinks=[{','.join(sinks)}]"] if sinks else []),
     ])
-    import kitchen.app as app
+    import kitchen.runs.execute as app
 
     marks: dict[str, float] = {}
     original = app.build_bus

@@ -1,6 +1,6 @@
 """Do the RL, DPO and distillation recipes actually learn? Metric trajectories on SmolLM2-135M.
 
-Runs each recipe through the real CLI (``python -m kitchen.cli run ...``, local backend,
+Runs each recipe through the real CLI (``python -m kitchen.cli.commands run ...``, local backend,
 ``smollm2-135m-instruct``) for ``--steps`` steps and prints the per-step metrics plus the
 held-out evaluation before/after:
 

@@ -5,7 +5,7 @@ SmolLM2 tokenizer three ways, side by side in one run:
 
 * ``plain``: ``for m in rows: tokenizer.apply_chat_template(m, tokenize=True)``: token
   ids only, no per-token weights, no checks;
-* ``kitchen``: ``kitchen.train.token_cache.tokenize_to_table`` in one process: the same
+* ``kitchen``: ``kitchen.data.token_cache.tokenize_to_table`` in one process: the same
   rows rendered with per-message spans and training weights into an Arrow table;
 * ``kitchen num_proc=2``: the same through ``datasets.map`` in 2 processes.
 
@@ -69,9 +69,9 @@ def rss_child(n: int) -> None:
     """The run's data path at n rows; prints one JSON line."""
     from kitchen.adapters.hf_datasets import HFDatasetStore
     from kitchen.adapters.local.models import load_tokenizer
-    from kitchen.dataload import load_split
+    from kitchen.data.load import load_split
     from kitchen.train.renderers import build_renderer
-    from kitchen.train.token_cache import cached_sft_data
+    from kitchen.data.token_cache import cached_sft_data
 
     tmp = Path(tempfile.mkdtemp(prefix="kitchen-bench-"))
     path = tmp / "rows.jsonl"
@@ -110,7 +110,7 @@ def main() -> None:
 
     from kitchen.adapters.local.models import load_tokenizer
     from kitchen.train.renderers import build_renderer
-    from kitchen.train.token_cache import table_stats, tokenize_to_table
+    from kitchen.data.token_cache import table_stats, tokenize_to_table
 
     tok = load_tokenizer("smollm2-135m-instruct")
     rows = [{"messages": conversation(i)} for i in range(args.rows)]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
-    from kitchen.app import RunResult
+    from kitchen.runs.execute import RunResult
     from kitchen.config.recipes import Recipe
     from kitchen.config.spec import RunSpec
     from kitchen.engine.ir import Workflow
@@ -35,8 +35,8 @@ def _overrides(recipe: str | None, overrides: Sequence[str]) -> list[str]:
 
 def run(recipe: str | None = None, overrides: Sequence[str] = (), recipes_dir: Sequence[str] = ()) -> "RunResult":
     """Run a recipe to the end; returns its status, run dir, step and final metrics."""
-    from kitchen.app import execute_prepared
-    from kitchen.preflight import compose_spec, preflight
+    from kitchen.runs.execute import execute_prepared
+    from kitchen.runs.preflight import compose_spec, preflight
 
     spec, workflow, _, _ = compose_spec(_overrides(recipe, overrides), recipes_dir)
     return execute_prepared(preflight(spec, workflow))
@@ -44,7 +44,7 @@ def run(recipe: str | None = None, overrides: Sequence[str] = (), recipes_dir: S
 
 def validate(recipe: str | None = None, overrides: Sequence[str] = (), recipes_dir: Sequence[str] = ()) -> "RunSpec":
     """Everything `kitchen run` checks before its first step; returns the validated spec."""
-    from kitchen.preflight import compose_spec, preflight
+    from kitchen.runs.preflight import compose_spec, preflight
 
     spec, workflow, _, _ = compose_spec(_overrides(recipe, overrides), recipes_dir)
     return preflight(spec, workflow).spec
@@ -68,7 +68,7 @@ class Description:
 def describe(name: str, recipes_dir: Sequence[str] = ()) -> Description:
     """A recipe's workflow, its composed spec, and every key of the workflow's schema."""
     from kitchen.config.spec import describe_fields
-    from kitchen.preflight import compose_spec
+    from kitchen.runs.preflight import compose_spec
 
     spec, workflow, _, found = compose_spec([f"recipe={name}"], recipes_dir)
     return Description(found[name], workflow, spec, describe_fields(workflow.config))

@@ -152,7 +152,7 @@ def test_kitchen_help_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, kitchen.cli, kitchen.cli_views, kitchen.config.compose, kitchen.app; print('torch' in sys.modules)"
+    code = "import sys, kitchen.cli.commands, kitchen.cli.views, kitchen.config.compose, kitchen.runs.execute; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
 

@@ -54,7 +54,7 @@ def test_inspect_colours_trained_tokens(kitchen, tmp_path):
 def test_inspect_loads_no_model_weights(tmp_path, monkeypatch):
     """In-process, with every weight loader booby-trapped: inspect still works."""
     from kitchen.adapters.local import models, tiny
-    from kitchen.cli import app
+    from kitchen.cli.commands import app
 
     def trap(*args, **kwargs):
         raise AssertionError("model weights were loaded")

@@ -74,7 +74,7 @@ def test_json_file_with_test_split_fraction_is_reproducible(kitchen, tmp_path):
 
 
 def test_carving_is_a_pure_function_of_rows_fraction_and_seed():
-    from kitchen.dataload import LoadedSplit, carve_test
+    from kitchen.data.load import LoadedSplit, carve_test
 
     rows = [{"text": str(i)} for i in range(20)]
     a = carve_test(LoadedSplit(rows, "f"), 0.25, 7)
@@ -142,7 +142,7 @@ def test_hub_bad_split_subset_and_missing_repo_are_clear(kitchen, tmp_path, hub_
 def test_carving_lazily_read_rows_equals_carving_a_list(tmp_path):
     """Rows read from disk on access (NormalisedRows) carve exactly as the same rows in a list."""
     from kitchen.adapters.hf_datasets import HFDatasetStore
-    from kitchen.dataload import LoadedSplit, carve_test, load_split
+    from kitchen.data.load import LoadedSplit, carve_test, load_split
 
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(30)))

@@ -202,7 +202,7 @@ def test_a_dying_rank_takes_the_job_down_with_its_error(tmp_path):
         "        raise RuntimeError('injected failure on rank 1')\n"
         "    return orig(self, *a, **k)\n"
         "C.LocalTrainingClient.forward_backward = fb\n"
-        "from kitchen.cli import main\n"
+        "from kitchen.cli.commands import main\n"
         "main()\n"
     )
     stamp = tmp_path / "died_at"

@@ -22,7 +22,7 @@ def sweep(tmp_path_factory):
 def test_png_overlays_a_sweep_labelled_by_swept_values(sweep, tmp_path):
     import matplotlib.image
 
-    from kitchen.plot import find_runs, label_runs, load
+    from kitchen.outputs.plot import find_runs, label_runs, load
 
     out = tmp_path / "curves.png"
     r = run_kitchen("plot", str(sweep), "--metrics", "loss,test_nll", "--out", str(out))
@@ -52,7 +52,7 @@ def test_plot_bad_input_is_one_paragraph(sweep, tmp_path):
 
 
 def test_plot_does_not_import_torch(sweep):
-    code = ("import sys; from kitchen.plot import plot; plot([sys.argv[1]]); "
+    code = ("import sys; from kitchen.outputs.plot import plot; plot([sys.argv[1]]); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

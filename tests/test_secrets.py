@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import SERVE_KEY
-from kitchen.redact import redact_argv, redact_url
+from kitchen.io.secrets import redact_argv, redact_url
 
 NOOP = ("adapters=noop", "telemetry=jsonl", "num_preview_samples=0")
 URL_SECRET, QUERY_SECRET = "pw-8c1e7a1d", "qs-93bd0f2e"

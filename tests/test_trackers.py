@@ -314,7 +314,7 @@ def test_validate_checks_sinks_like_run_does(tmp_path):
 def test_missing_tracker_package_names_the_extra_before_the_run_starts(tmp_path):
     run_dir = tmp_path / "run"
     code = ("import sys; sys.modules['wandb'] = None; sys.argv = ['kitchen'] + sys.argv[1:]; "
-            "from kitchen.cli import main; main()")
+            "from kitchen.cli.commands import main; main()")
     proc = subprocess.run([sys.executable, "-c", code, "run", "recipe=sl_basic", "adapters=noop", f"run_dir={run_dir}",
                            "telemetry.sinks=[console,wandb]"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

@@ -53,7 +53,7 @@ def cli():
     """The real Typer app, in this process (one torch import for many commands)."""
     from typer.testing import CliRunner
 
-    from kitchen.cli import app
+    from kitchen.cli.commands import app
 
     runner = CliRunner()
     return lambda *args, **kw: _Res(runner.invoke(app, list(args), **kw))

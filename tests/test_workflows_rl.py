@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kitchen.rundir import RunDir
+from kitchen.runs.rundir import RunDir
 from conftest import assert_completed, evals_of, read_jsonl, run_kitchen, steps_of
 
 RL_STEP_METRICS = ("reward_mean", "accuracy", "entropy", "sampled_tokens", "reward_std", "frac_degenerate_groups")

@@ -97,9 +97,9 @@ def spec_defaults(model: Any = None, only: Iterable[str] | None = None) -> dict[
 
 def warn_broken_workflows(chosen: str | None = None) -> None:
     """One warning per plugin workflow that could not be loaded (not for the one a run chose: that is its error)."""
-    from kitchen.plugins import warn_once
+    from kitchen.config.catalog import warn_once
 
-    from kitchen.plugins import catalog
+    from kitchen.config.catalog import catalog
 
     for name, why in _BROKEN_WORKFLOWS.items():
         if name != chosen:
@@ -249,7 +249,7 @@ def run_dir_error(exc: OSError) -> ConfigError:
     from pathlib import Path
 
     from kitchen.errors import RunDirError
-    from kitchen.lifecycle import check_run_dir_path
+    from kitchen.runs.lifecycle import check_run_dir_path
 
     path = Path(str(exc.filename))
     try:

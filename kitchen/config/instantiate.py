@@ -42,7 +42,7 @@ def check_allowed(target: str, label: str) -> None:
 def target_of(kind: str, entry: str | Mapping[str, Any]) -> tuple[str, dict[str, Any], str]:
     """``(dotted target, options, label)`` for a short name or a ``_target_`` node."""
     if isinstance(entry, str):
-        from kitchen.plugins import catalog
+        from kitchen.config.catalog import catalog
 
         found = catalog().entry(kind, entry)
         return found.dotted, {}, f"{kind[:-1]} '{entry}'"
@@ -58,7 +58,7 @@ def target_of(kind: str, entry: str | Mapping[str, Any]) -> tuple[str, dict[str,
 
 def resolve(kind: str, entry: str | Mapping[str, Any]) -> Any:
     """The class or function ``entry`` names, imported but not called (for preflight checks)."""
-    from kitchen.plugins import load_target
+    from kitchen.config.catalog import load_target
 
     target, _, label = target_of(kind, entry)
     return load_target(target, label)

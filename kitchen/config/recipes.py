@@ -108,7 +108,7 @@ def discover(extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> dict[str, Rec
     A later directory's recipe shadows an earlier one of the same name (a user may
     override a bundled recipe); two plugins giving the same name is an error naming both.
     """
-    from kitchen.plugins import plugin_recipe_dirs
+    from kitchen.config.catalog import plugin_recipe_dirs
 
     dirs = recipe_dirs(extra_dirs)
     plugins = plugin_recipe_dirs()

@@ -16,7 +16,7 @@ from typing import Any
 from kitchen.engine.context import Context
 from kitchen.engine.pipeline import outside_training
 from kitchen.engine.stage import Stage
-from kitchen.rundir import RunDir
+from kitchen.runs.rundir import RunDir
 from kitchen.telemetry import events as ev
 
 
@@ -85,7 +85,7 @@ class SaveWeights(Stage):
         ctx.metadata["final_weights"] = where
         mirror(ctx, where)
         ctx.emit(ev.RUN_INFO, message=f"final weights: {where}")
-        from kitchen.publish import finish_final  # model cards (recipe, data, final metrics) and push_to_hub
+        from kitchen.outputs.publish import finish_final  # model cards (recipe, data, final metrics) and push_to_hub
 
         finish_final(ctx, where)
         ctx.emit(ev.ARTIFACT_SAVED, kind="weights", path=str(where), step=ctx.step)  # trackers log the final weights

@@ -26,8 +26,8 @@ class ChatData:
     test: list[Any] = field(default_factory=list)
     plan: Any = None  # kitchen.train.batching.BatchPlan
     batch: Any = None  # the current kitchen.train.batching.BatchRef
-    loaded: Any = None  # the kitchen.dataload.LoadedData preflight read (None: not loaded yet)
-    stream: Any = None  # kitchen.streaming.TrainStream with dataset_streaming=true (train is then empty)
+    loaded: Any = None  # the kitchen.data.load.LoadedData preflight read (None: not loaded yet)
+    stream: Any = None  # kitchen.data.stream.TrainStream with dataset_streaming=true (train is then empty)
 
     def summary(self) -> str:
         """The ``dataset:`` line: row counts (or the stream) and the detected format of each split."""
@@ -49,11 +49,11 @@ class LoadDataset(Stage):
     """
 
     kind: str = "chat"  # "chat" (rows with messages) or "preference" (prompt, chosen, rejected)
-    streams: bool = False  # the workflow trains from dataset_streaming=true (kitchen.streaming)
+    streams: bool = False  # the workflow trains from dataset_streaming=true (kitchen.data.stream)
 
     def validate(self, ctx: Context) -> None:
         spec = ctx.spec
-        from kitchen.dataload import load_training_rows  # formats, splits, subsets, columns, test_split_fraction
+        from kitchen.data.load import load_training_rows  # formats, splits, subsets, columns, test_split_fraction
 
         data = ctx.use(ChatData)
         if getattr(spec, "dataset_streaming", False):
@@ -67,8 +67,8 @@ class LoadDataset(Stage):
 
     def _open_stream(self, ctx: Context, data: ChatData) -> None:
         """The train split as a stream (its first rows checked), the test split loaded as usual."""
-        from kitchen.dataload import LoadedData, LoadedSplit
-        from kitchen.streaming import check_streaming_spec, load_test_split, open_train_stream
+        from kitchen.data.load import LoadedData, LoadedSplit
+        from kitchen.data.stream import check_streaming_spec, load_test_split, open_train_stream
 
         spec, kind = ctx.spec, "preference" if self.kind == "preference" else "sft"
         check_streaming_spec(spec, self.streams)
@@ -134,7 +134,7 @@ class TokenizeChat(Stage):
     """Render chat rows into Datums once; the token cache makes a second run free."""
 
     def execute(self, ctx: Context) -> None:
-        from kitchen.train.token_cache import cached_sft_data
+        from kitchen.data.token_cache import cached_sft_data
 
         tokenize_splits(ctx, cached_sft_data, "examples")
 

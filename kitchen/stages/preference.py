@@ -87,7 +87,7 @@ class TokenizePreferences(Stage):
     """Render preference rows into (chosen, rejected) datum pairs once; the token cache makes a second run free."""
 
     def execute(self, ctx: Context) -> None:
-        from kitchen.train.token_cache import cached_preference_data
+        from kitchen.data.token_cache import cached_preference_data
 
         tokenize_splits(ctx, cached_preference_data, "preference pairs")
         ctx.emit(ev.RUN_INFO, message=f"DPO: beta {ctx.spec.dpo_beta}, reference = the frozen base model {ctx.spec.model}")

@@ -54,13 +54,13 @@ class OpenSession(Stage):
     def validate(self, ctx: Context) -> None:
         """The renderer must exist and the adapters' preflight (credentials, model) must pass; no weights load."""
         from kitchen.config.instantiate import resolve
-        from kitchen.model_preflight import check_models  # model=, model_revision=, teacher=, chat_template=, push_to_hub=
+        from kitchen.runs.model_preflight import check_models  # model=, model_revision=, teacher=, chat_template=, push_to_hub=
 
         resolve("renderers", ctx.spec.renderer)
         ctx.metadata["model_note"] = check_models(ctx.spec)
         check = ctx.spec.adapters.preflight
         if check:
-            from kitchen.plugins import load_target
+            from kitchen.config.catalog import load_target
 
             load_target(check, f"adapters={ctx.spec.adapters.name} preflight")(session_config(ctx.spec), ctx.spec.adapters.training)
 
@@ -102,7 +102,7 @@ def recorded_model_commit(ctx: Context) -> str | None:
         return None
     recorded = (ctx.progress.resume_from or {}).get("base_model")
     if not recorded:  # no checkpoint yet: what the last attempt recorded in run.json
-        from kitchen.rundir import RunDir
+        from kitchen.runs.rundir import RunDir
 
         base = (RunDir(ctx.run_dir).read_info() or {}).get("model_base") or {}
         if base.get("kind") != "hub":

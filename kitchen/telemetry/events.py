@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 log = logging.getLogger("kitchen.telemetry")
-_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # see kitchen.diskfull
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # see kitchen.runs.diskfull
 
 WORKFLOW_START = "workflow.start"
 WORKFLOW_STOP = "workflow.stop"

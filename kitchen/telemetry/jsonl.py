@@ -36,7 +36,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from kitchen.redact import redact_url
+from kitchen.io.secrets import redact_url
 from kitchen.telemetry.events import (
     EVAL_RESULT,
     STAGE_START,

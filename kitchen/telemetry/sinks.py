@@ -143,7 +143,7 @@ def resolve_sinks(entries: Iterable[Any]) -> list[_Resolved]:
             )
         entry = BUILTIN_SINKS.get(str(name))
         if entry is None:  # a plugin's sink (entry point group crucible_kitchen.sinks), or a typo
-            from kitchen.plugins import catalog
+            from kitchen.config.catalog import catalog
 
             found = catalog()
             if str(name) not in found.names("sinks"):
@@ -211,7 +211,7 @@ def console_sink(run: SinkContext, **options: Any) -> Any:
     """The console; inside a sweep job, plain lines prefixed with the job number (parallel jobs share a terminal)."""
     import os
 
-    from kitchen.sweeps import SWEEP_JOB_ENV
+    from kitchen.runs.sweeps import SWEEP_JOB_ENV
     from kitchen.telemetry.console import ConsoleSink
 
     job = os.environ.get(SWEEP_JOB_ENV)

@@ -1,7 +1,7 @@
 """Workflows by name: the four built-ins plus any a plugin package registers.
 
 A workflow is a plain module-level :class:`~kitchen.engine.ir.Workflow` value; nothing
-registers itself. Names resolve through the plugin catalog (``kitchen.plugins``), so a
+registers itself. Names resolve through the plugin catalog (``kitchen.config.catalog``), so a
 package adds one with a ``crucible_kitchen.workflows`` entry point.
 """
 
@@ -14,7 +14,7 @@ from kitchen.errors import ConfigError
 
 
 def get_workflow(name: str) -> Workflow:
-    from kitchen.plugins import catalog
+    from kitchen.config.catalog import catalog
 
     entry = catalog().entry("workflows", name)
     workflow = entry.load()
@@ -29,7 +29,7 @@ def get_workflow(name: str) -> Workflow:
 
 
 def workflow_names() -> list[str]:
-    from kitchen.plugins import catalog
+    from kitchen.config.catalog import catalog
 
     return catalog().names("workflows")
 

@@ -160,7 +160,7 @@ def write_state(
     final = Path(final_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
     # refuse up front when the checkpoint cannot fit, naming the bytes it needs
-    from kitchen.diskfull import ensure_space
+    from kitchen.runs.diskfull import ensure_space
 
     tensors = [*weights.values(), *(optimizer[0].values() if optimizer is not None else ())]
     needed = sum(int(t.numel()) * int(t.element_size()) for t in tensors if hasattr(t, "numel")) + 64 * 1024

@@ -76,7 +76,7 @@ def plan_session(client: Any, config: Any, device: str, dtype: Any) -> ScalePlan
     """Check the scale options against this machine; raise ConfigError before loading weights."""
     import torch
 
-    from kitchen import distributed
+    from kitchen.runs import distributed
 
     micro = MicroBatchOptions(
         micro_batch_size=int(getattr(config, "micro_batch_size", 0) or 0),
@@ -293,7 +293,7 @@ def world_size_note(saved: int | None, now: int) -> str | None:
 
 
 def writes_files() -> bool:
-    from kitchen.distributed import is_rank0
+    from kitchen.runs.distributed import is_rank0
 
     return is_rank0()
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, TypeVar
 
 from kitchen.adapters.tinker.credentials import KEY_ENV, require_api_key
 from kitchen.errors import BackendError, KitchenError
-from kitchen.redact import redact_url
+from kitchen.io.secrets import redact_url
 from kitchen.ports.tinker_ext import NOOP_TOKENIZER_ID, STEP_METRIC, session_metadata
 from kitchen.ports.types import (
     AdamParams,

@@ -1,6 +1,6 @@
 """`kitchen data inspect`: what a run would train on, before it trains.
 
-Reads the data exactly as a run does (:func:`kitchen.dataload.load_training_rows`),
+Reads the data exactly as a run does (:func:`kitchen.data.load.load_training_rows`),
 renders it with the run's tokenizer and renderer into the same token cache (so the run
 that follows starts from a hit), and prints the detected format, row and token
 statistics, truncation and empty-example counts, and a few rendered examples with the
@@ -74,9 +74,9 @@ def inspect_data(spec: Any, *, examples: int = 3, color: str = "auto", console=N
     from kitchen.config.instantiate import build
     from rich.table import Table
 
-    from kitchen.dataload import data_kind, load_training_rows
+    from kitchen.data.load import data_kind, load_training_rows
     from kitchen.stages.session import make_renderer
-    from kitchen.train.token_cache import cached_preference_data, cached_sft_data
+    from kitchen.data.token_cache import cached_preference_data, cached_sft_data
 
     if color not in ("auto", "always", "never"):
         raise ConfigError(f"--color {color!r}: use auto, always or never.")
@@ -90,8 +90,8 @@ def inspect_data(spec: Any, *, examples: int = 3, color: str = "auto", console=N
     kind = data_kind(spec)
     store = build("adapters", dict(spec.adapters.dataset_store))
     if getattr(spec, "dataset_streaming", False):  # never materialise a streamed train set: its first rows only
-        from kitchen.dataload import LoadedData, LoadedSplit
-        from kitchen.streaming import CHECKED_ROWS, load_test_split, open_train_stream
+        from kitchen.data.load import LoadedData, LoadedSplit
+        from kitchen.data.stream import CHECKED_ROWS, load_test_split, open_train_stream
 
         stream = open_train_stream(spec, store, kind)
         loaded = LoadedData(LoadedSplit(stream.first_rows, spec.dataset, stream.format, None,

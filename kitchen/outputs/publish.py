@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kitchen.model_card import write_cards
+from kitchen.outputs.model_card import write_cards
 from kitchen.telemetry import events as ev
 
 

@@ -42,7 +42,7 @@ class LoadedModel:
 
 def load(run_dir: str | Path, *, step: int | None = None, base: bool = False) -> LoadedModel:
     from kitchen.adapters.local.models import load_model
-    from kitchen.adapters.local.run_weights import base_model_kwargs, checkpoint_steps, open_checkpoint, open_run
+    from kitchen.outputs.run_weights import base_model_kwargs, checkpoint_steps, open_checkpoint, open_run
     from kitchen.adapters.local.sampling import eos_ids
 
     import torch

@@ -86,7 +86,7 @@ def print_plan(spec: RunSpec, workflow: Workflow, data: dict[str, Any]) -> None:
 
 def print_plugins() -> None:
     """Every named part by kind, with where it came from (kitchen or an installed package)."""
-    from kitchen.plugins import KINDS, catalog
+    from kitchen.config.catalog import KINDS, catalog
 
     table = Table(title="named parts (use the name in a recipe, or a {_target_: ...} node)")
     for col in ("kind", "name", "from", "target"):
@@ -98,7 +98,7 @@ def print_plugins() -> None:
 
 
 def print_recipes(found: dict[str, Any]) -> None:
-    from kitchen.plugins import catalog
+    from kitchen.config.catalog import catalog
 
     table = Table(title="recipes", show_lines=False)
     for col in ("name", "workflow", "adapters", "from", "description"):
@@ -227,11 +227,11 @@ def _varying(records: list[dict[str, Any]]) -> tuple[list[list[str]], list[str]]
 
 
 def print_sweep_summary(records: list[dict[str, Any]]) -> int:
-    """One row per job (records from kitchen.sweeps), best objective first; returns the failure count.
+    """One row per job (records from kitchen.runs.sweeps), best objective first; returns the failure count.
 
     Sorted by the objective when the sweep has one, with the best job named below.
     """
-    from kitchen.sweeps import rank
+    from kitchen.runs.sweeps import rank
 
     objective = next((r.get("objective_name") for r in records if r.get("objective_name")), None)
     mode = next((r.get("objective_mode") for r in records if r.get("objective_mode")), "min")

@@ -78,10 +78,10 @@ def sweep_task(cfg: Any) -> Any:
     """The task function for each multirun job: never raises, so one failure can't stop the sweep."""
     from hydra.core.hydra_config import HydraConfig
 
-    from kitchen import distributed
-    from kitchen.app import execute
+    from kitchen.runs import distributed
+    from kitchen.runs.execute import execute
     from kitchen.config.compose import register_resolvers, to_container
-    from kitchen.preflight import build_spec
+    from kitchen.runs.preflight import build_spec
     from kitchen.errors import KitchenError
 
     register_resolvers()  # a launcher may run this job in a fresh process (joblib, submitit)
@@ -133,7 +133,7 @@ def _run_on_ranks(spec: Any, overrides: list[str]) -> dict[str, Any]:
     rank composes the same config from the same overrides, in the job's own run dir); the
     job's outcome is what rank 0 recorded in run.json.
     """
-    from kitchen import distributed
+    from kitchen.runs import distributed
 
     dirs = [d for d in os.environ.get(SWEEP_RECIPES_ENV, "").split(os.pathsep) if d]
     argv = ["run", *(a for d in dirs for a in ("--recipes-dir", d)), *overrides]

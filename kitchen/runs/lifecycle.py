@@ -1,14 +1,14 @@
-"""The run dir's side of a run's lifecycle: what kitchen.app calls around the engine.
+"""The run dir's side of a run's lifecycle: what kitchen.runs.execute calls around the engine.
 
 Kept apart from ``app.py`` so each promise has one home:
 
 * the run_dir path itself is usable (not empty, not a file, creatable);
-* one live run per folder (:mod:`kitchen.runlock`), refused with the holder's pid/host;
+* one live run per folder (:mod:`kitchen.runs.lock`), refused with the holder's pid/host;
 * ``resume_from=`` picks a named checkpoint, otherwise the newest complete one;
 * temporary files of killed writes are removed at start, with one line saying so;
 * run.json keeps one record per attempt; a failed attempt never rewrites an earlier
   completed record, and a run.json that does not fit on a full disk keeps its old contents;
-* a full disk is a one-paragraph user error (:mod:`kitchen.diskfull`).
+* a full disk is a one-paragraph user error (:mod:`kitchen.runs.diskfull`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from kitchen.diskfull import DiskFullError, disk_full_error, is_disk_full
+from kitchen.runs.diskfull import DiskFullError, disk_full_error, is_disk_full
 from kitchen.errors import KitchenError, RunDirError
-from kitchen.redact import redact_argv, redact_urls
-from kitchen.rundir import RunDir
-from kitchen.runlock import RunLock
+from kitchen.io.secrets import redact_argv, redact_urls
+from kitchen.runs.rundir import RunDir
+from kitchen.runs.lock import RunLock
 
 # -------------------------------------------------------------------------- run_dir path
 

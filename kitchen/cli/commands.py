@@ -79,20 +79,20 @@ def run(
     """Run a recipe: `kitchen run recipe=sl_basic adapters=local learning_rate=3e-4`."""
     overrides = list(overrides or [])
     recipes_dir = list(recipes_dir or [])
-    from kitchen.preflight import compose_spec
+    from kitchen.runs.preflight import compose_spec
 
     if multirun:
         _run_sweep(overrides, recipes_dir)
         return
     spec, workflow, data, _ = compose_spec(overrides, recipes_dir)
     if cfg:
-        from kitchen.cli_views import print_plan
+        from kitchen.cli.views import print_plan
 
         print_plan(spec, workflow, data)
         return
-    from kitchen import distributed as kdist
-    from kitchen.app import execute_prepared
-    from kitchen.preflight import preflight
+    from kitchen.runs import distributed as kdist
+    from kitchen.runs.execute import execute_prepared
+    from kitchen.runs.preflight import preflight
 
     if spec.distributed.nproc_per_node > 1 and not kdist.under_launcher():
         preflight(spec, workflow)  # fail before starting any rank
@@ -104,14 +104,14 @@ def run(
 
 
 def _run_sweep(overrides: list[str], recipes_dir: list[str]) -> None:
-    """A Hydra multirun; jobs report through a shared JSONL file (kitchen.sweeps), so optimising
+    """A Hydra multirun; jobs report through a shared JSONL file (kitchen.runs.sweeps), so optimising
     sweepers (Optuna) that keep the job returns to themselves still get a summary."""
     import tempfile
 
-    from kitchen.cli_views import print_sweep_summary
+    from kitchen.cli.views import print_sweep_summary
     from kitchen.config.compose import expand_sweep, launch
-    from kitchen.preflight import compose_spec, preflight
-    from kitchen.sweeps import SWEEP_LOG_ENV, SWEEP_RECIPES_ENV, read_records, sweep_overrides, sweep_task
+    from kitchen.runs.preflight import compose_spec, preflight
+    from kitchen.runs.sweeps import SWEEP_LOG_ENV, SWEEP_RECIPES_ENV, read_records, sweep_overrides, sweep_task
 
     # Every value the sweep will try is preflighted first, so a bad one fails before Hydra
     # creates the sweep directory.
@@ -152,11 +152,11 @@ def resume(
 
     A run saved with ``distributed.nproc_per_node=N`` resumes on N ranks through torch's launcher,
     as ``kitchen run`` started it; under ``torchrun ... -m kitchen resume DIR`` each rank joins the job."""
-    from kitchen import distributed as kdist
-    from kitchen.app import execute_prepared
+    from kitchen.runs import distributed as kdist
+    from kitchen.runs.execute import execute_prepared
     from kitchen.config.compose import setup
-    from kitchen.preflight import build_spec, preflight
-    from kitchen.resume_config import resume_config  # every malformed input is one paragraph
+    from kitchen.runs.preflight import build_spec, preflight
+    from kitchen.runs.resume import resume_config  # every malformed input is one paragraph
     from kitchen.workflows import get_workflow
 
     config = run_dir / "config.yaml"
@@ -176,9 +176,9 @@ def resume(
 @_guard
 def recipes(recipes_dir: Optional[List[str]] = RecipesDirOpt) -> None:
     """List the available recipes."""
-    from kitchen.cli_views import print_recipes
+    from kitchen.cli.views import print_recipes
     from kitchen.config.recipes import discover
-    from kitchen.plugins import check_workflows, warn_once
+    from kitchen.config.catalog import check_workflows, warn_once
 
     found = discover(recipes_dir or [])
     for package, why in check_workflows().values():
@@ -190,7 +190,7 @@ def recipes(recipes_dir: Optional[List[str]] = RecipesDirOpt) -> None:
 @_guard
 def plugins() -> None:
     """List the named parts (workflows, envs, renderers, evaluators, sinks, stages) and where each comes from."""
-    from kitchen.cli_views import print_plugins
+    from kitchen.cli.views import print_plugins
 
     print_plugins()
 
@@ -203,8 +203,8 @@ def describe(
     recipes_dir: Optional[List[str]] = RecipesDirOpt,
 ) -> None:
     """Show a recipe's hyperparameters (type, default, recipe value) and its workflow's stage tree."""
-    from kitchen.cli_views import print_describe
-    from kitchen.preflight import compose_spec
+    from kitchen.cli.views import print_describe
+    from kitchen.runs.preflight import compose_spec
 
     spec, workflow, _, found = compose_spec([f"recipe={name}"], recipes_dir or [])
     print_describe(found[name], spec, workflow, all_keys)
@@ -214,8 +214,8 @@ def describe(
 @_guard
 def validate(overrides: Optional[List[str]] = OverridesArg, recipes_dir: Optional[List[str]] = RecipesDirOpt) -> None:
     """Check a run's config, data, model, run dir and credentials, as `kitchen run` would, without starting it."""
-    from kitchen.cli_views import print_validated
-    from kitchen.preflight import compose_spec, preflight
+    from kitchen.cli.views import print_validated
+    from kitchen.runs.preflight import compose_spec, preflight
 
     spec, workflow, _, _ = compose_spec(list(overrides or []), recipes_dir or [])
     print_validated(preflight(spec, workflow))
@@ -228,7 +228,7 @@ def runs(
     root: Optional[List[Path]] = typer.Option(None, "--root", help="Find runs anywhere below this folder, sweeps included (repeatable)."),
 ) -> None:
     """List past runs: dir, recipe, status, steps, final loss, duration."""
-    from kitchen.cli_views import print_runs
+    from kitchen.cli.views import print_runs
 
     print_runs([*(roots or []), *(root or [])] or [Path("runs"), Path("multirun")])
 
@@ -284,14 +284,14 @@ def plot(
     out: Optional[Path] = typer.Option(None, "--out", help="Write a PNG here (matplotlib); without it, draw in the terminal."),
 ) -> None:
     """Training and evaluation curves from metrics.jsonl, one line per run."""
-    from kitchen.plot import plot as draw
+    from kitchen.outputs.plot import plot as draw
 
     chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     result = draw(run_dirs, chosen, out)
     typer.echo(f"wrote {result}" if out is not None else result)
 
 
-# -- `kitchen data inspect` (body in kitchen/data_inspect.py) ----------------------
+# -- `kitchen data inspect` (body in kitchen/data/inspection.py) ----------------------
 data_app = typer.Typer(help="Look at a run's data before training on it.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -305,14 +305,14 @@ def data_inspect(
     recipes_dir: Optional[List[str]] = RecipesDirOpt,
 ) -> None:
     """Detected format, row/token statistics and rendered examples (trained tokens coloured); tokenizer only, no weights."""
-    from kitchen.data_inspect import inspect_data
-    from kitchen.preflight import compose_spec
+    from kitchen.data.inspection import inspect_data
+    from kitchen.runs.preflight import compose_spec
 
     spec, _, _, _ = compose_spec(list(overrides or []), recipes_dir or [])
     inspect_data(spec, examples=examples, color=color)
 
 
-# --- use and publish a trained model (bodies in kitchen/generate.py, kitchen/export.py) ---
+# --- use and publish a trained model (bodies in kitchen/outputs/generate.py, kitchen/outputs/export.py) ---
 StepOpt = typer.Option(None, "--step", help="Use the checkpoint at this step instead of the final weights.")
 BaseOpt = typer.Option(False, "--base", help="Use the run's base model (before training).")
 MaxTokOpt = typer.Option(256, "--max-tokens", min=1, help="Tokens to generate per reply.")
@@ -338,7 +338,7 @@ def sample(
     num_samples: int = typer.Option(1, "--num-samples", min=1, help="Completions per prompt."),
 ) -> None:
     """Generate a completion for every prompt in a JSONL file, with the model's chat template."""
-    from kitchen.generate import Options, sample_file
+    from kitchen.outputs.generate import Options, sample_file
 
     opts = Options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, num_samples=num_samples)
     count = sample_file(run_dir, prompts, out, step=step, base=base, opts=opts)
@@ -359,7 +359,7 @@ def chat(
     seed: Optional[int] = SeedOpt,
 ) -> None:
     """Chat with a trained model in the terminal; replies stream token by token (/reset, /exit)."""
-    from kitchen.generate import Options, chat as chat_loop
+    from kitchen.outputs.generate import Options, chat as chat_loop
 
     chat_loop(run_dir, step=step, base=base, system=system,
               opts=Options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
@@ -375,7 +375,7 @@ def export(
     push: Optional[str] = typer.Option(None, "--push", help="Also upload the exported dir to this hub repo (org/name)."),
 ) -> None:
     """Write a run's weights as a PEFT adapter dir or a merged transformers dir (with a model card)."""
-    from kitchen.export import export as export_run
+    from kitchen.outputs.export import export as export_run
 
     where = export_run(run_dir, out, step=step, merge=merge, push=push)
     _stderr().print(f"exported {'merged weights' if merge else 'the adapter'} to {where}" + (f" and pushed to {push}" if push else ""))

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from kitchen.errors import KitchenError, RunDirError
-from kitchen.rundir import RunDir
+from kitchen.runs.rundir import RunDir
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """``dataset_streaming=true``: train from a dataset that is never materialised.
 
-What changes against the default path (:mod:`kitchen.dataload` + the token cache):
+What changes against the default path (:mod:`kitchen.data.load` + the token cache):
 
 * the train set is a ``datasets.IterableDataset`` from the DatasetStore's ``stream``;
   rows are normalised to the detected format and tokenized one batch at a time as
@@ -96,7 +96,7 @@ def _normalised(row: Any, choice: FormatChoice, source: str, kind: str, position
     """One row normalised to ``choice``; a bad one is a DataError naming its line in its file when
     the store tagged it (local JSON), else ``position`` in the stream."""
     from kitchen.adapters.hf_datasets.streaming import row_origin
-    from kitchen.dataload import _jsonl_line_namer
+    from kitchen.data.load import _jsonl_line_namer
 
     origin = row_origin(row)
 
@@ -156,7 +156,7 @@ def open_train_stream(spec: Any, store: Any, kind: str = "sft") -> TrainStream:
 
 def load_test_split(spec: Any, store: Any, kind: str = "sft") -> Any:
     """The test split of a streamed run, loaded in full as on the default path (or an empty split)."""
-    from kitchen.dataload import LoadedSplit, load_split
+    from kitchen.data.load import LoadedSplit, load_split
 
     if not spec.test_dataset:
         return LoadedSplit([])

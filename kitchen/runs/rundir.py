@@ -59,7 +59,7 @@ _STEP_NAME = re.compile(r"^step_(\d+)$")
 
 def _writer() -> bool:
     """Rank 0 (or a plain single process) owns the run dir's files."""
-    from kitchen.distributed import is_rank0
+    from kitchen.runs.distributed import is_rank0
 
     return is_rank0()
 

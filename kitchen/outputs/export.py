@@ -24,8 +24,8 @@ def _check_out(out: Path) -> None:
 def export(run_dir: str | Path, out: str | Path, *, step: int | None = None, merge: bool = False,
            push: str | None = None) -> Path:
     from kitchen.adapters.local.models import atomic_publish_dir
-    from kitchen.adapters.local.run_weights import metrics_at, open_checkpoint, open_run
-    from kitchen.model_card import write_cards
+    from kitchen.outputs.run_weights import metrics_at, open_checkpoint, open_run
+    from kitchen.outputs.model_card import write_cards
 
     rw = open_run(run_dir)
     out = Path(out).expanduser()
@@ -69,7 +69,7 @@ def export(run_dir: str | Path, out: str | Path, *, step: int | None = None, mer
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if push:
-        from kitchen.publish import push as push_dir
+        from kitchen.outputs.publish import push as push_dir
 
         push_dir(str(out), push)
     return out

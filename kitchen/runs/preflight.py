@@ -65,9 +65,9 @@ def preflight(spec: RunSpec, workflow: Workflow, check_run_dir: bool = True) -> 
     from kitchen.config.instantiate import build, target_of
     from kitchen.errors import ConfigError
     from kitchen.engine.runner import Runner
-    from kitchen.rundir import RunDir
+    from kitchen.runs.rundir import RunDir
 
-    from kitchen import lifecycle
+    from kitchen.runs import lifecycle
 
     rundir = RunDir(Path(spec.run_dir))
     resume = spec.resume or spec.resume_from is not None  # resume_from implies resume

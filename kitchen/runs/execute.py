@@ -21,8 +21,8 @@ from kitchen.config.spec import RunSpec
 from kitchen.engine.context import Adapters, Context
 from kitchen.engine.runner import Runner, StopRun
 from kitchen.errors import BackendError, ConfigError, KitchenError
-from kitchen.preflight import Prepared, preflight
-from kitchen.rundir import RunDir
+from kitchen.runs.preflight import Prepared, preflight
+from kitchen.runs.rundir import RunDir
 from kitchen.telemetry import events as ev
 from kitchen.telemetry.events import EventBus
 
@@ -95,7 +95,7 @@ def write_config(rundir: RunDir, data: dict[str, Any]) -> None:
     import yaml
 
     from kitchen.telemetry.jsonl import redact
-    from kitchen.rundir import atomic_write_text
+    from kitchen.runs.rundir import atomic_write_text
 
     atomic_write_text(rundir.config, yaml.safe_dump(redact(data), sort_keys=False))
 
@@ -140,7 +140,7 @@ def execute(spec: RunSpec) -> RunResult:
 
 def execute_prepared(prepared: "Prepared") -> RunResult:
     """Run a spec that passed preflight. Nothing is written until the training adapter is built."""
-    from kitchen import lifecycle  # lock, leftovers, attempts, disk full, resume_from
+    from kitchen.runs import lifecycle  # lock, leftovers, attempts, disk full, resume_from
 
     spec, workflow, ctx = prepared.spec, prepared.workflow, prepared.ctx
     rundir = RunDir(Path(spec.run_dir))
@@ -149,7 +149,7 @@ def execute_prepared(prepared: "Prepared") -> RunResult:
     adapters.training = build_training(spec)  # a backend that refuses the job fails here, before any file is written
     runner = Runner(workflow)
 
-    from kitchen import distributed as kdist
+    from kitchen.runs import distributed as kdist
 
     kdist.barrier()  # under torchrun: every rank has read the run dir before rank 0 changes it
     writer = kdist.is_rank0()  # only rank 0 locks and writes the run dir (config, run.json, metrics, events)
@@ -175,7 +175,7 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
                     mode: str, moved: Path | None, resume_record: dict[str, Any] | None,
                     previous: dict[str, Any] | None) -> RunResult:
     """The run itself, while this process holds the run-dir lock."""
-    from kitchen import lifecycle
+    from kitchen.runs import lifecycle
 
     from kitchen.telemetry.jsonl import redact
     from kitchen.telemetry.sinks import SinkContext
@@ -185,7 +185,7 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
         run_dir=rundir.path, config=redact(spec.model_dump(mode="json")), recipe=spec.recipe, workflow=spec.workflow.name,
         backend=spec.adapters.name, model=spec.model, resume=mode == "resume", previous_info=previous, git_sha=git_sha,
     )
-    from kitchen import distributed as kdist
+    from kitchen.runs import distributed as kdist
 
     writer = kdist.is_rank0()
     bus = ctx.bus = build_bus(spec, rundir.path, sink_run) if writer else EventBus()
@@ -283,8 +283,8 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
 
 
 def hydra_sweep_task(cfg: Any) -> Any:
-    """The task function for each multirun job (kitchen.sweeps: never raises, returns the objective)."""
-    from kitchen.sweeps import sweep_task
+    """The task function for each multirun job (kitchen.runs.sweeps: never raises, returns the objective)."""
+    from kitchen.runs.sweeps import sweep_task
 
     return sweep_task(cfg)
 

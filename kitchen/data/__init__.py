@@ -1,0 +1,1 @@
+"""A run's data: loading rows, streaming, inspection and the token cache."""

@@ -1,0 +1,1 @@
+"""Small file utilities every package shares: atomic writes, JSONL, secrets, cache root."""
