@@ -23,7 +23,7 @@ def _check_out(out: Path) -> None:
 
 def export(run_dir: str | Path, out: str | Path, *, step: int | None = None, merge: bool = False,
            push: str | None = None) -> Path:
-    from kitchen.adapters.local.models import atomic_publish_dir
+    from kitchen.io.atomic import atomic_publish_dir
     from kitchen.outputs.run_weights import metrics_at, open_checkpoint, open_run
     from kitchen.outputs.model_card import write_cards
 

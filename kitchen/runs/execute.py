@@ -95,7 +95,7 @@ def write_config(rundir: RunDir, data: dict[str, Any]) -> None:
     import yaml
 
     from kitchen.telemetry.jsonl import redact
-    from kitchen.runs.rundir import atomic_write_text
+    from kitchen.io.atomic import atomic_write_text
 
     atomic_write_text(rundir.config, yaml.safe_dump(redact(data), sort_keys=False))
 

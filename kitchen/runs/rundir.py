@@ -28,27 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from kitchen.errors import RunDirError
+from kitchen.io.atomic import atomic_write_text
 
 FINISHED = "completed"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``path`` whole or not at all: on failure (a full disk) the old file stays
-    untouched and the temporary file is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
 
 
 # Temporary names left behind by a killed write: ``.step_000010.tmp-abc123`` (local

@@ -155,7 +155,7 @@ def write_state(
     info: dict[str, Any],
 ) -> Path:
     """Write a checkpoint atomically; returns the final directory."""
-    from kitchen.adapters.local.models import atomic_publish_dir
+    from kitchen.io.atomic import atomic_publish_dir
 
     final = Path(final_dir)
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kitchen.io.atomic import atomic_publish_dir  # re-exported: callers publish through the one implementation
 from kitchen.errors import BackendError, ConfigError, KitchenError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -265,65 +266,6 @@ def _torch_dtype(dtype: Any):
     if dtype not in table:
         raise KitchenError(f"Unknown dtype '{dtype}': use auto, float32 or bfloat16.")
     return table[dtype]
-
-
-def _fsync_tree(path: Path) -> None:
-    for root, _dirs, files in os.walk(path):
-        for fn in files:
-            fd = os.open(os.path.join(root, fn), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _give_usual_modes(path: Path) -> None:
-    """Give a tree the modes a plain ``open``/``mkdir`` would have, under the user's umask.
-
-    Temporary dirs are created 0700, and transformers writes ``model.safetensors`` through a
-    0600 temporary file, so without this a published ``final/`` or checkpoint is readable
-    only by its owner: a serving process or a teammate in the same group cannot load it.
-    """
-    mask = _current_umask()
-    os.chmod(path, 0o777 & ~mask)
-    for root, dirs, files in os.walk(path):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o777 & ~mask)
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o666 & ~mask)
-
-
-def atomic_publish_dir(tmp: Path, final: Path, *, replace: bool = True) -> None:
-    """Give ``tmp`` the usual modes, fsync it and rename it to ``final`` (swapping out an old ``final``)."""
-    _give_usual_modes(tmp)
-    _fsync_tree(tmp)
-    if final.exists():
-        if not replace:
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    try:
-        fd = os.open(final.parent, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse dir fsync
-        pass
 
 
 def strip_quantization(model) -> None:
