@@ -1,0 +1,130 @@
+"""The package's shape, checked from its source: no import cycles between kitchen's modules.
+
+The graph is read with ``ast`` from every ``kitchen/**/*.py`` file, counting imports
+inside functions (a lazy import still ties two modules together: each one needs the
+other to be importable and initialised), and leaving out only imports under
+``if TYPE_CHECKING:``, which never run. A cycle is reported with the modules on it, so
+the fix (moving the shared piece to the lower module) is plain from the message.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "kitchen"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PKG.rglob("*.py") if "__pycache__" not in p.parts}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST, here: str, is_pkg: bool):
+    """Yield the absolute names each import statement in ``tree`` asks for, TYPE_CHECKING blocks skipped."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, None
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg_parts = here.split(".") if is_pkg else here.split(".")[:-1]
+                pkg_parts = pkg_parts[: len(pkg_parts) - (node.level - 1)]
+                base = ".".join(pkg_parts + ([base] if base else []))
+            for alias in node.names:
+                yield base, alias.name
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = all_modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, path in mods.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for base, member in _imports(tree, name, path.name == "__init__.py"):
+            if not (base == "kitchen" or base.startswith("kitchen.")):
+                continue
+            target = f"{base}.{member}" if member and f"{base}.{member}" in mods else base
+            while target not in mods and "." in target:  # kitchen.x.y where y is a name in x
+                target = target.rsplit(".", 1)[0]
+            if target in mods and target != name:
+                graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    counter = 0
+    sys.setrecursionlimit(10000)
+
+    def strong(v: str) -> None:
+        nonlocal counter
+        index[v] = low[v] = counter
+        counter += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def describe(comp: list[str], graph: dict[str, set[str]]) -> str:
+    members = set(comp)
+    edges = [f"    {a} -> {b}" for a in comp for b in sorted(graph[a]) if b in members]
+    return "  cycle of " + ", ".join(comp) + ":\n" + "\n".join(edges)
+
+
+def test_no_import_cycles_between_kitchen_modules():
+    graph = import_graph()
+    found = cycles(graph)
+    assert not found, "import cycles (lazy imports count; TYPE_CHECKING ones do not):\n" + "\n".join(
+        describe(c, graph) for c in found)
+
+
+if __name__ == "__main__":  # `python tests/test_architecture.py` lists the cycles
+    g = import_graph()
+    for c in cycles(g):
+        print(describe(c, g))
