@@ -1,4 +1,4 @@
-"""``kitchen serve``: a local Tinker-compatible server (see :mod:`kitchen.serve.app`)."""
+"""``kitchen serve``: a local Tinker-compatible server (see :mod:`kitchen.serve.app`; the process is :mod:`kitchen.serve.server`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 def run_server(opts: Any) -> int:
     """Serve with validated :class:`kitchen.serve.options.ServeOptions` (imports the server lazily)."""
-    from kitchen.serve.app import run_server as _run
+    from kitchen.serve.server import run_server as _run
 
     return _run(opts)
 

@@ -29,7 +29,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -39,7 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from kitchen.serve.state import RequestError, check_checkpoint_name
+from kitchen.io.atomic import atomic_publish_dir, atomic_write_json
+from kitchen.serve.errors import RequestError, check_checkpoint_name, safe_name
 
 EXTERNAL_PATH = re.compile(r"tinker://([^/]+)/external_weights/([^/]+)")
 # Where the signed file URLs live (outside the API-key check; see module docstring).
@@ -48,10 +48,6 @@ URL_LIFETIME_S = 3600
 MAX_TTL_S = 10 * 365 * 24 * 3600
 AGE_SUFFIX = ".age"
 _SIGNING_CONTEXT = b"kitchen serve: external weights download URLs"
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def _iso(ts: float) -> str:
@@ -107,7 +103,7 @@ class ExternalWeights:
 
     # ---- layout ---------------------------------------------------------------------
     def _base(self, run_id: str) -> Path:
-        return self.root / "runs" / _safe(run_id) / "external_weights"
+        return self.root / "runs" / safe_name(run_id) / "external_weights"
 
     def folder(self, run_id: str, name: str) -> Path:
         return self._base(run_id) / name
@@ -170,13 +166,8 @@ class ExternalWeights:
             with self._lock:
                 target = self.folder(worker.model_id, name)
                 self._meta_file(worker.model_id, name).unlink(missing_ok=True)
-                shutil.rmtree(target, ignore_errors=True)
-                os.chmod(picked, 0o755)
-                picked.replace(target)
-                mf = self._meta_file(worker.model_id, name)
-                tmp = mf.with_name(mf.name + ".tmp")
-                tmp.write_text(json.dumps(meta, indent=2, default=str))
-                os.replace(tmp, mf)
+                atomic_publish_dir(picked, target)
+                atomic_write_json(self._meta_file(worker.model_id, name), meta)
             return meta
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -203,10 +194,7 @@ class ExternalWeights:
         with self._lock:
             meta = self.require(run_id, name)
             meta["expires_at"] = None if ttl_s is None else time.time() + ttl_s
-            mf = self._meta_file(run_id, name)
-            tmp = mf.with_name(mf.name + ".tmp")
-            tmp.write_text(json.dumps(meta, indent=2, default=str))
-            os.replace(tmp, mf)
+            atomic_write_json(self._meta_file(run_id, name), meta)
 
     # ---- signed download URLs ------------------------------------------------------------
     def _signature(self, run_id: str, name: str, rel: str, expires: int) -> str:

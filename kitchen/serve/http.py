@@ -41,7 +41,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from kitchen.serve.external import FILES_PREFIX
-from kitchen.serve.state import RequestError
+from kitchen.serve.errors import RequestError
 
 log = logging.getLogger("kitchen.serve")
 access_log = logging.getLogger("kitchen.serve.access")

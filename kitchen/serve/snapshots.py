@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kitchen.ports.types import LoraConfig, SessionConfig
-from kitchen.serve.state import _START_LOCK, RequestError
+from kitchen.io.atomic import atomic_publish_dir, temp_sibling
+from kitchen.serve.backends import START_LOCK
+from kitchen.serve.errors import RequestError, safe_name
 
 log = logging.getLogger("kitchen.serve")
 
@@ -36,8 +38,7 @@ SAMPLER_PATH = re.compile(r"tinker://([^/]+)/sampler_weights/([^/]+)")
 EPHEMERAL_ID = re.compile(r"[A-Za-z0-9._:-]+")
 
 
-def safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+safe = safe_name  # the folder name of a run or snapshot key
 
 
 class SnapshotStore:
@@ -79,7 +80,7 @@ class SnapshotStore:
     def save(self, worker: Any, key: str, *, ephemeral: bool) -> dict[str, Any]:
         """Write ``worker``'s current weights as snapshot ``key`` (runs on the model's thread)."""
         folder = self.folder(key)
-        tmp = folder.with_name(folder.name + ".tmp")
+        tmp = temp_sibling(folder)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         meta: dict[str, Any] = {"key": key, "model_id": worker.model_id, "base_model": worker.base_model,
@@ -101,9 +102,8 @@ class SnapshotStore:
             meta["kind"] = "noop"
             meta["bytes"] = 0
             sampler = self._sampler_from(meta, None)
-        (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.replace(folder)
+        (tmp / META).write_text(json.dumps(meta, indent=2, default=str))  # inside the folder published next
+        atomic_publish_dir(tmp, folder)
         with self._lock:
             self._remember(key, sampler)
             if ephemeral:
@@ -166,7 +166,7 @@ class SnapshotStore:
         client = self._make_client(self.backend)
         extra = meta.get("extra") or {}
         kw = {k: str(extra[k]) for k in ("dtype", "device") if extra.get(k)}
-        with _START_LOCK:  # start_session reseeds the global RNG (see ModelWorker.start)
+        with START_LOCK:  # start_session reseeds the global RNG (see kitchen.serve.backends)
             client.start_session(SessionConfig(base_model=meta["base_model"], lora=lora, seed=int(meta.get("seed", 0)), **kw))
         with self._lock:
             return self._sources.setdefault(shape, client)

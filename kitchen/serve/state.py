@@ -1,10 +1,9 @@
-"""Server-side state for ``kitchen serve``: sessions, models, futures, samplers, checkpoints.
+"""Server-side state for ``kitchen serve``: sessions, models, samplers, runs and checkpoints.
 
-Every created model is backed by one kitchen ``TrainingClient`` and owns one worker
-thread that runs its requests strictly in arrival order (the SDK sends a model's requests
-one turn at a time, so arrival order is seq_id order). A request's HTTP call returns at
-once with a future id; ``retrieve_future`` long-polls for the result. That is the Tinker
-async-future protocol, and it is what lets a client keep several steps in flight.
+The threads that run queued work are :mod:`kitchen.serve.workers`, futures
+:mod:`kitchen.serve.futures`, sampler weights :mod:`kitchen.serve.snapshots`. What a
+client was told exists is on disk under ``--state-dir`` (run.json per model, checkpoint
+metadata), so it survives a restart; sessions, models and futures live in memory.
 """
 
 from __future__ import annotations
@@ -12,145 +11,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from kitchen.errors import KitchenError
-from kitchen.serve.fair_queue import FairQueue
-from kitchen.ports.types import LoraConfig, SessionConfig
+from kitchen.io.atomic import atomic_write_json
+from kitchen.serve.backends import make_backend
+from kitchen.serve.errors import RequestError, check_checkpoint_name, safe_name
+from kitchen.serve.futures import FutureRecord, FutureTable
+from kitchen.serve.snapshots import SAMPLER_PATH, SnapshotStore
+from kitchen.serve.workers import ModelWorker, SamplingWorker, start_base_sampler
 
 log = logging.getLogger("kitchen.serve")
-
-LONG_POLL_S = 20.0  # < the SDK's 45 s retrieve_future timeout
-MAX_FUTURES = 20000
-
-
-class RequestError(Exception):
-    """Answered as an HTTP error with a JSON message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass
-class FutureRecord:
-    request_id: str
-    model_id: str | None
-    event: threading.Event = field(default_factory=threading.Event)
-    ready_at: float = 0.0
-    payload: bytes | None = None  # proto bytes
-    json_body: dict[str, Any] | None = None
-    error: str | None = None
-    category: str = "server"
-
-    def finish(self, *, latency_s: float, payload: bytes | None = None, json_body: dict | None = None,
-               error: str | None = None, category: str = "server") -> None:
-        self.payload, self.json_body, self.error, self.category = payload, json_body, error, category
-        self.ready_at = time.monotonic() + latency_s
-        self.event.set()
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
-
-
-# One rule for checkpoint names at save and at load: a name that saves always loads.
-CHECKPOINT_NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def check_checkpoint_name(name: str, what: str = "checkpoint name") -> None:
-    if not isinstance(name, str) or not CHECKPOINT_NAME_RULE.fullmatch(name):
-        raise RequestError(400, f"{what} {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
-                                "starting with a letter or digit (no spaces, ':' or '/')")
-
-
-def make_backend(kind: str) -> Any:
-    """A fresh kitchen TrainingClient for one served model."""
-    if kind == "noop":
-        from kitchen.adapters.noop.training import NoopTrainingClient
-
-        return NoopTrainingClient()
-    if kind == "local":
-        try:
-            from kitchen.adapters.local import LocalTrainingClient
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise KitchenError(f"kitchen serve --backend local needs the local torch backend: {exc}") from exc
-        return LocalTrainingClient()
-    raise KitchenError(f"unknown serve backend {kind!r}; use 'local' or 'noop'")
-
-
-_START_LOCK = threading.Lock()
-
-
-class ModelWorker:
-    """One served model: its kitchen TrainingClient and the thread that runs its requests in order."""
-
-    def __init__(self, model_id: str, base_model: str, lora: LoraConfig, seed: int, backend: str,
-                 ckpt_root: Path, extra: dict[str, Any]) -> None:
-        self.model_id = model_id
-        self.base_model = base_model
-        self.lora = lora
-        self.seed = seed
-        self.backend_kind = backend
-        self.extra = extra
-        self.client: Any = None
-        self.steps = 0
-        self.tokenizer_id: str | None = None
-        self.ckpt_dir = ckpt_root / _safe(model_id)
-        self._queue: "queue.Queue[tuple[FutureRecord, Callable[[], Any]] | None]" = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name=f"model-{model_id}", daemon=True)
-        self._thread.start()
-
-    def session_config(self) -> SessionConfig:
-        kw: dict[str, Any] = {}
-        for key in ("dtype", "device"):
-            if self.extra.get(key):
-                kw[key] = str(self.extra[key])
-        if self.extra.get("max_length"):
-            kw["max_length"] = int(self.extra["max_length"])
-        return SessionConfig(base_model=self.base_model, lora=self.lora, seed=self.seed, **kw)
-
-    def start(self) -> dict[str, Any]:
-        client = make_backend(self.backend_kind)
-        if hasattr(client, "set_checkpoint_dir"):
-            client.set_checkpoint_dir(self.ckpt_dir / "weights")
-        # One session start at a time: start_session seeds the process-global torch RNG and
-        # then draws the LoRA init from it, so two concurrent starts would take each
-        # other's random numbers (same first loss, different runs after).
-        with _START_LOCK:
-            facts = client.start_session(self.session_config())
-        self.client = client
-        return facts
-
-    def submit(self, rec: FutureRecord, fn: Callable[[], Any]) -> None:
-        self._queue.put((rec, fn))
-
-    def stop(self) -> None:
-        self._queue.put(None)
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                self.client = None  # unloaded: its adapter, optimizer state and base view can be freed
-                return
-            rec, fn = item
-            try:
-                fn()
-            except Exception as exc:  # the request fails; the model keeps serving
-                category = "user" if isinstance(exc, (KitchenError, ValueError, KeyError, IndexError, RequestError)) else "server"
-                log.warning("request %s on %s failed: %s", rec.request_id, self.model_id, exc, exc_info=category == "server")
-                msg = exc.message if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
-                rec.finish(latency_s=0.0, error=msg, category=category)
 
 
 @dataclass
@@ -165,8 +41,6 @@ class ServerState:
                  max_loaded_samplers: int = 4) -> None:
         import tempfile
 
-        from kitchen.serve.snapshots import SnapshotStore
-
         self.backend = backend
         self.latency_s = max(0.0, latency_ms) / 1000.0
         self.root = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="kitchen-serve-"))
@@ -175,39 +49,18 @@ class ServerState:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.models: dict[str, ModelWorker] = {}
         self.unloaded: dict[str, str] = {}  # model id -> the finished session it belonged to
-        self.futures: "OrderedDict[str, FutureRecord]" = OrderedDict()
+        self.futures = FutureTable()
         self.samplers: dict[str, SamplerRecord] = {}
         self.snapshots = SnapshotStore(self.root, backend, max_loaded_samplers, make_backend)
         self.base_samplers: dict[str, Any] = {}
-        self._sample_queue: "FairQueue[tuple[FutureRecord, Callable[[], Any]]]" = FairQueue()  # round robin per client
-        self._sample_thread = threading.Thread(target=self._sample_loop, name="sampler", daemon=True)
-        self._sample_thread.start()
+        self.sampling = SamplingWorker()
 
     # ---- futures -------------------------------------------------------------------
     def new_future(self, model_id: str | None) -> FutureRecord:
-        rec = FutureRecord(request_id=uuid.uuid4().hex, model_id=model_id)
-        with self.lock:
-            self.futures[rec.request_id] = rec
-            while len(self.futures) > MAX_FUTURES:
-                self.futures.popitem(last=False)
-        return rec
+        return self.futures.new(model_id)
 
-    def wait_future(self, request_id: str, timeout: float = LONG_POLL_S) -> FutureRecord | None:
-        """The finished record, or None when still pending after ``timeout`` (long poll)."""
-        with self.lock:
-            rec = self.futures.get(request_id)
-        if rec is None:
-            raise RequestError(404, f"unknown request_id {request_id!r} (futures are kept in server memory; was the server restarted?)")
-        deadline = time.monotonic() + timeout
-        if not rec.event.wait(timeout):
-            return None
-        delay = rec.ready_at - time.monotonic()
-        if delay > 0:
-            if time.monotonic() + delay > deadline:
-                time.sleep(max(0.0, deadline - time.monotonic()))
-                return None
-            time.sleep(delay)
-        return rec
+    def wait_future(self, request_id: str) -> FutureRecord | None:
+        return self.futures.wait(request_id)
 
     # ---- sessions / models ------------------------------------------------------------
     def new_session(self, body: dict[str, Any]) -> str:
@@ -273,14 +126,10 @@ class ServerState:
 
     # ---- training runs (run.json per model, so they survive a restart) ----------------
     def _run_file(self, run_id: str) -> Path:
-        return self.ckpt_root() / _safe(run_id) / "run.json"
+        return self.ckpt_root() / safe_name(run_id) / "run.json"
 
     def _write_run(self, run_id: str, data: dict[str, Any]) -> None:
-        f = self._run_file(run_id)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f"run.json.tmp{uuid.uuid4().hex[:6]}")
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, f)
+        atomic_write_json(self._run_file(run_id), data)
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         try:
@@ -306,7 +155,7 @@ class ServerState:
 
     def training_checkpoints(self, run_id: str) -> list[dict[str, Any]]:
         out = []
-        for f in sorted((self.ckpt_root() / _safe(run_id) / "weights").glob("*.kitchen.json")):
+        for f in sorted((self.ckpt_root() / safe_name(run_id) / "weights").glob("*.kitchen.json")):
             try:
                 out.append(json.loads(f.read_text()))
             except (OSError, ValueError):
@@ -331,8 +180,7 @@ class ServerState:
         return distinct_tensor_bytes(tensors + self.snapshots.tensors())
 
     def pending_futures(self) -> int:
-        with self.lock:
-            return sum(1 for f in self.futures.values() if not f.event.is_set())
+        return self.futures.pending()
 
     # ---- checkpoints ----------------------------------------------------------------
     def ckpt_root(self) -> Path:
@@ -350,7 +198,7 @@ class ServerState:
             raise RequestError(400, f"not a training-state path: {tinker_path!r} (expected tinker://RUN/weights/NAME)")
         run, name = m.group(1), m.group(2)
         check_checkpoint_name(name)
-        base = self.ckpt_root() / _safe(run) / "weights"
+        base = self.ckpt_root() / safe_name(run) / "weights"
         meta_file = base / f"{name}.kitchen.json"
         try:
             meta = json.loads(meta_file.read_text())
@@ -367,8 +215,6 @@ class ServerState:
         return True
 
     def check_sampler_path(self, path: str) -> None:
-        from kitchen.serve.snapshots import SAMPLER_PATH
-
         m = SAMPLER_PATH.fullmatch(path or "")
         if not m:
             raise RequestError(400, f"not a sampler weights path: {path!r} (expected tinker://RUN/sampler_weights/NAME)")
@@ -377,30 +223,13 @@ class ServerState:
     # ---- sampling worker --------------------------------------------------------------
     def submit_sample(self, rec: FutureRecord, fn: Callable[[], Any], client: str = "") -> None:
         """Queue sampling work; clients (sessions) take turns, so one client's flood cannot starve another."""
-        self._sample_queue.put(client, (rec, fn))
-
-    def _sample_loop(self) -> None:
-        while True:
-            item = self._sample_queue.get()
-            if item is None:
-                return
-            rec, fn = item
-            try:
-                fn()
-            except Exception as exc:
-                category = "user" if isinstance(exc, (KitchenError, ValueError, RequestError)) else "server"
-                log.warning("sample request %s failed: %s", rec.request_id, exc)
-                msg = exc.message if isinstance(exc, RequestError) else f"{type(exc).__name__}: {exc}"
-                rec.finish(latency_s=0.0, error=msg, category=category)
+        self.sampling.submit(rec, fn, client)
 
     def base_sampler(self, base_model: str) -> Any:
         with self.lock:
             if base_model in self.base_samplers:
                 return self.base_samplers[base_model]
-        client = make_backend(self.backend)
-        with _START_LOCK:  # start_session reseeds the global RNG (see ModelWorker.start)
-            client.start_session(SessionConfig(base_model=base_model))
-        sampler = client.sampling_client(base_model=base_model)
+        sampler = start_base_sampler(self.backend, base_model)
         with self.lock:
             self.base_samplers[base_model] = sampler
         return sampler
@@ -416,7 +245,7 @@ class ServerState:
             workers = list(self.models.values())
         for w in workers:
             w.stop()
-        self._sample_queue.close()
+        self.sampling.close()
         deadline = time.monotonic() + drain_s
-        for t in [w._thread for w in workers] + [self._sample_thread]:
+        for t in [*workers, self.sampling]:
             t.join(max(0.0, deadline - time.monotonic()))
