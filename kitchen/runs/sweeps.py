@@ -50,7 +50,7 @@ def _append(record: dict[str, Any]) -> None:
     target = os.environ.get(SWEEP_LOG_ENV)
     if not target:
         return
-    from kitchen.telemetry.jsonl import dumps
+    from kitchen.io.jsonl import dumps
 
     line = (dumps(record) + "\n").encode()
     fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

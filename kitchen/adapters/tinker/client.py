@@ -32,7 +32,7 @@ from typing import Any, Callable, TypeVar
 
 from kitchen.adapters.tinker.credentials import KEY_ENV, require_api_key
 from kitchen.errors import BackendError, KitchenError
-from kitchen.io.secrets import redact_url
+from kitchen.io.secrets import redact_text, redact_url
 from kitchen.ports.tinker_ext import NOOP_TOKENIZER_ID, STEP_METRIC, session_metadata
 from kitchen.ports.types import (
     AdamParams,
@@ -127,8 +127,7 @@ def call_with_retries(fn: Callable[[], T], *, max_retries: int = 3, backoff_s: f
 
 
 def _scrub(text: str) -> str:
-    key = os.environ.get(KEY_ENV)
-    return text.replace(key, "***") if key and len(key) > 4 else text
+    return redact_text(text, known=(os.environ.get(KEY_ENV),))
 
 
 def to_backend_error(exc: BaseException, what: str, base_url: str | None, attempts: int = 0) -> KitchenError:
