@@ -236,7 +236,7 @@ class RolloutKeys(SamplingKeys, PolicyGradientKeys):
 def all_keys(model: type[BaseModel]) -> list[str]:
     """``model``'s keys plus every known workflow's, so did-you-mean spans all schemas."""
     try:
-        from kitchen.config.compose import every_key
+        from kitchen.config.keys import every_key
 
         return sorted(set(model.model_fields) | set(every_key()))
     except Exception:  # noqa: BLE001 - a broken plugin must not hide the message

@@ -282,11 +282,4 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
     return RunResult(status=status, run_dir=str(rundir.path), step=ctx.step, metrics=final, signum=stopper.signum)
 
 
-def hydra_sweep_task(cfg: Any) -> Any:
-    """The task function for each multirun job (kitchen.runs.sweeps: never raises, returns the objective)."""
-    from kitchen.runs.sweeps import sweep_task
-
-    return sweep_task(cfg)
-
-
-__all__ = ["BackendError", "RunResult", "execute", "execute_prepared", "hydra_sweep_task"]
+__all__ = ["BackendError", "RunResult", "execute", "execute_prepared"]

@@ -22,8 +22,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kitchen.telemetry.sinks import SWEEP_JOB_ENV  # the console prefixes its lines with the job number
+
 SWEEP_LOG_ENV = "KITCHEN_SWEEP_LOG"
-SWEEP_JOB_ENV = "KITCHEN_SWEEP_JOB"  # the console prefixes its lines with the job number
 SWEEP_RECIPES_ENV = "KITCHEN_SWEEP_RECIPES_DIRS"  # the sweep's --recipes-dir options, for jobs relaunched on N ranks
 
 
