@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kitchen.ports.types import LoraConfig, SessionConfig
-from kitchen.serve.state import _START_LOCK, RequestError
+from kitchen.serve.errors import START_LOCK, RequestError
 
 log = logging.getLogger("kitchen.serve")
 
@@ -166,7 +166,7 @@ class SnapshotStore:
         client = self._make_client(self.backend)
         extra = meta.get("extra") or {}
         kw = {k: str(extra[k]) for k in ("dtype", "device") if extra.get(k)}
-        with _START_LOCK:  # start_session reseeds the global RNG (see ModelWorker.start)
+        with START_LOCK:  # start_session reseeds the global RNG (see ModelWorker.start)
             client.start_session(SessionConfig(base_model=meta["base_model"], lora=lora, seed=int(meta.get("seed", 0)), **kw))
         with self._lock:
             return self._sources.setdefault(shape, client)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from kitchen.serve.errors import START_LOCK, RequestError
 from kitchen.errors import KitchenError
 from kitchen.serve.fair_queue import FairQueue
 from kitchen.ports.types import LoraConfig, SessionConfig
@@ -31,14 +32,6 @@ log = logging.getLogger("kitchen.serve")
 LONG_POLL_S = 20.0  # < the SDK's 45 s retrieve_future timeout
 MAX_FUTURES = 20000
 
-
-class RequestError(Exception):
-    """Answered as an HTTP error with a JSON message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass
@@ -88,7 +81,7 @@ def make_backend(kind: str) -> Any:
     raise KitchenError(f"unknown serve backend {kind!r}; use 'local' or 'noop'")
 
 
-_START_LOCK = threading.Lock()
+_START_LOCK = START_LOCK  # shared with snapshots (kitchen.serve.errors)
 
 
 class ModelWorker:
