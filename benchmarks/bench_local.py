@@ -171,7 +171,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from kitchen.adapters.local.client import default_threads
+    from kitchen.adapters.local.threads import default_threads
     from kitchen.adapters.local.models import load_model
 
     threads = args.threads or default_threads()

@@ -454,7 +454,7 @@ def main() -> None:
         datasets.disable_progress_bars()
     except ImportError:  # pragma: no cover - the bench extra brings it
         pass
-    from kitchen.adapters.local.client import default_threads
+    from kitchen.adapters.local.threads import default_threads
 
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)

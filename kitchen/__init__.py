@@ -13,11 +13,17 @@ The Python facade does what the CLI does, through the same preflight::
 A mistake in the input raises :class:`kitchen.errors.KitchenError` (ConfigError,
 DataError, ...) carrying the same one-paragraph message the CLI prints. Importing
 ``kitchen`` is cheap: nothing heavy loads until a function is called.
+
+A plugin (a workflow, stage, env, evaluator, renderer or sink of its own) imports from
+:mod:`kitchen.api`, the one front door. Its names are reachable from here as well
+(``kitchen.Workflow``, ``from kitchen import Stage``), loaded on first use, so importing
+``kitchen`` alone still loads none of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
@@ -72,3 +78,20 @@ def describe(name: str, recipes_dir: Sequence[str] = ()) -> Description:
 
     spec, workflow, _, found = compose_spec([f"recipe={name}"], recipes_dir)
     return Description(found[name], workflow, spec, describe_fields(workflow.config))
+
+
+def __getattr__(name: str) -> Any:
+    """``kitchen.<name>`` for a name of :mod:`kitchen.api`, imported on first use (PEP 562)."""
+    if not name.startswith("_") and find_spec(f"{__name__}.{name}") is None:  # a submodule is the import system's
+        from kitchen import api
+
+        if name in api.__all__:
+            value = globals()[name] = getattr(api, name)  # found once; later reads are plain attributes
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    from kitchen import api
+
+    return sorted(set(globals()) | set(api.__all__))

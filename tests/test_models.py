@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kitchen.adapters.local import models
+from kitchen.io.atomic import atomic_publish_dir
 from kitchen.errors import KitchenError
 
 
@@ -88,7 +89,7 @@ def test_atomic_publish_and_failed_conversion_leaves_nothing(monkeypatch, tmp_pa
     final = tmp_path / "x"
     final.mkdir()
     (final / "a").write_text("old")
-    models.atomic_publish_dir(tmp, final)
+    atomic_publish_dir(tmp, final)
     assert (final / "a").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["x"]
 
     import transformers

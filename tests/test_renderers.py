@@ -470,7 +470,7 @@ def _exact(renderer, messages):
     text = renderer._text(msgs)
     full = renderer._encode(text)
     spans = []
-    from kitchen.train.renderers import _common_prefix_len
+    from kitchen.train.renderers.chat_template import _common_prefix_len
 
     def tok(c, end):
         if c <= 0:

@@ -1,6 +1,7 @@
 import math
 import subprocess
 import sys
+from typing import NamedTuple, Sequence
 
 import pytest
 
@@ -12,13 +13,61 @@ from kitchen.train.rl import (
     count_degenerate_groups,
     entropy_estimate,
     group_advantages,
-    importance_sampling_loss,
     is_degenerate_group,
     kl_penalty_advantages,
-    ppo_loss,
     ppo_loss_fn_config,
     rl_step_metrics,
 )
+from kitchen.train.rl import _check_same_length
+
+
+# Reference losses (pure Python, Tinker's per-token summed semantics): test helpers only,
+# the losses backends compute are kitchen.train.losses. clip_low / clip_high are epsilons.
+def importance_sampling_loss(
+    target_logprobs: Sequence[float], sampler_logprobs: Sequence[float], advantages: Sequence[float]
+) -> float:
+    """Tinker's ``importance_sampling`` loss: ``-sum(exp(t - s) * a)`` over tokens.
+
+    Positions with advantage 0 (prompt positions) contribute nothing.
+    """
+    _check_same_length(target_logprobs=target_logprobs, sampler_logprobs=sampler_logprobs, advantages=advantages)
+    return -sum(math.exp(t - s) * a for t, s, a in zip(target_logprobs, sampler_logprobs, advantages))
+
+
+class PPOLoss(NamedTuple):
+    loss: float
+    clip_fraction: float
+
+
+def ppo_loss(
+    target_logprobs: Sequence[float],
+    sampler_logprobs: Sequence[float],
+    advantages: Sequence[float],
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> PPOLoss:
+    """Tinker's ``ppo`` loss: ``-sum(min(r * a, clip(r, 1 - clip_low, 1 + clip_high) * a))``.
+
+    ``r = exp(target - sampler)`` per token. ``clip_fraction`` is the fraction of tokens
+    with a nonzero advantage whose clipped term is strictly the smaller one, i.e. the
+    tokens whose gradient the clip switches off (0.0 when no token has an advantage).
+    """
+    _check_same_length(target_logprobs=target_logprobs, sampler_logprobs=sampler_logprobs, advantages=advantages)
+    if clip_low < 0 or clip_high < 0 or clip_low >= 1:
+        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    lo, hi = 1.0 - clip_low, 1.0 + clip_high
+    total = 0.0
+    active = clipped = 0
+    for t, s, a in zip(target_logprobs, sampler_logprobs, advantages):
+        r = math.exp(t - s)
+        unclipped = r * a
+        clipped_obj = min(max(r, lo), hi) * a
+        total += min(unclipped, clipped_obj)
+        if a != 0:
+            active += 1
+            if clipped_obj < unclipped:
+                clipped += 1
+    return PPOLoss(-total, clipped / active if active else 0.0)
 
 
 def test_train_modules_do_not_import_torch():

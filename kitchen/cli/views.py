@@ -76,7 +76,7 @@ def print_plan(spec: RunSpec, workflow: Workflow, data: dict[str, Any]) -> None:
     import yaml
     from rich.syntax import Syntax
 
-    from kitchen.telemetry.jsonl import redact
+    from kitchen.io.secrets import redact
 
     console.rule(f"run spec: recipe {spec.recipe}")
     console.print(Syntax(yaml.safe_dump(redact(data), sort_keys=False), "yaml", background_color="default"))

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 from omegaconf import DictConfig, OmegaConf
 
 from kitchen.config import recipes as recipes_mod
+from kitchen.config.keys import every_key
 from kitchen.errors import ConfigError, did_you_mean
 
 PRIMARY = "kitchen"
@@ -290,19 +291,6 @@ def key_owners_message(key: str, workflow: str, found: dict[str, recipes_mod.Rec
     noun = "workflow" if len(owners) == 1 else "workflows"
     return (f"key '{key}' {where} belongs to the {names} {noun}, not to '{workflow}', which this run uses.{uses} "
             f"Run `kitchen describe RECIPE` to see the keys of a recipe's workflow")
-
-
-def every_key() -> list[str]:
-    """Every key of every known workflow's schema (did-you-mean spans them all)."""
-    from kitchen.workflows import get_workflow, workflow_names
-
-    keys: set[str] = set()
-    for name in workflow_names():
-        try:
-            keys.update(get_workflow(name).config.model_fields)
-        except ConfigError:
-            continue
-    return sorted(keys)
 
 
 def unknown_key_message(key: str, workflow: str, found: dict[str, recipes_mod.Recipe], where: str) -> str:

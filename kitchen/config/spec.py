@@ -12,9 +12,9 @@ from typing import Any, Callable, Literal, Optional, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kitchen.errors import ConfigError, did_you_mean
+from kitchen.ports.types import ADAM_EPS
 from kitchen.train.formats import CANONICAL_FIELDS
-
-TrainOnWhat = Literal["last_assistant_message", "all_assistant_messages", "all_messages", "all_tokens"]
+from kitchen.train.train_on_what import TrainOnWhatName as TrainOnWhat  # the one definition of its values
 
 
 class _Strict(BaseModel):
@@ -99,7 +99,7 @@ class RunSpec(_Strict):
     max_steps: Optional[int] = Field(None, gt=0, description="optimizer steps to run; overrides epochs (the data cycles as needed)")
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
+    eps: float = Field(ADAM_EPS, gt=0)  # the one default: kitchen.ports.types.ADAM_EPS
     weight_decay: float = Field(0.0, ge=0)
     grad_clip_norm: float = Field(1.0, ge=0, description="0 disables clipping")
 
@@ -236,7 +236,7 @@ class RolloutKeys(SamplingKeys, PolicyGradientKeys):
 def all_keys(model: type[BaseModel]) -> list[str]:
     """``model``'s keys plus every known workflow's, so did-you-mean spans all schemas."""
     try:
-        from kitchen.config.compose import every_key
+        from kitchen.config.keys import every_key
 
         return sorted(set(model.model_fields) | set(every_key()))
     except Exception:  # noqa: BLE001 - a broken plugin must not hide the message

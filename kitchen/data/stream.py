@@ -131,7 +131,7 @@ def _translated(rows: Iterator[Any], source: str) -> Iterator[Any]:
 def open_train_stream(spec: Any, store: Any, kind: str = "sft") -> TrainStream:
     """Open the train split as a stream, detect its format from the first row and check the first rows."""
     from kitchen.adapters.hf_datasets.streaming import ROW_ORIGIN, known_num_rows, row_origin
-    from kitchen.stages.data import check_rows
+    from kitchen.data.checks import check_rows
 
     if not spec.dataset:
         raise ConfigError(f"Recipe '{spec.recipe}' needs a dataset: pass dataset=PATH or a hub dataset name.")

@@ -65,7 +65,9 @@ def load(run_dir: str | Path, *, step: int | None = None, base: bool = False) ->
                 raise KitchenError(f"{rw.run_dir} has neither final weights nor checkpoints to load.")
             step = steps[-1]
         client = open_checkpoint(rw, step)
-        model = client._merged_copy()  # plain transformers model with this checkpoint's weights
+        from kitchen.adapters.local.merge import merged_copy
+
+        model = merged_copy(client.train_session())  # plain transformers model with this checkpoint's weights
         tok = client.tokenizer
         label = f"{rw.run_dir} step {step}"
     model.config.use_cache = True

@@ -41,6 +41,13 @@ class Datum:
         return count
 
 
+# AdamW's epsilon, the one default: what every recipe has always trained with (the run
+# spec's ``eps`` key defaults to it, and the engine passes it on every optim_step). The
+# tinker SDK's own AdamParams defaults to 1e-12, but a Tinker client always sends its
+# value, so that default never reaches a kitchen optimizer through the port.
+ADAM_EPS = 1e-8
+
+
 @dataclass(frozen=True)
 class AdamParams:
     """Tinker's AdamW step parameters (decoupled weight decay; 0 clip = no clipping)."""
@@ -48,7 +55,7 @@ class AdamParams:
     learning_rate: float = 1e-4
     beta1: float = 0.9
     beta2: float = 0.95
-    eps: float = 1e-12
+    eps: float = ADAM_EPS
     weight_decay: float = 0.0
     grad_clip_norm: float = 0.0
 

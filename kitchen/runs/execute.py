@@ -94,7 +94,7 @@ def _versions() -> dict[str, str]:
 def write_config(rundir: RunDir, data: dict[str, Any]) -> None:
     import yaml
 
-    from kitchen.telemetry.jsonl import redact
+    from kitchen.io.secrets import redact
     from kitchen.io.atomic import atomic_write_text
 
     atomic_write_text(rundir.config, yaml.safe_dump(redact(data), sort_keys=False))
@@ -177,7 +177,7 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
     """The run itself, while this process holds the run-dir lock."""
     from kitchen.runs import lifecycle
 
-    from kitchen.telemetry.jsonl import redact
+    from kitchen.io.secrets import redact
     from kitchen.telemetry.sinks import SinkContext
 
     git_sha = _git_sha()
@@ -282,11 +282,4 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
     return RunResult(status=status, run_dir=str(rundir.path), step=ctx.step, metrics=final, signum=stopper.signum)
 
 
-def hydra_sweep_task(cfg: Any) -> Any:
-    """The task function for each multirun job (kitchen.runs.sweeps: never raises, returns the objective)."""
-    from kitchen.runs.sweeps import sweep_task
-
-    return sweep_task(cfg)
-
-
-__all__ = ["BackendError", "RunResult", "execute", "execute_prepared", "hydra_sweep_task"]
+__all__ = ["BackendError", "RunResult", "execute", "execute_prepared"]

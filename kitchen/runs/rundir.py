@@ -95,7 +95,7 @@ class RunDir:
         """
         if not _writer():
             return
-        from kitchen.telemetry.jsonl import open_append
+        from kitchen.io.jsonl import open_append
 
         record = dict(record)
         record["path"] = self.relative(record.get("path", ""))

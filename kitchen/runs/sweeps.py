@@ -22,8 +22,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kitchen.telemetry.sinks import SWEEP_JOB_ENV  # the console prefixes its lines with the job number
+
 SWEEP_LOG_ENV = "KITCHEN_SWEEP_LOG"
-SWEEP_JOB_ENV = "KITCHEN_SWEEP_JOB"  # the console prefixes its lines with the job number
 SWEEP_RECIPES_ENV = "KITCHEN_SWEEP_RECIPES_DIRS"  # the sweep's --recipes-dir options, for jobs relaunched on N ranks
 
 
@@ -50,7 +51,7 @@ def _append(record: dict[str, Any]) -> None:
     target = os.environ.get(SWEEP_LOG_ENV)
     if not target:
         return
-    from kitchen.telemetry.jsonl import dumps
+    from kitchen.io.jsonl import dumps
 
     line = (dumps(record) + "\n").encode()
     fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

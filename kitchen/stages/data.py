@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from kitchen.data.checks import check_rows
 from kitchen.engine.context import Context
 from kitchen.engine.stage import Stage
 from kitchen.errors import DataError
@@ -84,17 +85,6 @@ class LoadDataset(Stage):
         if data.loaded is None:
             self.validate(ctx)
         ctx.emit(ev.RUN_INFO, message=data.summary())  # shows the detected format
-
-
-def check_rows(rows: list[dict[str, Any]], kind: str, source: str, train_on_what: str) -> None:
-    """Every row must have what its workflow trains on; the first bad row is a DataError naming it."""
-    from kitchen.train.datum import check_preference_row, check_sft_row
-
-    for i, row in enumerate(rows):
-        if kind == "preference":
-            check_preference_row(row, i, source)
-        else:
-            check_sft_row(row, i, source, train_on_what)
 
 
 def tokenize_splits(ctx: Context, cached: Callable[..., Any], noun: str) -> None:

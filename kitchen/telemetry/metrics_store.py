@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from kitchen.telemetry.jsonl import dumps, open_append
+from kitchen.io.jsonl import dumps, open_append, oserror_with_path
 
 log = logging.getLogger("kitchen.telemetry")
 
@@ -80,9 +80,7 @@ class JsonlMetricsStore:
             self._fh.write(line)
             self._fh.flush()
         except OSError as exc:
-            from kitchen.telemetry.jsonl import _with_path
-
-            raise _with_path(exc, self.path, line) from None
+            raise oserror_with_path(exc, self.path, line) from None
 
     def read(self) -> list[dict[str, Any]]:
         if self._fh is not None:

@@ -9,27 +9,25 @@ to stderr, right through the progress bar. :class:`SdkLogRouter` is a sink-shape
 Levels: ``kitchen.tinker`` from DEBUG (kitchen's retry notes), ``tinker`` and ``httpx``
 from INFO: the SDK's DEBUG records dump whole request bodies (training batches), which are
 large and have no place in a log. Credentials in URLs (``https://user:pass@host``) and
-bearer tokens are masked on the way.
+bearer tokens are masked on the way (:func:`kitchen.io.secrets.redact_text`).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
+from kitchen.io.secrets import redact_text
 from kitchen.telemetry.events import Event
 
 DEBUG_LOG = "debug.log"
 ROUTED = {"kitchen.tinker": logging.DEBUG, "tinker": logging.INFO, "httpx": logging.INFO}
-_URL_CREDS = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
-_BEARER = re.compile(r"(?i)(bearer\s+|api[_-]?key[=:]\s*|x-api-key['\"]?:\s*['\"]?)[^\s'\",]+")
 
 
 class _Mask(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        masked = _BEARER.sub(r"\1***", _URL_CREDS.sub("***@", msg))
+        masked = redact_text(msg)
         if masked != msg:
             record.msg, record.args = masked, None
         return True

@@ -35,6 +35,11 @@ from kitchen.telemetry.events import Event
 
 log = logging.getLogger("kitchen.telemetry")
 
+# Set by a sweep job (kitchen.runs.sweeps) to its job number: the console sink then prefixes
+# its lines with it, since parallel jobs share a terminal. Defined here, below the sweep
+# runner, because the sink is what reads it.
+SWEEP_JOB_ENV = "KITCHEN_SWEEP_JOB"
+
 
 @dataclass(frozen=True)
 class SinkEntry:
@@ -211,7 +216,6 @@ def console_sink(run: SinkContext, **options: Any) -> Any:
     """The console; inside a sweep job, plain lines prefixed with the job number (parallel jobs share a terminal)."""
     import os
 
-    from kitchen.runs.sweeps import SWEEP_JOB_ENV
     from kitchen.telemetry.console import ConsoleSink
 
     job = os.environ.get(SWEEP_JOB_ENV)
@@ -357,6 +361,6 @@ def numeric_items(data: Mapping[str, Any], skip: Iterable[str] = ()) -> Iterable
 
 
 __all__ = [
-    "BUILTIN_SINKS", "BackgroundSink", "SinkContext", "SinkEntry", "SinkFailed",
+    "BUILTIN_SINKS", "SWEEP_JOB_ENV", "BackgroundSink", "SinkContext", "SinkEntry", "SinkFailed",
     "build_sinks", "flat_params", "numeric_items", "resolve_sinks",
 ]

@@ -24,7 +24,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from kitchen.errors import DataError
 from kitchen.ports.types import Datum
-from kitchen.train.renderers import RenderedExample, Renderer, TrainOnWhat, message_problem
+from kitchen.train.messages import message_problem
+from kitchen.train.renderers.base import RenderedExample, Renderer
+from kitchen.train.train_on_what import TrainOnWhat
 
 log = logging.getLogger("kitchen.data")
 

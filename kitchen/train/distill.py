@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from kitchen.train.messages import message_problem
+
 
 def _check_pair(student_logprobs: Sequence[float], teacher_logprobs: Sequence[float]) -> int:
     if len(student_logprobs) != len(teacher_logprobs):
@@ -47,14 +49,12 @@ def teacher_kl(student_logprobs: Sequence[float], teacher_logprobs: Sequence[flo
     return sum(s - t for s, t in zip(student_logprobs, teacher_logprobs)) / n
 
 
-def _check_messages(messages: Any) -> list[dict[str, Any]]:
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError("prompt messages must be a non-empty list of {'role', 'content'} dicts")
-    out = []
-    for m in messages:
-        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
-            raise ValueError(f"bad chat message {m!r}: need a dict with 'role' and 'content'")
-        out.append(dict(m))
+def _check_prompt(messages: Any) -> list[dict[str, Any]]:
+    """The prompt as plain dicts: a valid message list (:func:`message_problem`) that does not end with the assistant."""
+    problem = message_problem(messages)
+    if problem:
+        raise ValueError(f"bad prompt messages: {problem}")
+    out = [dict(m) for m in messages]
     if out[-1]["role"] == "assistant":
         raise ValueError("prompt messages end with an assistant turn; the teacher's completion would follow it")
     return out
@@ -68,7 +68,7 @@ def teacher_sample_to_sft_row(
     The prompt messages are copied, not mutated. ``strip`` trims surrounding whitespace
     of the completion. Raises ValueError on malformed messages or a non-string completion.
     """
-    messages = _check_messages(prompt_messages)
+    messages = _check_prompt(prompt_messages)
     if not isinstance(completion_text, str):
         raise ValueError(f"completion_text must be a string, got {type(completion_text).__name__}")
     content = completion_text.strip() if strip else completion_text

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kitchen.errors import DataError, did_you_mean
+from kitchen.train.messages import ROLES
 
 SFT_FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 PREFERENCE_FORMATS: tuple[str, ...] = ("preference",)
@@ -58,7 +59,6 @@ CANONICAL_FIELDS: tuple[str, ...] = (
     "messages", "conversations", "instruction", "input", "output", "system", "prompt", "completion", "text",
     "chosen", "rejected",
 )
-ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES: dict[str, str] = {
     "system": "system",
     "human": "user", "user": "user",

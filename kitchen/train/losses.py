@@ -4,11 +4,16 @@ All losses are *sums* over tokens (not means), exactly like Tinker:
 
 * ``cross_entropy``:       ``-(weights * target_logprobs).sum()``
 * ``importance_sampling``: ``-(exp(target_logprobs - sampler_logprobs) * advantages).sum()``
-* ``ppo``:                 ``-min(r * A, clip(r, clip_low, clip_high) * A).sum()``
+* ``ppo``:                 ``-min(r * A, clip(r, low_threshold, high_threshold) * A).sum()``
   with ``r = exp(target_logprobs - sampler_logprobs)``. As in Tinker, the
   ``loss_fn_config`` keys ``clip_low_threshold`` / ``clip_high_threshold`` are the ratio
   bounds themselves, default 0.8 and 1.2 (i.e. ``1 -/+ 0.2``); e.g. ``{"clip_low_threshold":
   0.9, "clip_high_threshold": 1.1}`` clips tighter.
+
+One clip convention: in kitchen's own code ``clip_low`` / ``clip_high`` are always
+*epsilons* around a ratio of 1 (:data:`CLIP_LOW`, :data:`CLIP_HIGH`; the ratio is kept in
+``[1 - clip_low, 1 + clip_high]``, see :func:`kitchen.train.rl.ppo_loss_fn_config`). The
+ratio bounds themselves are only ever called thresholds, as on the wire.
 
 Inputs are same-shape tensors (any shape; padding positions must carry weight 0 /
 advantage 0). Each function returns a :class:`LossOutput` of tensors: no host sync
@@ -27,8 +32,10 @@ from typing import Any, Mapping
 from kitchen.errors import ConfigError
 from kitchen.ports.types import LOSS_FNS
 
-DEFAULT_CLIP_LOW = 0.8  # ratio lower bound (Tinker's clip_low_threshold)
-DEFAULT_CLIP_HIGH = 1.2  # ratio upper bound (Tinker's clip_high_threshold)
+CLIP_LOW = 0.2  # PPO clip epsilon below a ratio of 1 (kitchen's clip_low)
+CLIP_HIGH = 0.2  # PPO clip epsilon above a ratio of 1 (kitchen's clip_high)
+DEFAULT_LOW_THRESHOLD = 1.0 - CLIP_LOW  # 0.8: the ratio lower bound (Tinker's clip_low_threshold)
+DEFAULT_HIGH_THRESHOLD = 1.0 + CLIP_HIGH  # 1.2: the ratio upper bound (Tinker's clip_high_threshold)
 
 
 @dataclass
@@ -59,14 +66,15 @@ def ppo(
     target_logprobs,
     sampler_logprobs,
     advantages,
-    clip_low: float = DEFAULT_CLIP_LOW,
-    clip_high: float = DEFAULT_CLIP_HIGH,
+    low_threshold: float = DEFAULT_LOW_THRESHOLD,
+    high_threshold: float = DEFAULT_HIGH_THRESHOLD,
 ) -> LossOutput:
+    """Tinker's ``ppo``: the ratio clipped to the bounds ``[low_threshold, high_threshold]`` (0.8, 1.2)."""
     import torch
 
     a = advantages.to(target_logprobs.dtype)
     ratio = (target_logprobs - sampler_logprobs.to(target_logprobs.dtype)).exp()
-    clipped = ratio.clamp(clip_low, clip_high)
+    clipped = ratio.clamp(low_threshold, high_threshold)
     unclipped_obj = ratio * a
     clipped_obj = clipped * a
     loss = -torch.minimum(unclipped_obj, clipped_obj).sum()
@@ -111,8 +119,8 @@ def compute_loss(
             f"Unknown ppo loss_fn_config keys: {', '.join(sorted(unknown))} "
             "(known: clip_low_threshold, clip_high_threshold)."
         )
-    lo = float(cfg.get("clip_low_threshold", DEFAULT_CLIP_LOW))
-    hi = float(cfg.get("clip_high_threshold", DEFAULT_CLIP_HIGH))
+    lo = float(cfg.get("clip_low_threshold", DEFAULT_LOW_THRESHOLD))
+    hi = float(cfg.get("clip_high_threshold", DEFAULT_HIGH_THRESHOLD))
     if not 0.0 <= lo <= 1.0 <= hi:
         raise ConfigError(
             f"ppo clip thresholds are ratio bounds (Tinker's convention): need 0 <= clip_low_threshold "

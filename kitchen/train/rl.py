@@ -1,8 +1,7 @@
-"""GRPO-style RL math: group advantages, RL datums, reference losses, KL and metrics.
+"""GRPO-style RL math: group advantages, RL datums, the ppo loss_fn_config, KL and metrics.
 
-Pure Python over small lists of floats; no torch, no I/O. The loss functions here are
-*reference* implementations with Tinker's semantics (per-token, summed, not averaged),
-used by the math tests and to cross-check backends; backends compute the real thing.
+Pure Python over small lists of floats; no torch, no I/O. The losses themselves are
+:mod:`kitchen.train.losses` (what backends compute); the PPO clip convention is there.
 
 Layout of an RL datum (same as Tinker / tinker-cookbook): for a full sequence
 ``full = prompt + sampled`` the datum's position ``i`` reads ``full[i]`` and predicts
@@ -13,9 +12,10 @@ followed by ``len(sampled)`` sampled positions.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 from kitchen.ports.types import Datum
+from kitchen.train.losses import CLIP_HIGH, CLIP_LOW
 
 DEFAULT_EPS = 1e-6
 
@@ -159,58 +159,16 @@ def completion_logprobs(
     return [float(x) for x in out]  # type: ignore[arg-type]
 
 
-# --------------------------------------------------------------------------- losses
+# --------------------------------------------------------------------------- the ppo loss_fn_config
 
 
-def importance_sampling_loss(
-    target_logprobs: Sequence[float], sampler_logprobs: Sequence[float], advantages: Sequence[float]
-) -> float:
-    """Tinker's ``importance_sampling`` loss: ``-sum(exp(t - s) * a)`` over tokens.
+def ppo_loss_fn_config(clip_low: float = CLIP_LOW, clip_high: float = CLIP_HIGH) -> dict[str, float]:
+    """Tinker's ``loss_fn_config`` for ``ppo``: the ratio bounds ``1 - clip_low``, ``1 + clip_high``.
 
-    Positions with advantage 0 (prompt positions) contribute nothing.
+    ``clip_low`` / ``clip_high`` are kitchen's one clip convention, epsilons around a
+    ratio of 1 (default 0.2 each); the wire keys ``clip_low_threshold`` /
+    ``clip_high_threshold`` are Tinker's ratio bounds themselves (default 0.8 / 1.2).
     """
-    _check_same_length(target_logprobs=target_logprobs, sampler_logprobs=sampler_logprobs, advantages=advantages)
-    return -sum(math.exp(t - s) * a for t, s, a in zip(target_logprobs, sampler_logprobs, advantages))
-
-
-class PPOLoss(NamedTuple):
-    loss: float
-    clip_fraction: float
-
-
-def ppo_loss(
-    target_logprobs: Sequence[float],
-    sampler_logprobs: Sequence[float],
-    advantages: Sequence[float],
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-) -> PPOLoss:
-    """Tinker's ``ppo`` loss: ``-sum(min(r * a, clip(r, 1 - clip_low, 1 + clip_high) * a))``.
-
-    ``r = exp(target - sampler)`` per token. ``clip_fraction`` is the fraction of tokens
-    with a nonzero advantage whose clipped term is strictly the smaller one, i.e. the
-    tokens whose gradient the clip switches off (0.0 when no token has an advantage).
-    """
-    _check_same_length(target_logprobs=target_logprobs, sampler_logprobs=sampler_logprobs, advantages=advantages)
-    if clip_low < 0 or clip_high < 0 or clip_low >= 1:
-        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
-    lo, hi = 1.0 - clip_low, 1.0 + clip_high
-    total = 0.0
-    active = clipped = 0
-    for t, s, a in zip(target_logprobs, sampler_logprobs, advantages):
-        r = math.exp(t - s)
-        unclipped = r * a
-        clipped_obj = min(max(r, lo), hi) * a
-        total += min(unclipped, clipped_obj)
-        if a != 0:
-            active += 1
-            if clipped_obj < unclipped:
-                clipped += 1
-    return PPOLoss(-total, clipped / active if active else 0.0)
-
-
-def ppo_loss_fn_config(clip_low: float = 0.2, clip_high: float = 0.2) -> dict[str, float]:
-    """Tinker's ``loss_fn_config`` for ``ppo``: the ratio bounds ``1 - clip_low``, ``1 + clip_high``."""
     return {"clip_low_threshold": 1.0 - clip_low, "clip_high_threshold": 1.0 + clip_high}
 
 

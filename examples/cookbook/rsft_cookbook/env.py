@@ -1,6 +1,6 @@
 """The letters task: name something that starts with a given letter.
 
-It follows kitchen's Env protocol (kitchen.train.envs.Env): ``name``,
+It follows kitchen's Env protocol (kitchen.api.Env): ``name``,
 ``initial_prompts(seed, n)``, ``eval_prompts(n, seed)`` and ``score(problem, text)``
 returning ``Score(reward, correct, info)``. Everything is deterministic in the seed.
 """
@@ -12,7 +12,7 @@ import re
 import zlib
 from typing import Any
 
-from kitchen.train.envs import Problem, Score
+from kitchen.api import Problem, Score
 
 CATEGORIES = ("an animal", "a fruit", "a city", "a colour", "a first name", "a verb")
 _WORD = re.compile(r"[a-z]+")

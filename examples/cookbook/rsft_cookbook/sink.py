@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from kitchen.telemetry.events import Event
+from kitchen.api import Event
 
 KEPT_EVENT = "rsft.kept"  # emitted by rsft_cookbook.stages.KeepBest
 COLUMNS = ("step", "reward", "prompt", "completion")

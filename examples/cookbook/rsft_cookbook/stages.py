@@ -15,13 +15,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kitchen.engine.context import Context
-from kitchen.engine.pipeline import StepOutput
-from kitchen.engine.stage import Stage
-from kitchen.stages.rollouts import Group, Rollouts, Sample, env_groups, require_max_steps, sample_lane
-from kitchen.stages.session import Session
-from kitchen.telemetry import events as ev
-from kitchen.train.messages import last_user_text
+from kitchen.api import (
+    RUN_INFO,
+    RUN_WARNING,
+    Context,
+    EnvAccuracy,
+    Group,
+    Rollouts,
+    Sample,
+    Session,
+    Stage,
+    StepOutput,
+    build,
+    build_sft_data,
+    env_groups,
+    last_user_text,
+    require_max_steps,
+    resolve,
+    sample_lane,
+    teacher_samples_to_sft_rows,
+)
 
 from rsft_cookbook.sink import KEPT_EVENT
 
@@ -43,19 +56,15 @@ class RSFTSetup(Stage):
     """Build the env (a name or a {_target_: ...} node) and its held-out problems; the run is max_steps steps."""
 
     def validate(self, ctx: Context) -> None:
-        from kitchen.config.instantiate import resolve
-
         require_max_steps(ctx, "rsft")
         resolve("envs", ctx.spec.env)
 
     def execute(self, ctx: Context) -> None:
-        from kitchen.config.instantiate import build
-
         spec, state = ctx.spec, ctx.use(RSFTState)
         state.env = build("envs", spec.env)
         state.eval_problems = state.env.eval_prompts(spec.eval_max_examples, seed=spec.seed)
         ctx.progress.total_steps = spec.max_steps
-        ctx.emit(ev.RUN_INFO, message=f"rsft on env {state.env.name}: {spec.prompts_per_step} prompts x "
+        ctx.emit(RUN_INFO, message=f"rsft on env {state.env.name}: {spec.prompts_per_step} prompts x "
                  f"{spec.samples_per_prompt} samples per step, keep the best {spec.keep_top} with reward >= {spec.keep_threshold}")
 
 
@@ -93,9 +102,6 @@ class SFTOnKept(Stage):
     """The kept completions as chat rows -> cross_entropy datums, plus the step's reward metrics."""
 
     def execute(self, ctx: Context) -> StepOutput:
-        from kitchen.train.datum import build_sft_data
-        from kitchen.train.distill import teacher_samples_to_sft_rows
-
         renderer, kept, groups = ctx.use(Session).renderer, ctx.use(Kept), ctx.use(Rollouts).groups
         rows = teacher_samples_to_sft_rows((g.prompt_messages, s.text) for g, s in kept.samples)
         datums = build_sft_data(rows, renderer, source="kept samples")[0] if rows else []
@@ -108,14 +114,12 @@ class SFTOnKept(Stage):
             "kept": float(len(kept.samples)),
         }
         if not datums:  # no datums: the step is counted and logged, the weights do not move
-            ctx.emit(ev.RUN_WARNING, message=f"step {ctx.step + 1}: no completion reached keep_threshold={ctx.spec.keep_threshold} "
+            ctx.emit(RUN_WARNING, message=f"step {ctx.step + 1}: no completion reached keep_threshold={ctx.spec.keep_threshold} "
                      f"(best reward {metrics['reward_max']:g}); this step trains on nothing.")
         return StepOutput(datums, "cross_entropy", None, metrics)
 
 
 def env_accuracy(ctx: Context) -> list[Any]:
     """The workflow's own evaluator: kitchen's greedy accuracy and mean reward on the env's held-out prompts."""
-    from kitchen.evaluators import EnvAccuracy
-
     state = ctx.use(RSFTState)
     return [EnvAccuracy(state.env, state.eval_problems)] if state.eval_problems else []

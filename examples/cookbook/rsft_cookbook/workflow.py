@@ -17,11 +17,7 @@ from typing import Any, Union
 
 from pydantic import Field
 
-from kitchen.config.spec import RunSpec
-from kitchen.engine.ir import Workflow, loop, stage
-from kitchen.stages.rollouts import steps
-from kitchen.stages.session import OpenSession
-from kitchen.workflows.common import finish, periodic, restore_and_evaluate
+from kitchen.api import OpenSession, RunSpec, Workflow, finish, loop, periodic, restore_and_evaluate, stage, steps
 
 from rsft_cookbook.stages import KeepBest, RSFTSetup, SampleK, SFTOnKept, env_accuracy
 

@@ -40,7 +40,6 @@ memoised per (path, size, mtime) so calling it next to ``load`` is cheap.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import gzip
 import zlib
@@ -52,31 +51,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Iterator
 
+from kitchen.adapters.hf_datasets.files import ALL_EXTS, ALLOWED, CSV_EXTS, JSON_EXTS, JSONL_EXTS, file_ext, file_kind, looks_like_path
+from kitchen.adapters.hf_datasets.library import first_line, import_datasets, offline, pick_split
 from kitchen.adapters.hf_datasets.rows import ArrowRows, ChainRows, JsonlRows
-from kitchen.errors import DataError, did_you_mean
-
-JSONL_EXTS = (".jsonl", ".jsonl.gz", ".ndjson")
-JSON_EXTS = (".json",)
-CSV_EXTS = (".csv", ".tsv")
-PARQUET_EXTS = (".parquet", ".pq")
-ALL_EXTS = JSONL_EXTS + JSON_EXTS + CSV_EXTS + PARQUET_EXTS
-_ALLOWED = ".jsonl, .json, .csv, .tsv or .parquet"
-
-
-def _ext(path: Path) -> str:
-    name = path.name.lower()
-    for ext in ALL_EXTS:
-        if name.endswith(ext):
-            return ext
-    return path.suffix.lower()
-
-
-def _looks_like_path(source: str) -> bool:
-    if source.startswith(("/", "./", "../", "~", ".\\", "..\\")) or os.path.isabs(source):
-        return True
-    if "\\" in source:
-        return True
-    return any(source.lower().endswith(ext) for ext in ALL_EXTS)
+from kitchen.errors import DataError
 
 
 def _describe_json_type(value: Any) -> str:
@@ -105,7 +83,7 @@ class HFDatasetStore:
             raise DataError("The dataset source is empty. Give a path to a .jsonl/.json/.csv/.parquet file or a hub dataset name.")
         path = Path(given).expanduser()
         self._prefer = tuple(prefer)
-        if path.exists() or _looks_like_path(given):
+        if path.exists() or looks_like_path(given):
             rows = self._load_path(given, path, split)
         else:
             if subset and ":" not in given:
@@ -146,7 +124,7 @@ class HFDatasetStore:
                 h.update(f.relative_to(path).as_posix().encode() + b"\0")
                 h.update(self.fingerprint(f).encode())
             return h.hexdigest()
-        if _looks_like_path(given):
+        if looks_like_path(given):
             raise self._missing(given, path)
         repo, _, config = given.partition(":")
         snapshot = self._hub_snapshot(repo)
@@ -166,11 +144,11 @@ class HFDatasetStore:
             raise self._missing(given, path)
         if path.is_dir():
             return self._load_dir(given, path, split)
-        ext = _ext(path)
+        ext = file_ext(path)
         if ext not in ALL_EXTS:
             raise DataError(
                 f"{given}: unsupported dataset file type '{path.suffix or path.name}'. "
-                f"Use a {_ALLOWED} file (or a hub dataset name)."
+                f"Use a {ALLOWED} file (or a hub dataset name)."
             )
         if ext in JSONL_EXTS:
             if path.name.lower().endswith(".gz"):  # no random access into gzip: the rows are held
@@ -193,7 +171,7 @@ class HFDatasetStore:
             return DataError(f"Dataset file {where} not found: the directory {parent} does not exist. "
                              "Check the path in the recipe (relative paths are resolved from the current directory).")
         try:
-            names = sorted(p.name for p in parent.iterdir() if p.is_file() and _ext(p) in ALL_EXTS)
+            names = sorted(p.name for p in parent.iterdir() if p.is_file() and file_ext(p) in ALL_EXTS)
         except OSError:
             names = []
         close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.5)
@@ -310,16 +288,16 @@ class HFDatasetStore:
 
     def _load_dir(self, given: str, path: Path, split: str | None) -> Sequence[dict[str, Any]]:
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-            datasets = _import_datasets()
+            datasets = import_datasets()
             try:
                 ds = datasets.load_from_disk(str(path))
             except Exception as exc:  # noqa: BLE001
                 raise DataError(f"{given}: could not read the saved dataset ({type(exc).__name__}: {exc}).") from None
-            return _rows(_pick_split(given, ds, split, self._prefer))
-        files = sorted(p for p in path.iterdir() if p.is_file() and _ext(p) in ALL_EXTS)
+            return _rows(pick_split(given, ds, split, self._prefer))
+        files = sorted(p for p in path.iterdir() if p.is_file() and file_ext(p) in ALL_EXTS)
         if len(files) == 1:
             return self._load_path(str(Path(given) / files[0].name), files[0], split)
-        kinds = {_kind(p) for p in files}
+        kinds = {file_kind(p) for p in files}
         if len(kinds) == 1:  # a directory of shards of one type: concatenated in name order
             kind = kinds.pop()
             if kind in ("parquet", "csv"):
@@ -327,15 +305,15 @@ class HFDatasetStore:
             return ChainRows([self._load_path(str(Path(given) / f.name), f, split) for f in files])
         listing = ", ".join(p.name for p in files[:5]) or "no data files"
         raise DataError(
-            f"{given} is a directory ({listing}). Point the recipe at one {_ALLOWED} file, a directory of "
+            f"{given} is a directory ({listing}). Point the recipe at one {ALLOWED} file, a directory of "
             "shards of one type, or a directory written by Dataset.save_to_disk."
         )
 
     def _via_datasets(self, given: str, builder: str, path: Path | list[Path], **kwargs: Any) -> Sequence[dict[str, Any]]:
-        datasets = _import_datasets()
+        datasets = import_datasets()
         files = [str(p.resolve()) for p in path] if isinstance(path, list) else str(path.resolve())
         try:
-            with _offline(datasets):
+            with offline(datasets):
                 ds = datasets.load_dataset(
                     builder, data_files=files, split="train", cache_dir=self.cache_dir, **kwargs
                 )
@@ -350,7 +328,7 @@ class HFDatasetStore:
 
     def _load_hub(self, name: str, split: str | None) -> Sequence[dict[str, Any]]:
         ds = self._hub_dataset(name, split)
-        return _rows(_pick_split(name, ds, split, self._prefer))
+        return _rows(pick_split(name, ds, split, self._prefer))
 
     def _hub_snapshot(self, repo: str) -> Path | None:
         """The local snapshot of dataset repo ``repo`` in huggingface_hub's cache.
@@ -374,26 +352,26 @@ class HFDatasetStore:
     def load_snapshot(self, repo: str, config: str, snapshot: Path, **load_kw: Any) -> Any:
         """``datasets.load_dataset`` over a hub repo's local snapshot (its README ``configs:``,
         split names from file names), offline; a failure is one paragraph naming the repo."""
-        datasets = _import_datasets()
+        datasets = import_datasets()
         try:
-            with _offline(datasets):
+            with offline(datasets):
                 return datasets.load_dataset(str(snapshot), config or None, cache_dir=self.cache_dir, **load_kw)
         except ValueError as exc:
             if config and ("config" in str(exc).lower() or "builderconfig" in str(exc).lower()):
-                raise DataError(f"Dataset {repo} has no subset '{config}' ({_first_line(exc)}).") from None
-            raise DataError(f"Dataset {repo}: could not read its files ({_first_line(exc)}).") from None
+                raise DataError(f"Dataset {repo} has no subset '{config}' ({first_line(exc)}).") from None
+            raise DataError(f"Dataset {repo}: could not read its files ({first_line(exc)}).") from None
         except Exception as exc:  # noqa: BLE001
-            raise DataError(f"Dataset {repo}: could not read its files ({type(exc).__name__}: {_first_line(exc)}).") from None
+            raise DataError(f"Dataset {repo}: could not read its files ({type(exc).__name__}: {first_line(exc)}).") from None
 
     def _hub_dataset(self, name: str, split: str | None) -> Any:
-        datasets = _import_datasets()
+        datasets = import_datasets()
         repo, _, config = name.partition(":")
         snapshot = self._hub_snapshot(repo)
         if snapshot is not None:
             return self.load_snapshot(repo, config, snapshot)
         args = (repo, config) if config else (repo,)
         try:  # datasets' own Arrow cache (a dataset prepared earlier with datasets.load_dataset)
-            with _offline(datasets):
+            with offline(datasets):
                 return datasets.load_dataset(*args, split=split, cache_dir=self.cache_dir, download_mode="reuse_dataset_if_exists")
         except ValueError as exc:
             if split and "split" in str(exc).lower():  # list the splits that do exist
@@ -407,10 +385,10 @@ class HFDatasetStore:
         cache = self.cache_dir or os.environ.get("HF_DATASETS_CACHE") or "~/.cache/huggingface/datasets"
         return DataError(
             f"Dataset '{name}' is neither a local file nor in the local Hugging Face cache ({cache}), and it could not "
-            f"be downloaded ({type(exc).__name__}: {_first_line(exc)}). Fetch it once on a machine with network: "
+            f"be downloaded ({type(exc).__name__}: {first_line(exc)}). Fetch it once on a machine with network: "
             f"hf download {repo} --repo-type dataset, or save it to a .jsonl file "
             "and point the recipe at that file. If you meant a local file, check the path and extension "
-            f"({_ALLOWED})."
+            f"({ALLOWED})."
         )
 
 
@@ -420,78 +398,6 @@ class HFDatasetStore:
 def _too_deep(where: str) -> str:
     return (f"{where} nests JSON arrays/objects too deeply to parse (hundreds of levels). "
             "An example is an object with a messages list (or prompt/completion strings); flatten the data.")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _import_datasets() -> Any:
-    import datasets  # slow (~1 s): only imported when a file actually needs it
-
-    return datasets
-
-
-@contextlib.contextmanager
-def _offline(datasets: Any) -> Iterator[None]:
-    """Force offline mode (datasets + huggingface_hub), silence progress bars and log lines.
-
-    Module-level flags are flipped for the duration of the call and restored after, so
-    other code (e.g. a hub client that may download models) keeps its own setting. Not
-    thread-safe with concurrent hub calls in other threads.
-    """
-    import huggingface_hub.constants as hub_constants
-
-    saved = (datasets.config.HF_HUB_OFFLINE, getattr(datasets.config, "HF_DATASETS_OFFLINE", None), hub_constants.HF_HUB_OFFLINE)
-    try:
-        from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-    except ImportError:  # pragma: no cover - older datasets
-        are_progress_bars_disabled = lambda: True  # noqa: E731
-        disable_progress_bars = enable_progress_bars = lambda: None  # noqa: E731
-    bars_were_off = are_progress_bars_disabled()
-    ds_logging = datasets.utils.logging
-    verbosity = ds_logging.get_verbosity()
-    ds_logging.set_verbosity(ds_logging.CRITICAL)  # our DataError says it better than their log lines
-    datasets.config.HF_HUB_OFFLINE = True
-    if saved[1] is not None:
-        datasets.config.HF_DATASETS_OFFLINE = True
-    hub_constants.HF_HUB_OFFLINE = True
-    disable_progress_bars()
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE = saved[0]
-        if saved[1] is not None:
-            datasets.config.HF_DATASETS_OFFLINE = saved[1]
-        hub_constants.HF_HUB_OFFLINE = saved[2]
-        ds_logging.set_verbosity(verbosity)
-        if not bars_were_off:
-            enable_progress_bars()
-
-
-def _pick_split(name: str, ds: Any, split: str | None, prefer: tuple[str, ...] = ("train",)) -> Any:
-    """A Dataset from a Dataset or DatasetDict: the requested split, the first of ``prefer``, or the only one."""
-    if not hasattr(ds, "keys"):  # already a Dataset
-        return ds
-    splits = list(ds.keys())
-    if split is not None:
-        if split in ds:
-            return ds[split]
-        raise DataError(f"Dataset {name} has no split '{split}'. Available splits: {', '.join(splits)}."
-                        + did_you_mean(split, splits))
-    for name_ in prefer:
-        if name_ in ds:
-            return ds[name_]
-    if len(splits) == 1:
-        return ds[splits[0]]
-    raise DataError(f"Dataset {name} has several splits ({', '.join(splits)}); pick one with dataset_split= "
-                    "(test_dataset_split= for the test set).")
-
-
-def _kind(path: Path) -> str:
-    ext = _ext(path)
-    return "jsonl" if ext in JSONL_EXTS else "json" if ext in JSON_EXTS else "csv" if ext == ".csv" else "tsv" if ext == ".tsv" else "parquet"
 
 
 def _rows(ds: Any) -> Sequence[dict[str, Any]]:

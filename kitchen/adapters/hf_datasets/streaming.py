@@ -21,16 +21,14 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from kitchen.adapters.hf_datasets.store import (
-    _ALLOWED, ALL_EXTS, CSV_EXTS, JSON_EXTS, JSONL_EXTS, _ext, _first_line, _import_datasets, _looks_like_path,
-    _offline, _pick_split,
-)
+from kitchen.adapters.hf_datasets.files import ALL_EXTS, ALLOWED, CSV_EXTS, JSON_EXTS, JSONL_EXTS, file_ext, looks_like_path
+from kitchen.adapters.hf_datasets.library import first_line, import_datasets, offline, pick_split
 from kitchen.errors import DataError
 
 
 def _builder(path: Path) -> tuple[str, tuple[tuple[str, str], ...]]:
     """The ``datasets`` packaged builder (and its options, as pairs) that reads ``path``."""
-    ext = _ext(path)
+    ext = file_ext(path)
     if ext in JSONL_EXTS or ext in JSON_EXTS:
         return "json", ()
     if ext in CSV_EXTS:
@@ -49,17 +47,17 @@ def _json_rows(store: Any, shards: list[tuple[str, str]]) -> Iterator[dict[str, 
     """Rows of local JSON Lines (read line by line) or JSON files, each tagged with where it came from."""
     for label, name in shards:
         path = Path(name)
-        rows = store._load_json(label, path) if _ext(path) in JSON_EXTS else store._iter_jsonl(label, path)
+        rows = store._load_json(label, path) if file_ext(path) in JSON_EXTS else store._iter_jsonl(label, path)
         for i, row in enumerate(rows):
             yield {**row, ROW_ORIGIN: (name, i)}
 
 
 def _stream_files(store: Any, given: str, files: list[Path], cache_dir: str | None) -> Any:
-    datasets = _import_datasets()
+    datasets = import_datasets()
     builders = {_builder(f) for f in map(Path, files)}
     if len(builders) != 1:
         names = ", ".join(f.name for f in files[:5])
-        raise DataError(f"{given} mixes file types ({names}); a directory of shards must hold one type ({_ALLOWED}).")
+        raise DataError(f"{given} mixes file types ({names}); a directory of shards must hold one type ({ALLOWED}).")
     (builder, kwargs), = builders
     if builder == "json":
         # The store's own reader, one shard per file: a malformed line is named by its line
@@ -69,11 +67,11 @@ def _stream_files(store: Any, given: str, files: list[Path], cache_dir: str | No
         shards = [(label(f), str(f.resolve())) for f in files]
         return datasets.IterableDataset.from_generator(_json_rows, gen_kwargs={"store": store, "shards": shards})
     try:
-        with _offline(datasets):
+        with offline(datasets):
             return datasets.load_dataset(builder, data_files=[str(f.resolve()) for f in files], split="train",
                                          streaming=True, cache_dir=cache_dir, **dict(kwargs))
     except Exception as exc:  # noqa: BLE001 - the builder's own errors, in one line
-        raise DataError(f"{given}: could not open it as a stream ({type(exc).__name__}: {_first_line(exc)}).") from None
+        raise DataError(f"{given}: could not open it as a stream ({type(exc).__name__}: {first_line(exc)}).") from None
 
 
 def open_stream(store: Any, source: str | os.PathLike[str], split: str | None = None, subset: str | None = None,
@@ -84,23 +82,23 @@ def open_stream(store: Any, source: str | os.PathLike[str], split: str | None = 
         raise DataError("The dataset source is empty. Give a path to a .jsonl/.json/.csv/.parquet file or a hub dataset name.")
     path = Path(given).expanduser()
     cache_dir = getattr(store, "cache_dir", None)
-    if path.exists() or _looks_like_path(given):
+    if path.exists() or looks_like_path(given):
         if not path.exists():
             raise store._missing(given, path)
         if path.is_dir():
             if _is_saved_dataset(path):
-                datasets = _import_datasets()
+                datasets = import_datasets()
                 try:
                     saved = datasets.load_from_disk(str(path))  # memory-mapped Arrow: nothing is read into memory yet
                 except Exception as exc:  # noqa: BLE001
                     raise DataError(f"{given}: could not read the saved dataset ({type(exc).__name__}: {exc}).") from None
-                return _pick_split(given, saved, split, prefer).to_iterable_dataset()
-            files = sorted(p for p in path.iterdir() if p.is_file() and _ext(p) in ALL_EXTS)
+                return pick_split(given, saved, split, prefer).to_iterable_dataset()
+            files = sorted(p for p in path.iterdir() if p.is_file() and file_ext(p) in ALL_EXTS)
             if not files:
-                raise DataError(f"{given} is a directory with no {_ALLOWED} files and no Dataset.save_to_disk data.")
+                raise DataError(f"{given} is a directory with no {ALLOWED} files and no Dataset.save_to_disk data.")
             return _stream_files(store, given, files, cache_dir)
-        if _ext(path) not in ALL_EXTS:
-            raise DataError(f"{given}: unsupported dataset file type '{path.suffix or path.name}'. Use a {_ALLOWED} file "
+        if file_ext(path) not in ALL_EXTS:
+            raise DataError(f"{given}: unsupported dataset file type '{path.suffix or path.name}'. Use a {ALLOWED} file "
                             "(or a hub dataset name).")
         if path.stat().st_size == 0:
             raise DataError(f"The dataset {given} is empty: the file has 0 bytes. Add at least one example.")
@@ -109,8 +107,8 @@ def open_stream(store: Any, source: str | os.PathLike[str], split: str | None = 
     repo, _, config = name.partition(":")
     snapshot = store._hub_snapshot(repo)
     if snapshot is None:  # a dataset prepared earlier by datasets.load_dataset: memory-mapped from its Arrow cache
-        return _pick_split(name, store._hub_dataset(name, split), split, prefer).to_iterable_dataset()
-    return _pick_split(name, store.load_snapshot(repo, config, snapshot, streaming=True), split, prefer)
+        return pick_split(name, store._hub_dataset(name, split), split, prefer).to_iterable_dataset()
+    return pick_split(name, store.load_snapshot(repo, config, snapshot, streaming=True), split, prefer)
 
 
 def known_num_rows(stream: Any) -> int | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from kitchen.adapters.local.threads import check_threads
+
 __all__ = ["LocalTrainingClient", "LocalSamplingClient"]
 
 # With the `qlora` extra installed, peft imports bitsandbytes on every run, and on a machine
@@ -30,25 +32,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def check_threads(threads: Any) -> int | None:
-    """``threads``: None/0 = every core; otherwise a positive integer."""
-    from kitchen.errors import ConfigError
-
-    if threads is None or threads == 0:
-        return None
-    try:
-        value = int(threads)
-        ok = value > 0 and float(threads) == value
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(
-            f"adapters.training.threads={threads!r} is not allowed: give a positive number of CPU threads "
-            "(or 0 / leave it unset to use every core this process may use)."
-        )
-    return value
-
-
 def preflight(session: Any, options: Any = None) -> None:
     """What the local backend would refuse before its first step, checked without torch:
     its own options, and a .gguf model file that is not one (the model itself is resolved
@@ -58,6 +41,6 @@ def preflight(session: Any, options: Any = None) -> None:
     check_threads((options or {}).get("threads"))
     model = Path(str(session.base_model)).expanduser()
     if model.suffix == ".gguf" and model.is_file():
-        from kitchen.adapters.local.models import _check_gguf_magic
+        from kitchen.adapters.local.models.gguf import check_gguf_magic
 
-        _check_gguf_magic(model)
+        check_gguf_magic(model)

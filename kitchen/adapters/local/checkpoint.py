@@ -13,6 +13,10 @@ A state checkpoint is a directory ``<checkpoint_root>/<name>/``::
 The whole directory is written into a temporary sibling, fsynced and renamed into place,
 so a crash never leaves a half-written checkpoint under the final name. Loading verifies
 every sha256 first; a mismatch is a :class:`KitchenError` naming the file.
+
+The last section moves a :class:`~kitchen.adapters.local.session.TrainSession`'s
+trainable tensors and optimizer state to and from these files (FSDP2 shards gathered on
+save, re-laid out on load).
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kitchen.errors import KitchenError
+
+if TYPE_CHECKING:
+    from kitchen.adapters.local.session import TrainSession
 
 FORMAT = "kitchen-local-state/1"
 MANIFEST = "manifest.json"
@@ -233,3 +240,58 @@ def read_state(path: str | os.PathLike, *, with_optimizer: bool = True) -> dict[
         out["optimizer"] = (optimizer_from_files(_load_tensors(p / "optimizer.safetensors"), meta), meta)
     out["rng"] = rng_from_files(_load_tensors(p / "rng.safetensors"), json.loads((p / "rng.json").read_text()))
     return out
+
+
+# ---------------------------------------------------------------- a session's tensors <-> a checkpoint
+def trainable_tensors(session: TrainSession, optimizer: Any) -> tuple[dict[str, Any], tuple[dict[str, Any], dict[str, Any]] | None]:
+    """The trainable weights and (when there is one) the optimizer state, as files hold them.
+
+    Under FSDP2 both are gathered from the shards: a collective every rank must call.
+    """
+    from kitchen.adapters.local.scale import full_optimizer_state, full_tensor
+
+    names = [n for n, _ in session.params]
+    weights = {n: full_tensor(p.detach()) for n, p in session.params}
+    if optimizer is None:
+        return weights, None
+    opt_sd = full_optimizer_state(optimizer) if session.parallel.fsdp else optimizer.state_dict()
+    return weights, optimizer_to_files(opt_sd, names)
+
+
+def restore_weights(session: TrainSession, weights: dict[str, Any], path: str) -> None:
+    """Copy a checkpoint's trainable weights into ``session``'s parameters (shards re-laid out)."""
+    import torch
+
+    from kitchen.adapters.local.scale import like
+
+    mine = dict(session.params)
+    if set(weights) != set(mine):
+        missing = sorted(set(mine) - set(weights))[:3]
+        extra = sorted(set(weights) - set(mine))[:3]
+        raise KitchenError(
+            f"Checkpoint {path} does not match this session's trainable parameters "
+            f"(missing: {missing or 'none'}, unexpected: {extra or 'none'}). Was it saved with a "
+            "different model or LoRA setting?"
+        )
+    with torch.no_grad():
+        for n, p in session.params:
+            t = weights[n]
+            if t.shape != p.shape:
+                raise KitchenError(f"Checkpoint {path}: parameter {n} has shape {tuple(t.shape)}, expected {tuple(p.shape)}.")
+            if hasattr(p, "device_mesh"):  # FSDP2 shard
+                p.copy_(like(p, t))
+            else:
+                p.copy_(t.to(p.dtype))
+    for _, p in session.params:
+        p.grad = None
+
+
+def optimizer_state_for(session: TrainSession, opt_state: dict[str, Any], meta: dict[str, Any], path: str) -> dict[str, Any]:
+    """A checkpoint's optimizer state, checked against ``session``'s parameters and re-sharded under FSDP2."""
+    from kitchen.adapters.local.scale import local_optimizer_state
+
+    if meta.get("param_names") != [n for n, _ in session.params]:
+        raise KitchenError(f"Checkpoint {path}: optimizer state was saved for different parameters.")
+    if session.parallel.fsdp:
+        return local_optimizer_state(opt_state, [p for _, p in session.params])
+    return opt_state

@@ -1,11 +1,17 @@
 """Scaling options of the local backend: micro-batching, activation checkpointing,
 padding-free rows, mixed precision, QLoRA, and data parallel across torchrun ranks.
 
-``LocalTrainingClient.start_session`` calls three hooks from here, in order:
-:func:`plan_session` (check the options against this machine, before any weights load),
-:func:`prepare_model` (activation checkpointing, QLoRA preparation) and
-:func:`wrap_parallel` (DDP for LoRA, FSDP2 ``fully_shard`` for full fine-tuning). Keeping
-them here leaves the client's own code about the Tinker port.
+``LocalTrainingClient.start_session`` calls three hooks from here, in order, and keeps
+what they return:
+
+* :func:`plan_session` checks the options against this machine, before any weights
+  load, and returns a :class:`ScalePlan` (the decisions, the :class:`Precision` a pass
+  computes in, and the joined process group when there are several ranks);
+* :func:`prepare_model` (activation checkpointing, QLoRA preparation) returns the model;
+* :func:`wrap_parallel` (DDP for LoRA, FSDP2 ``fully_shard`` for full fine-tuning)
+  returns a :class:`Parallel`: the model training passes go through, and the ranks.
+
+Nothing here reads or writes the client: its parts pass these objects to each other.
 
 Data parallel uses PyTorch's own engine only: torchrun sets the environment, DDP and
 FSDP2 synchronise gradients. Both *average* gradients over ranks; the Tinker loss is a
@@ -14,6 +20,7 @@ sum, so :mod:`train_step` multiplies each rank's loss by the world size.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass, field
@@ -44,13 +51,49 @@ def cpu_native_bf16() -> str | None:
 
 
 @dataclass
+class Precision:
+    """How a forward/backward pass computes: autocast and the fp16 loss scaler.
+
+    ``autocast_dtype`` comes from ``mixed_precision`` (bf16 | fp16 over fp32 master
+    weights); without it, ``cpu_bf16_autocast`` (the client's option) autocasts CPU
+    passes to bf16. ``scaler`` is the CUDA GradScaler of ``mixed_precision=fp16``.
+    """
+
+    device: str = "cpu"
+    autocast_dtype: Any = None
+    cpu_bf16_autocast: bool = False
+    scaler: Any = None
+
+    def autocast(self):
+        """The autocast context of one pass (a null context when none applies)."""
+        import torch
+
+        if self.autocast_dtype is not None:  # mixed_precision=bf16|fp16
+            return torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast_dtype)
+        if self.cpu_bf16_autocast and self.device == "cpu":
+            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: Any) -> None:
+        """``loss.backward()``, through the fp16 GradScaler when one is active."""
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+
+@dataclass
 class ScalePlan:
+    """What :func:`plan_session` decided, checked before any weights load."""
+
     micro: MicroBatchOptions = field(default_factory=MicroBatchOptions)
     activation_checkpointing: bool = False
     mixed_precision: str = "no"
     quantization: str | None = None
     world_size: int = 1
     notes: dict[str, Any] = field(default_factory=dict)
+    precision: Precision = field(default_factory=Precision)
+    dist: Any = None  # torch.distributed, its process group joined, when world_size > 1
 
     def facts(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -72,20 +115,27 @@ class ScalePlan:
         return out
 
 
-def plan_session(client: Any, config: Any, device: str, dtype: Any) -> ScalePlan:
-    """Check the scale options against this machine; raise ConfigError before loading weights."""
+def plan_session(config: Any, device: str, dtype: Any, *, threads: int | None = None,
+                 cpu_bf16_autocast: bool = False) -> ScalePlan:
+    """Check the scale options of ``config`` (a SessionConfig) against this machine.
+
+    Raises ConfigError before any weights load. ``threads`` is the client's option (None:
+    the ranks of a CPU node share its cores); ``cpu_bf16_autocast`` goes into the plan's
+    :class:`Precision`. With several ranks this joins the process group.
+    """
     import torch
 
     from kitchen.runs import distributed
 
     micro = MicroBatchOptions(
-        micro_batch_size=int(getattr(config, "micro_batch_size", 0) or 0),
-        max_tokens=int(getattr(config, "max_tokens_per_micro_batch", 0) or 0),
-        padding_free=bool(getattr(config, "padding_free", False)),
+        micro_batch_size=int(config.micro_batch_size or 0),
+        max_tokens=int(config.max_tokens_per_micro_batch or 0),
+        padding_free=bool(config.padding_free),
     )
     check_options(micro)
-    plan = ScalePlan(micro=micro, activation_checkpointing=bool(getattr(config, "activation_checkpointing", False)))
-    mixed = str(getattr(config, "mixed_precision", "no") or "no").lower()
+    plan = ScalePlan(micro=micro, activation_checkpointing=bool(config.activation_checkpointing),
+                     precision=Precision(device=device, cpu_bf16_autocast=bool(cpu_bf16_autocast)))
+    mixed = str(config.mixed_precision or "no").lower()
     if mixed not in MIXED:
         raise ConfigError(f"mixed_precision={mixed!r} is not allowed: use no, bf16 or fp16.")
     if mixed != "no" and dtype != torch.float32:
@@ -105,13 +155,13 @@ def plan_session(client: Any, config: Any, device: str, dtype: Any) -> ScalePlan
         raise ConfigError("mixed_precision=bf16: this GPU has no bf16; use mixed_precision=fp16 (loss scaling).")
     plan.mixed_precision = mixed
     if mixed == "bf16":
-        client._autocast_dtype = torch.bfloat16
+        plan.precision.autocast_dtype = torch.bfloat16
         if not on_cuda:
             plan.notes["cpu_bf16"] = cpu_native_bf16()
     elif mixed == "fp16":
-        client._autocast_dtype = torch.float16
-        client._scaler = torch.amp.GradScaler("cuda")
-    quant = getattr(config, "quantization", None)
+        plan.precision.autocast_dtype = torch.float16
+        plan.precision.scaler = torch.amp.GradScaler("cuda")
+    quant = config.quantization
     if quant:
         quant = str(quant).lower()
         if quant not in QUANTIZATIONS:
@@ -132,23 +182,22 @@ def plan_session(client: Any, config: Any, device: str, dtype: Any) -> ScalePlan
         plan.quantization = quant
     plan.world_size = distributed.world_size()
     if plan.world_size > 1:
-        client._dist = distributed.ensure_process_group()
-        if not on_cuda and not client.threads:  # the node's cores are shared by its ranks
+        plan.dist = distributed.ensure_process_group()
+        if not on_cuda and not threads:  # the node's cores are shared by its ranks
             local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-            from kitchen.adapters.local.client import default_threads
+            from kitchen.adapters.local.threads import default_threads
 
             torch.set_num_threads(max(1, default_threads() // local))
         plan.notes["parallel"] = "ddp" if config.lora.rank else "fsdp2"
     if plan.notes.get("cpu_bf16") is None:
         plan.notes.pop("cpu_bf16", None)
-    client.micro_opts = micro
     return plan
 
 
-def prepare_model(client: Any, model: Any, plan: ScalePlan) -> Any:
+def prepare_model(model: Any, plan: ScalePlan, device: str) -> Any:
     """Activation checkpointing and QLoRA preparation, before LoRA wraps the model."""
     if plan.quantization:
-        model = quantize(model, plan.quantization, client.device)
+        model = quantize(model, plan.quantization, device)
     if plan.activation_checkpointing:
         # Non-reentrant checkpointing recomputes each decoder layer in backward and works
         # with frozen inputs (LoRA) without enable_input_require_grads.
@@ -214,31 +263,53 @@ def dequantized(module: Any) -> Any:
     return dequantize_bnb_weight(weight, state=getattr(module, "state", None))
 
 
-def wrap_parallel(client: Any, plan: ScalePlan) -> None:
+@dataclass
+class Parallel:
+    """This process's place among the ranks, and the model its training passes go through.
+
+    A single process has ``dist=None`` and no ``train_model`` (passes use the model
+    itself). With several ranks, ``train_model`` is the DDP wrapper (LoRA) or the
+    FSDP2-sharded model (full fine-tuning, ``fsdp=True``: its parameters are DTensor
+    shards, so the trainable list is taken after wrapping).
+    """
+
+    dist: Any = None
+    train_model: Any = None
+    fsdp: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return self.dist.get_world_size() if self.dist is not None else 1
+
+    @property
+    def rank(self) -> int:
+        return self.dist.get_rank() if self.dist is not None else 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (a no-op in a single process)."""
+        if self.dist is not None:
+            self.dist.barrier()
+
+
+def wrap_parallel(model: Any, plan: ScalePlan, *, lora: bool, device: str) -> Parallel:
     """DDP around a LoRA model; FSDP2 ``fully_shard`` per decoder layer and root for full fine-tuning."""
-    dist = client._dist
+    dist = plan.dist
     if dist is None:
-        return
+        return Parallel()
     import torch
 
-    model = client.model
-    if client._lora:
+    if lora:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ids = [torch.device(client.device).index or 0] if client.device.startswith("cuda") else None
-        client._train_model = DDP(model, device_ids=ids)
-        client.facts_parallel = "ddp"
-        return
+        ids = [torch.device(device).index or 0] if device.startswith("cuda") else None
+        return Parallel(dist=dist, train_model=DDP(model, device_ids=ids))
     from torch.distributed.fsdp import fully_shard
 
     layers = _decoder_layers(model)
     for layer in layers:
         fully_shard(layer)
     fully_shard(model)
-    client._fsdp = True
-    client._train_model = model
-    client._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    client.facts_parallel = "fsdp2"
+    return Parallel(dist=dist, train_model=model, fsdp=True)
 
 
 def _decoder_layers(model: Any) -> list[Any]:
@@ -272,7 +343,7 @@ def full_optimizer_state(optimizer: Any) -> dict[str, Any]:
     return {"state": state, "param_groups": sd["param_groups"]}
 
 
-def local_optimizer_state(optimizer: Any, full: dict[str, Any], params: list[Any]) -> dict[str, Any]:
+def local_optimizer_state(full: dict[str, Any], params: list[Any]) -> dict[str, Any]:
     """Re-shard a full optimizer state dict onto this rank's DTensor parameters."""
     state = {}
     for i, s in full["state"].items():
@@ -293,15 +364,7 @@ def world_size_note(saved: int | None, now: int) -> str | None:
 
 
 def writes_files() -> bool:
+    """Only rank 0 writes checkpoints and final weights."""
     from kitchen.runs.distributed import is_rank0
 
     return is_rank0()
-
-
-def barrier(client: Any) -> None:
-    if client._dist is not None:
-        client._dist.barrier()
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -42,7 +42,7 @@ class SharedBase:
         ``Parameter`` objects over the same storage, so a session freezing or unfreezing
         its own does not touch another's flags.
         """
-        from kitchen.adapters.local.models import clean_config, model_from_state_dict
+        from kitchen.adapters.local.models.state_dict import clean_config, model_from_state_dict
 
         base = self.model
         config = clean_config(base.config)
@@ -61,7 +61,7 @@ _bases: "dict[tuple, weakref.ref[SharedBase]]" = {}
 
 def _key(name: str, *, cache_dir: Any, dtype: Any, device: str, revision: str | None, chat_template: Any,
          commit: str | None) -> tuple:
-    from kitchen.adapters.local.models import resolve_model
+    from kitchen.adapters.local.models.resolve import resolve_model
 
     resolved = resolve_model(name, revision)
     template = str(Path(chat_template).expanduser().resolve()) if chat_template else None
@@ -75,7 +75,7 @@ def acquire(name: str, *, cache_dir: Any = None, dtype: Any = "float32", device:
     Loading happens under the registry lock, so two sessions that start at once over the
     same model load it once (the second waits for the first).
     """
-    from kitchen.adapters.local.models import load_model
+    from kitchen.adapters.local.models.load import load_model
 
     key = _key(name, cache_dir=cache_dir, dtype=dtype, device=device, revision=revision, chat_template=chat_template,
                commit=commit)

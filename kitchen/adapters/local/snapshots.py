@@ -38,10 +38,10 @@ def capture(tc: Any) -> tuple[str, dict[str, Any]]:
     """("lora" | "full", {param name: CPU copy}) of a started LocalTrainingClient."""
     import torch
 
-    tc._require_session()
+    session = tc.train_session()
     with torch.no_grad():
-        tensors = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in tc._params}
-    return ("lora" if tc._lora else "full"), tensors
+        tensors = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in session.params}
+    return ("lora" if session.lora else "full"), tensors
 
 
 def write(tensors: dict[str, Any], folder: Path) -> Path:
@@ -66,34 +66,33 @@ class AdapterHost:
 
     def __init__(self, tc: Any) -> None:
         import peft
-        import torch
 
-        from kitchen.adapters.local.models import clean_config, model_from_state_dict
+        from kitchen.adapters.local.models.state_dict import clean_config, model_from_state_dict
 
-        tc._require_session()
-        if not tc._lora:
+        session = tc.train_session()
+        if not session.lora:
             raise ValueError("AdapterHost needs a LoRA session")
-        base = tc.model.get_base_model()
+        base = session.model.get_base_model()
         self._shared_base = getattr(base, "_kitchen_shared_base", None)  # keep the process's shared copy registered
         config = clean_config(base.config)
         sd = {k.replace(".base_layer.", "."): v.detach() for k, v in base.state_dict().items() if ".lora_" not in k}
         plain = model_from_state_dict(config, sd, buffers_from=base, dtype=base.dtype)  # shares the base tensors
-        pcfg = copy.deepcopy(tc.model.peft_config["default"])
+        pcfg = copy.deepcopy(session.model.peft_config["default"])
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = peft.get_peft_model(plain, pcfg)
         model.config.use_cache = True
-        autocast = torch.bfloat16 if (tc.cpu_bf16_autocast and tc.device == "cpu") else None
-        self.client = LocalSamplingClient(model, tc.tokenizer, device=tc.device, autocast_dtype=autocast, name="adapter-host")
-        self.names = [n for n, _ in tc._params]
+        self.client = LocalSamplingClient(model, session.tokenizer, device=session.device,
+                                          autocast_dtype=session.sampling_autocast(), name="adapter-host")
+        self.names = [n for n, _ in session.params]
         params = dict(model.named_parameters())
         missing = [n for n in self.names if n not in params]
         if missing:  # pragma: no cover - PEFT naming changed
             raise RuntimeError(f"adapter host lacks parameters {missing[:3]}")
         self._params = {n: params[n] for n in self.names}
-        self.device = tc.device
+        self.device = session.device
         self.lock = threading.Lock()
         self._active: object | None = None
 
@@ -145,16 +144,15 @@ class AdapterSampler:
 
 def full_sampler(tc: Any, tensors: dict[str, Any]) -> LocalSamplingClient:
     """A frozen model with a full fine-tuning snapshot's weights (built like tc's model)."""
-    import torch
+    from kitchen.adapters.local.models.state_dict import clean_config, model_from_state_dict
 
-    from kitchen.adapters.local.models import clean_config, model_from_state_dict
-
-    base = tc.model
+    session = tc.train_session()
+    base = session.model
     config = clean_config(base.config)
     sd = {k: v.detach() for k, v in base.state_dict().items()}  # buffers/frozen tensors shared
     for n, t in tensors.items():
-        sd[n] = t.to(tc.device, base.dtype)
+        sd[n] = t.to(session.device, base.dtype)
     model = model_from_state_dict(config, sd, buffers_from=base, dtype=base.dtype)
     model.config.use_cache = True
-    autocast = torch.bfloat16 if (tc.cpu_bf16_autocast and tc.device == "cpu") else None
-    return LocalSamplingClient(model, tc.tokenizer, device=tc.device, autocast_dtype=autocast, name="snapshot")
+    return LocalSamplingClient(model, session.tokenizer, device=session.device, autocast_dtype=session.sampling_autocast(),
+                               name="snapshot")

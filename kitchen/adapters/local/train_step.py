@@ -16,17 +16,23 @@ The logits exist for one micro-batch at a time and are freed before the next: fu
 vocabulary fp32 logits are never held for the whole batch. Reported numbers (loss sum,
 token counts, RL extras) are summed over micro-batches and ranks in one tensor, and every
 rank returns every datum's logprobs, in the caller's order.
+
+Everything a pass needs from the session (model, trainable wrapper, micro-batch options,
+precision, ranks) comes in one :class:`~kitchen.adapters.local.session.TrainSession`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kitchen.errors import DataError
 from kitchen.ports.types import Datum, ForwardBackwardResult
 from kitchen.train.losses import REQUIRED_INPUTS, check_loss_fn, compute_loss
 from kitchen.train.microbatch import MicroBatchOptions, plan_micro_batches, rank_share
+
+if TYPE_CHECKING:
+    from kitchen.adapters.local.session import TrainSession
 
 
 def check_batch(data: list[Datum], loss_fn: str, vocab: int) -> tuple[list[str], list[int]]:
@@ -131,24 +137,26 @@ def _sync_context(train_model, last: bool, fsdp: bool):
     return contextlib.nullcontext()
 
 
-def run_batch(client: Any, data: list[Datum], loss_fn: str, loss_fn_config, *, train: bool) -> ForwardBackwardResult:
+def run_batch(session: TrainSession, data: list[Datum], loss_fn: str, loss_fn_config, *,
+              train: bool) -> ForwardBackwardResult:
+    """One ``forward_backward`` (``train=True``) or ``forward`` of ``data`` on ``session``."""
     import torch
 
     check_loss_fn(loss_fn)
-    keys, all_lengths = check_batch(data, loss_fn, client._vocab_size)
-    opts: MicroBatchOptions = client.micro_opts
-    dist = client._dist
+    keys, all_lengths = check_batch(data, loss_fn, session.vocab_size)
+    opts: MicroBatchOptions = session.micro
+    dist = session.parallel.dist
     world = dist.get_world_size() if dist is not None else 1
     share = rank_share(len(data), dist.get_rank(), world) if dist is not None else range(len(data))
     mine = [data[i] for i in share]
     groups = plan_micro_batches([all_lengths[i] for i in share], opts)
-    fsdp = bool(client._fsdp)
+    fsdp = session.parallel.fsdp
     if fsdp:  # every rank must run the same number of forwards (each one all-gathers weights)
         count = torch.tensor([len(groups)], dtype=torch.long)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         groups += [[] for _ in range(int(count.item()) - len(groups))]
-    model = client.model
-    train_model = client._train_model if (train and client._train_model is not None) else model
+    model = session.model
+    train_model = session.pass_model(train)
     model.train(train)
     scale = float(world)  # DDP/FSDP average gradients over ranks; the Tinker loss is a sum
     totals = None
@@ -159,18 +167,18 @@ def run_batch(client: Any, data: list[Datum], loss_fn: str, loss_fn_config, *, t
         last = gi == len(groups) - 1
         with grad, (_sync_context(train_model, last, fsdp) if train and dist is not None else contextlib.nullcontext()):
             if not group:  # FSDP filler pass: same collectives, zero gradient
-                ids = torch.zeros((1, 1), dtype=torch.long, device=client.device)
+                ids = torch.zeros((1, 1), dtype=torch.long, device=session.device)
                 out = train_model(input_ids=ids, use_cache=False).logits
                 if train:
                     (out.float().sum() * 0.0).backward()
                 continue
             sub = [mine[i] for i in group]
-            batch, where = collate(sub, keys, client.device, opts.padding_free)
-            target_lp = _target_logprobs(train_model, batch, client._autocast)
+            batch, where = collate(sub, keys, session.device, opts.padding_free)
+            target_lp = _target_logprobs(train_model, batch, session.precision.autocast)
             out = compute_loss(loss_fn, target_lp, batch, loss_fn_config)
             if train:
                 loss = out.loss * scale if scale != 1.0 else out.loss
-                client._backward(loss)
+                session.precision.backward(loss)
         extra_keys = list(out.extra)
         n = out.num_tokens.float()
         vec = torch.stack([out.loss.detach().float(), n] + [out.extra[k].float() * n.clamp_min(1.0) for k in extra_keys]
@@ -183,7 +191,7 @@ def run_batch(client: Any, data: list[Datum], loss_fn: str, loss_fn_config, *, t
     if dist is not None:
         if totals is None:  # pragma: no cover - every rank has at least one datum (checked batch sizes)
             totals = torch.zeros(2 + len(extra_keys) + min(1, len(extra_keys)))
-        totals = totals.to(client.device)
+        totals = totals.to(session.device)
         dist.all_reduce(totals)
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, logprobs)

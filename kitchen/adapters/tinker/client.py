@@ -32,7 +32,7 @@ from typing import Any, Callable, TypeVar
 
 from kitchen.adapters.tinker.credentials import KEY_ENV, require_api_key
 from kitchen.errors import BackendError, KitchenError
-from kitchen.io.secrets import redact_url
+from kitchen.io.secrets import redact_text, redact_url
 from kitchen.ports.tinker_ext import NOOP_TOKENIZER_ID, STEP_METRIC, session_metadata
 from kitchen.ports.types import (
     AdamParams,
@@ -127,11 +127,11 @@ def call_with_retries(fn: Callable[[], T], *, max_retries: int = 3, backoff_s: f
 
 
 def _scrub(text: str) -> str:
-    key = os.environ.get(KEY_ENV)
-    return text.replace(key, "***") if key and len(key) > 4 else text
+    return redact_text(text, known=(os.environ.get(KEY_ENV),))
 
 
-def to_backend_error(exc: BaseException, what: str, base_url: str | None, attempts: int = 0) -> KitchenError:
+def to_backend_error(exc: BaseException, what: str, base_url: str | None, attempts: int = 0,
+                     resumable: bool = False) -> KitchenError:
     """A one-paragraph, user-fixable error for ``exc`` (never containing the key)."""
     import tinker
 
@@ -157,8 +157,9 @@ def to_backend_error(exc: BaseException, what: str, base_url: str | None, attemp
             return BackendError(f"The Tinker API key is missing or malformed ({_scrub(str(e))}).",
                                 hint=f"Set {KEY_ENV}=tml-... in the environment.")
     tries = f" after {attempts} retries" if attempts else ""
+    then = " Resume the run from its last checkpoint once it is." if resumable else " Then run it again."
     return BackendError(f"{what} failed{tries}: {type(exc).__name__}: {msg}.",
-                        hint=f"Is {where} up and reachable? Resume the run from its last checkpoint once it is.")
+                        hint=f"Is {where} up and reachable?{then}")
 
 
 # ---------------------------------------------------------------- futures plumbing
@@ -222,7 +223,7 @@ class _OpRunner:
             timer.daemon = True
             timer.start()
             return
-        err = to_backend_error(exc, op.what, owner.base_url, op.attempts)
+        err = to_backend_error(exc, op.what, owner.base_url, op.attempts, resumable=owner.has_checkpoint())
         if not is_fatal_error(exc) and not last:
             err = BackendError(
                 f"{op.what} failed ({_scrub(_server_message(exc))}) after later training requests were already sent, so it "
@@ -270,8 +271,9 @@ class TinkerTrainingClient:
     """TrainingClient port over the ``tinker`` SDK. Constructor arguments come from Hydra config."""
 
     def __init__(self, base_url: str | None = None, max_retries: int = 3, retry_backoff_s: float = 0.5,
-                 timeout_s: float | None = None) -> None:
+                 timeout_s: float | None = None, connect_deadline_s: float | None = None) -> None:
         self.base_url = base_url or os.environ.get("TINKER_BASE_URL") or None
+        self.connect_deadline_s = float(connect_deadline_s) if connect_deadline_s is not None else None
         self.max_retries = int(max_retries)
         self.retry_backoff_s = float(retry_backoff_s)
         self.timeout_s = float(timeout_s) if timeout_s else None
@@ -303,7 +305,13 @@ class TinkerTrainingClient:
         try:
             return call_with_retries(fn, max_retries=self.max_retries, backoff_s=self.retry_backoff_s, what=what)
         except Exception as exc:
-            raise to_backend_error(exc, what, self.base_url, self.max_retries if not is_fatal_error(exc) else 0) from None
+            raise to_backend_error(exc, what, self.base_url, self.max_retries if not is_fatal_error(exc) else 0,
+                                   resumable=self.has_checkpoint()) from None
+
+    def has_checkpoint(self) -> bool:
+        """Whether a resume could start from somewhere (so an error may suggest one)."""
+        d = self.checkpoint_dir
+        return bool(d and d.is_dir() and any(d.glob("step_*")))
 
     def _tc(self) -> Any:
         if self._training is None:
@@ -339,10 +347,11 @@ class TinkerTrainingClient:
         import tinker
 
         self.config = config
-        if self.base_url:  # a dead or closed server is exit 2 within a minute, not a hang
-            from kitchen.adapters.tinker.probe import check_reachable
+        # a dead or closed server, or the default URL without a network, is exit 2 within
+        # connect_deadline_s (30 s), not a hang
+        from kitchen.adapters.tinker.probe import check_reachable
 
-            check_reachable(self.base_url)
+        check_reachable(self.base_url, deadline_s=self.connect_deadline_s)
 
         def create() -> tuple[Any, Any]:
             service = tinker.ServiceClient(base_url=self.base_url)

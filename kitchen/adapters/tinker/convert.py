@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from tinker import types as tt
 
@@ -29,15 +27,6 @@ def to_tinker_datum(d: Datum) -> tt.Datum:
             arr = np.asarray(values, dtype=np.float32)
             inputs[key] = tt.TensorData(data=arr, dtype="float32", shape=[len(arr)])
     return tt.Datum(model_input=tt.ModelInput.from_ints(list(d.model_input)), loss_fn_inputs=inputs)
-
-
-def from_tinker_datum(d: tt.Datum) -> Datum:
-    inputs: dict[str, list[Any]] = {}
-    for key, td in d.loss_fn_inputs.items():
-        if td.sparse_crow_indices is not None:
-            raise ValueError(f"sparse loss_fn_inputs[{key!r}] cannot be converted to a kitchen Datum")
-        inputs[key] = [int(x) for x in td.data] if td.dtype == "int64" else [float(x) for x in td.data]
-    return Datum(model_input=d.model_input.to_ints(), loss_fn_inputs=inputs)
 
 
 def fb_output_to_result(out: tt.ForwardBackwardOutput, data: list[Datum]) -> ForwardBackwardResult:

@@ -56,3 +56,9 @@ def preflight(session: Any, options: Any = None) -> None:
                            hint="Set a LoRA rank > 0, or use the local backend for full fine-tuning.")
     if not (lora.train_mlp or lora.train_attn or lora.train_unembed):
         raise BackendError("At least one of lora train_mlp, train_attn, train_unembed must be true for the tinker backend.")
+    # An unreachable server (default URL without a network, DNS failure, closed port) is
+    # exit 2 here, in validate as in run, not a silent 20-minute SDK retry loop.
+    from kitchen.adapters.tinker.probe import check_reachable
+
+    opts = options if isinstance(options, dict) else {}
+    check_reachable(opts.get("base_url"), deadline_s=opts.get("connect_deadline_s"))

@@ -1,141 +1,21 @@
-"""Renderers: conversations (OpenAI-style messages) to tokens and per-token weights.
+"""The chat-template renderer: the tokenizer's own Jinja template, with exact message spans.
 
-A renderer turns ``[{"role": ..., "content": ...}, ...]`` into the token sequence a
-model trains on, with a weight per token saying which tokens the loss covers
-(:class:`TrainOnWhat`), and knows the reverse direction for sampling: the prompt that
-asks the model for the next assistant turn (:meth:`Renderer.build_prompt`), where to
-stop sampling (:attr:`Renderer.stop_sequences`) and how to turn sampled tokens back
-into text (:meth:`Renderer.parse_response`).
-
-Each message renders as ``header | action | trailer``: the header is the role marker
-(``<|im_start|>assistant\\n`` or ``Assistant:``), never trained except with
-``all_tokens``; the action is the message content plus its end-of-turn token (what a
-sampler must produce, so it is what we train on); the trailer is whatever the template
-puts after the end-of-turn token (ChatML's ``\\n``), also never trained except with
-``all_tokens``.
-
-Two renderers:
-
-* :class:`ChatTemplateRenderer` uses the tokenizer's own Jinja chat template. Message
-  boundaries are found by rendering the conversation incrementally (messages[:i] vs
-  messages[:i+1], and messages[:i] with the generation prompt for assistant headers)
-  and checking that each partial render is a prefix of the full one, so templates that
-  inject text (SmolLM2's default system prompt) are handled exactly. A template that
-  rewrites earlier turns (not prefix-stable) is refused with a clear error.
-* :class:`RoleColonRenderer` is for base models without a template:
-  ``User: ...\\n\\nAssistant: ...<eos>\\n\\n``.
-
-Pure Python: the only tokenizer surface used is ``encode``/``decode``/``eos_token_id``
-(plus ``apply_chat_template`` for the chat-template renderer).
+Message boundaries are found by rendering the conversation incrementally (messages[:i]
+vs messages[:i+1], and messages[:i] with the generation prompt for assistant headers)
+and checking that each partial render is a prefix of the full one, so templates that
+inject text (SmolLM2's default system prompt) are handled exactly. A template that
+rewrites earlier turns (not prefix-stable) is refused with a clear error.
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Mapping, Sequence
 
-from kitchen.errors import ConfigError, DataError, did_you_mean
-
-RENDERERS: tuple[str, ...] = ("auto", "chat_template", "role_colon")
-ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
-
-
-class TrainOnWhat(str, Enum):
-    """Which tokens of a conversation carry loss weight 1.0."""
-
-    LAST_ASSISTANT_MESSAGE = "last_assistant_message"
-    ALL_ASSISTANT_MESSAGES = "all_assistant_messages"
-    ALL_MESSAGES = "all_messages"
-    ALL_TOKENS = "all_tokens"
-
-    def __str__(self) -> str:  # so f-strings and YAML dumps show the plain value
-        return self.value
-
-
-TRAIN_ON_WHAT: tuple[str, ...] = tuple(t.value for t in TrainOnWhat)
-
-
-def parse_train_on_what(value: str | TrainOnWhat) -> TrainOnWhat:
-    """``value`` as a :class:`TrainOnWhat`, or ConfigError listing the allowed values."""
-    if isinstance(value, TrainOnWhat):
-        return value
-    try:
-        return TrainOnWhat(str(value))
-    except ValueError:
-        raise ConfigError(
-            f"Unknown train_on_what {value!r}; allowed values: {', '.join(TRAIN_ON_WHAT)}."
-            + did_you_mean(str(value), TRAIN_ON_WHAT)
-        ) from None
-
-
-@dataclass
-class RenderedExample:
-    """Tokens plus a weight per token (1.0 = train on it), after truncation.
-
-    ``weights[0]`` never contributes to the loss (the first token is never a target);
-    ``num_trained_tokens`` and ``empty`` therefore look at ``weights[1:]``. An ``empty``
-    example (nothing left to train on, usually because truncation cut the assistant
-    turn away) must be skipped and counted by the caller, never trained on.
-    """
-
-    tokens: list[int]
-    weights: list[float]
-    truncated: bool = False
-    original_length: int = 0
-
-    @property
-    def num_trained_tokens(self) -> int:
-        n = len(self.weights) - 1
-        return n - self.weights[1:].count(0.0) if n > 0 else 0
-
-    @property
-    def empty(self) -> bool:
-        return self.num_trained_tokens == 0
-
-
-@dataclass(frozen=True)
-class MessageSpan:
-    """Token positions of one rendered message: header [start, action_start),
-    action [action_start, action_end) (content + end-of-turn), trailer [action_end, end)."""
-
-    index: int
-    role: str
-    start: int
-    action_start: int
-    action_end: int
-    end: int
-
-
-def message_problem(messages: Any) -> str | None:
-    """Why ``messages`` is not a valid OpenAI-style message list, or None if it is."""
-    if not isinstance(messages, (list, tuple)):
-        return f"'messages' must be a list of {{'role': ..., 'content': ...}} objects, got {type(messages).__name__}"
-    if not messages:
-        return "'messages' is an empty list"
-    for j, m in enumerate(messages):
-        if not isinstance(m, Mapping):
-            return f"message {j} is a {type(m).__name__}, expected an object with 'role' and 'content'"
-        role = m.get("role")
-        if role not in ROLES:
-            return f"message {j} has role {role!r}; expected one of {', '.join(ROLES)}"
-        if not isinstance(m.get("content"), str):
-            return f"message {j} ({role}) needs a string 'content', got {type(m.get('content')).__name__}"
-    return None
-
-
-def _weight_of(message: Mapping[str, Any], default: bool) -> bool:
-    """Whether a message trains: its own ``weight`` (0/1) when set, else ``default``."""
-    w = message.get("weight")
-    return bool(w) if w is not None else default
-
-
-def _check_messages(messages: Any) -> list[dict]:
-    problem = message_problem(messages)
-    if problem:
-        raise DataError(f"Invalid conversation: {problem}.")
-    return [dict(m) for m in messages]
+from kitchen.errors import ConfigError, DataError
+from kitchen.train.messages import check_messages
+from kitchen.train.renderers.base import MessageSpan, Renderer
+from kitchen.train.train_on_what import TrainOnWhat
 
 
 def _offset_index(n_chars: int, n_tokens: int, starts: list[int], ends: list[int]):
@@ -157,120 +37,6 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-class Renderer:
-    """Base class. Subclasses implement :meth:`render` and :meth:`build_prompt`."""
-
-    name: str = "base"
-
-    def __init__(self, tokenizer: Any, train_on_what: str | TrainOnWhat = TrainOnWhat.LAST_ASSISTANT_MESSAGE,
-                 max_length: int | None = 512) -> None:
-        self.tokenizer = tokenizer
-        self.train_on_what = parse_train_on_what(train_on_what)
-        if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
-            raise ConfigError(f"max_length must be an integer >= 2 (or null for no limit), got {max_length!r}.")
-        self.max_length = max_length
-
-    # -- to implement ------------------------------------------------------------------
-    def render(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[MessageSpan]]:
-        """All tokens of the conversation (untruncated) and each message's span."""
-        raise NotImplementedError
-
-    def build_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
-        """Tokens of the conversation followed by the assistant generation prefix."""
-        raise NotImplementedError
-
-    @property
-    def stop_sequences(self) -> list[int] | list[str]:
-        """Token ids (or strings) at which sampling should stop."""
-        raise NotImplementedError
-
-    def parse_response(self, tokens: Sequence[int]) -> str:
-        """Sampled tokens to the assistant's text (end-of-turn and after removed)."""
-        raise NotImplementedError
-
-    # -- shared ------------------------------------------------------------------------
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def render_many(self, conversations: Sequence[Sequence[Mapping[str, Any]]]) -> list[tuple[list[int], list[MessageSpan]]]:
-        """:meth:`render` for many conversations (subclasses batch the tokenizer call)."""
-        return [self.render(c) for c in conversations]
-
-    def build_supervised(self, messages: Sequence[Mapping[str, Any]],
-                         train_on_what: str | TrainOnWhat | None = None) -> RenderedExample:
-        """Tokens and weights for supervised training on ``messages``."""
-        return self.build_supervised_many([messages], train_on_what)[0]
-
-    def build_supervised_many(self, conversations: Sequence[Sequence[Mapping[str, Any]]],
-                              train_on_what: str | TrainOnWhat | None = None) -> list[RenderedExample]:
-        """:meth:`build_supervised` for a batch of conversations (one batched tokenizer call)."""
-        what = self.train_on_what if train_on_what is None else parse_train_on_what(train_on_what)
-        checked = [_check_messages(m) for m in conversations]
-        return [self._weigh(msgs, tokens, spans, what) for msgs, (tokens, spans) in zip(checked, self.render_many(checked))]
-
-    def _weigh(self, msgs: list[dict], tokens: list[int], spans: list[MessageSpan], what: TrainOnWhat) -> RenderedExample:
-        weights = [0.0] * len(tokens)
-        if what is TrainOnWhat.ALL_TOKENS:
-            weights = [1.0] * len(tokens)
-        else:
-            if what is TrainOnWhat.LAST_ASSISTANT_MESSAGE:
-                chosen = [s for s in spans if s.role == "assistant"][-1:]
-            elif what is TrainOnWhat.ALL_ASSISTANT_MESSAGES:
-                chosen = [s for s in spans if s.role == "assistant"]
-            else:  # ALL_MESSAGES
-                chosen = spans
-            if any(m.get("weight") is not None for m in msgs):
-                # a per-message weight (0/1) decides for its message; the others follow train_on_what
-                picked = {s.index for s in chosen}
-                chosen = [s for s in spans if _weight_of(msgs[s.index], s.index in picked)]
-            for s in chosen:
-                weights[s.action_start:s.action_end] = [1.0] * (s.action_end - s.action_start)
-        return self._truncate(tokens, weights)
-
-    def build_text(self, text: str) -> RenderedExample:
-        """Plain text for continued pretraining: ``[bos] text eos``, every token trained."""
-        if not isinstance(text, str):
-            raise DataError(f"Invalid text example: 'text' must be a string, got {type(text).__name__}.")
-        tokens = self._bos_prefix() + self._encode(text)
-        eos = getattr(self.tokenizer, "eos_token_id", None)
-        if eos is not None:
-            tokens.append(int(eos))
-        return self._truncate(tokens, [1.0] * len(tokens))
-
-    def _bos_prefix(self) -> list[int]:
-        """``[bos]`` when the tokenizer itself prepends one by default, else ``[]``."""
-        bos = getattr(self.tokenizer, "bos_token_id", None)
-        if bos is None or bos == getattr(self.tokenizer, "eos_token_id", None):
-            return []
-        try:
-            with_special = list(self.tokenizer.encode("a", add_special_tokens=True))
-        except TypeError:
-            return []
-        return [bos] if with_special and with_special[0] == bos else []
-
-    def build_completion(self, prompt: Sequence[Mapping[str, Any]],
-                         completion: Sequence[Mapping[str, Any]]) -> RenderedExample:
-        """``prompt + completion`` with weight only on the completion messages' actions
-        (preference pairs: both completions share the same prompt tokens)."""
-        msgs = _check_messages(list(prompt) + list(completion))
-        tokens, spans = self.render(msgs)
-        weights = [0.0] * len(tokens)
-        for s in spans[len(prompt):]:
-            for k in range(s.action_start, s.action_end):
-                weights[k] = 1.0
-        return self._truncate(tokens, weights)
-
-    def _truncate(self, tokens: list[int], weights: list[float]) -> RenderedExample:
-        n = len(tokens)
-        if self.max_length is not None and n > self.max_length:
-            return RenderedExample(tokens[: self.max_length], weights[: self.max_length], True, n)
-        return RenderedExample(tokens, weights, False, n)
-
-    def describe(self) -> dict[str, Any]:
-        """What identifies this renderer's output (for cache keys and run metadata)."""
-        return {"renderer": self.name, "train_on_what": self.train_on_what.value, "max_length": self.max_length}
 
 
 def _special_token_strings(tokenizer: Any) -> list[str]:
@@ -605,7 +371,7 @@ class ChatTemplateRenderer(Renderer):
         return spans
 
     def build_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
-        return self._encode(self._text(_check_messages(messages), generation_prompt=True))
+        return self._encode(self._text(check_messages(messages), generation_prompt=True))
 
     @property
     def stop_sequences(self) -> list[int]:
@@ -625,91 +391,5 @@ class ChatTemplateRenderer(Renderer):
         return self.tokenizer.decode(out, skip_special_tokens=True).strip()
 
 
-class RoleColonRenderer(Renderer):
-    """``User: ...\\n\\nAssistant: ...<eos>\\n\\n`` for base models without a chat template.
-
-    Per message: header ``Role:`` (untrained), then the action `` content`` plus its end
-    of turn. For assistant turns the end of turn is the eos token when the tokenizer has
-    one (sampling stops there; the ``\\n\\n`` that follows is an untrained separator);
-    otherwise, and for other roles, it is the ``\\n\\n`` separator itself (trained).
-    Pieces are tokenized separately, the same way at training and sampling time.
-    """
-
-    name = "role_colon"
-    ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
-    SEPARATOR = "\n\n"
-
-    def __init__(self, tokenizer: Any, train_on_what: str | TrainOnWhat = TrainOnWhat.LAST_ASSISTANT_MESSAGE,
-                 max_length: int | None = 512) -> None:
-        super().__init__(tokenizer, train_on_what, max_length)
-        self.eos_id: int | None = getattr(tokenizer, "eos_token_id", None)
-        self._bos: list[int] = []
-        bos = getattr(tokenizer, "bos_token_id", None)
-        if bos is not None and bos != self.eos_id:
-            try:  # prepend BOS only when the tokenizer itself adds one by default
-                with_special = list(tokenizer.encode("a", add_special_tokens=True))
-                if with_special and with_special[0] == bos:
-                    self._bos = [bos]
-            except TypeError:
-                pass
-
-    def render(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[MessageSpan]]:
-        tokens: list[int] = list(self._bos)
-        spans: list[MessageSpan] = []
-        for i, m in enumerate(messages):
-            start = len(tokens)
-            tokens += self._encode(f"{self.ROLE_NAMES[m['role']]}:")
-            a_start = len(tokens)
-            if self.eos_id is not None and m["role"] == "assistant":
-                tokens += self._encode(" " + m["content"]) + [self.eos_id]
-                a_end = len(tokens)
-                tokens += self._encode(self.SEPARATOR)
-            else:
-                tokens += self._encode(" " + m["content"] + self.SEPARATOR)
-                a_end = len(tokens)
-            spans.append(MessageSpan(i, m["role"], start, a_start, a_end, len(tokens)))
-        return tokens, spans
-
-    def build_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
-        tokens, _ = self.render(_check_messages(messages))
-        return tokens + self._encode(f"{self.ROLE_NAMES['assistant']}:")
-
-    @property
-    def stop_strings(self) -> list[str]:
-        return [self.SEPARATOR + self.ROLE_NAMES["user"] + ":"]
-
-    @property
-    def stop_sequences(self) -> list[int] | list[str]:
-        return [self.eos_id] if self.eos_id is not None else self.stop_strings
-
-    def parse_response(self, tokens: Sequence[int]) -> str:
-        out = list(tokens)
-        if self.eos_id is not None and self.eos_id in out:
-            out = out[: out.index(self.eos_id)]
-        text = self.tokenizer.decode(out, skip_special_tokens=True)
-        for stop in self.stop_strings:
-            if stop in text:
-                text = text[: text.index(stop)]
-        return text.strip()
-
-
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None)) and hasattr(tokenizer, "apply_chat_template")
-
-
-def auto_renderer(tokenizer: Any, train_on_what: str | TrainOnWhat = "last_assistant_message",
-                  max_length: int | None = 512) -> Renderer:
-    """The tokenizer's own chat template when it has one, else the plain ``role: text`` layout."""
-    cls = ChatTemplateRenderer if has_chat_template(tokenizer) else RoleColonRenderer
-    return cls(tokenizer, train_on_what, max_length)
-
-
-def build_renderer(name: str, tokenizer: Any, train_on_what: str | TrainOnWhat = "last_assistant_message",
-                   max_length: int | None = 512) -> Renderer:
-    """A built-in renderer by name: ``auto``, ``chat_template`` or ``role_colon`` (no plugins)."""
-    if name not in RENDERERS:
-        raise ConfigError(
-            f"Unknown renderer {name!r}; allowed values: {', '.join(RENDERERS)}." + did_you_mean(str(name), RENDERERS)
-        )
-    cls = {"auto": auto_renderer, "chat_template": ChatTemplateRenderer, "role_colon": RoleColonRenderer}[name]
-    return cls(tokenizer, train_on_what, max_length)
