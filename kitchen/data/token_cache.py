@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from kitchen.io.atomic import atomic_publish_dir
 from kitchen.ports.types import Datum
 from kitchen.train.datum import DataStats, _warn_dropped, datum_from_rendered
 from kitchen.train.renderers import Renderer
@@ -420,9 +421,7 @@ def _build_entry(entry: Path, payload: dict[str, Any], render: Callable[[Path], 
         render(tmp / "table.arrow")
         stats = table_stats(_open_table(tmp / "table.arrow"))
         (tmp / "kitchen.json").write_text(json.dumps({**payload, "stats": stats.to_dict()}, default=str))
-        if entry.exists():
-            shutil.rmtree(entry, ignore_errors=True)
-        os.replace(tmp, entry)
+        atomic_publish_dir(tmp, entry, usual_modes=False)  # fsynced, swapped over a stale entry
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

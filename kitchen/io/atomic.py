@@ -13,16 +13,22 @@ Temporary names start with ``.`` and contain ``.tmp``, so the run-dir sweep at s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 
 def temp_sibling(path: Path, tag: str = "tmp") -> Path:
-    """A hidden name next to ``path`` that no other process writes (``.NAME.tmp-PID``)."""
-    return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+    """A hidden name next to ``path`` that no other writer uses (``.NAME.tmp-PID-RANDOM``).
+
+    The random part keeps two threads of one process (``kitchen serve`` writes a run's
+    run.json from several) from sharing a temporary file.
+    """
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(3)}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -38,17 +44,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int | None = None) -> None:
-    """Write ``path`` whole or not at all; ``mode`` (e.g. 0o600) is set before the rename."""
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str, *, mode: int | None = None) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write by name (a library's ``save(path)``).
+
+    When the block ends cleanly, the file is fsynced and renamed over ``path``; on any
+    failure it is removed and ``path`` is untouched. ``mode`` (e.g. 0o600) is set before
+    the rename.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
+        _fsync_file(tmp)
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -59,6 +76,29 @@ def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int | None = None
             pass
         raise
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path | str, mode: str = "w", *, encoding: str | None = "utf-8",
+                perms: int | None = None) -> Iterator[IO[Any]]:
+    """``open(path, mode)`` for a file written whole or not at all (``mode`` "w" or "wb").
+
+    The handle writes a temporary sibling; a clean exit flushes, fsyncs and renames it
+    over ``path``, an exception removes it (``path`` keeps its old contents).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
+    with atomic_path(path, mode=perms) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if perms is None else perms)
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as fh:
+            yield fh
+            fh.flush()
+
+
+def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int | None = None) -> None:
+    """Write ``path`` whole or not at all; ``mode`` (e.g. 0o600) is set before the rename."""
+    with atomic_open(path, "wb", perms=mode) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: Path | str, text: str, *, mode: int | None = None) -> None:
@@ -76,11 +116,7 @@ def fsync_tree(path: Path) -> None:
     """fsync every file below ``path``, then ``path`` itself."""
     for root, _dirs, files in os.walk(path):
         for fn in files:
-            fd = os.open(os.path.join(root, fn), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_file(Path(root, fn))
     _fsync_dir(path)
 
 

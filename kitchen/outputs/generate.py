@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from kitchen.errors import DataError, KitchenError
+from kitchen.io.atomic import atomic_open
 
 
 @dataclass
@@ -156,8 +157,7 @@ def sample_file(run_dir: str | Path, prompts: str | Path, out: str | Path, *, st
     lm = load(run_dir, step=step, base=base)
     sampler = LocalSamplingClient(lm.model, lm.tokenizer, device=str(lm.model.device), name=lm.label)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(out, "w") as fh:  # a failed or interrupted generation leaves no half file
         for i, (row, messages) in enumerate(rows):
             ids = render(lm.tokenizer, messages)
             seed = None if opts.seed is None else opts.seed + i
@@ -169,7 +169,6 @@ def sample_file(run_dir: str | Path, prompts: str | Path, out: str | Path, *, st
             if opts.num_samples > 1:
                 record["completions"] = texts
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(out)
     return len(rows)
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from kitchen.errors import ConfigError
+from kitchen.io.atomic import atomic_open
 
 
 class LocalBlobStore:
@@ -33,17 +33,8 @@ class LocalBlobStore:
 
     def _write(self, key: str, fill: Any) -> str:
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fill(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(dest, "wb") as fh:
+            fill(fh)
         return str(dest)
 
     def put(self, key: str, data: bytes) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from kitchen.adapters.local.sampling import LocalSamplingClient
+from kitchen.io.atomic import atomic_path
 from kitchen.ports.types import SamplingParams
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -49,9 +50,8 @@ def write(tensors: dict[str, Any], folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / WEIGHTS_FILE
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp))
     return target
 
 

@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+from kitchen.io.atomic import atomic_publish_dir, temp_sibling
 from kitchen.ports.types import (
     AdamParams,
     CheckpointRef,
@@ -145,14 +146,10 @@ class NoopTrainingClient:
     def save_state(self, name: str, step: int) -> CheckpointRef:
         root = self.checkpoint_dir or Path("checkpoints")
         target = root / name
-        tmp = root / f".{name}.tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp = temp_sibling(target)
+        tmp.mkdir(parents=True)
         (tmp / "noop_state.json").write_text(json.dumps(self._state()))
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        atomic_publish_dir(tmp, target)
         return CheckpointRef(name=name, path=str(target), step=step)
 
     def load_state(self, ref: CheckpointRef, with_optimizer: bool = True) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Callable, TypeVar
 
 from kitchen.adapters.tinker.credentials import KEY_ENV, require_api_key
 from kitchen.errors import BackendError, KitchenError
+from kitchen.io.atomic import atomic_write_text
 from kitchen.io.secrets import redact_text, redact_url
 from kitchen.ports.tinker_ext import NOOP_TOKENIZER_ID, STEP_METRIC, session_metadata
 from kitchen.ports.types import (
@@ -436,9 +437,7 @@ class TinkerTrainingClient:
             pointer = {"tinker_path": ref.path, "step": step, "name": name,
                        "base_model": self.config.base_model if self.config else None,
                        "base_url": redact_url(self.base_url) if self.base_url else None}  # no credentials on disk
-            tmp = target / f".{POINTER_FILE}.tmp"
-            tmp.write_text(json.dumps(pointer, indent=2))
-            os.replace(tmp, target / POINTER_FILE)
+            atomic_write_text(target / POINTER_FILE, json.dumps(pointer, indent=2))
         return ref
 
     @staticmethod
