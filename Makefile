@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.kitchen-installed
 
-.PHONY: setup cookbook qlora run test test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory bench-scale bench-kills bench-tokenize clean
+.PHONY: setup cookbook qlora run test lint test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory bench-scale bench-kills bench-tokenize clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -m "not slow" -q
+
+# pyflakes, import order, bugbear, pycodestyle ([tool.ruff] in pyproject.toml; ruff is in the test extra)
+lint: setup
+	$(VENV)/bin/ruff check kitchen tests benchmarks examples
 
 # tinker-cookbook 0.6.1, unmodified, for the slow suite's runs against `kitchen serve`
 # (see the `cookbook` extra in pyproject.toml for why --no-deps).

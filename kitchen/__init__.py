@@ -27,10 +27,10 @@ from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
-    from kitchen.runs.execute import RunResult
     from kitchen.config.recipes import Recipe
     from kitchen.config.spec import RunSpec
     from kitchen.engine.ir import Workflow
+    from kitchen.runs.execute import RunResult
 
 __all__ = ["Description", "describe", "recipes", "run", "validate"]
 

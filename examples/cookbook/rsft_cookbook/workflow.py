@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-from pydantic import Field
-
 from kitchen.api import OpenSession, RunSpec, Workflow, finish, loop, periodic, restore_and_evaluate, stage, steps
+from pydantic import Field
 
 from rsft_cookbook.stages import KeepBest, RSFTSetup, SampleK, SFTOnKept, env_accuracy
 

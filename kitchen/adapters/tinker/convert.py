@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from tinker import types as tt
 
+from kitchen.ports.tinker_ext import LOSS_METRIC, total_weight
 from kitchen.ports.types import (
     Datum,
     ForwardBackwardResult,
@@ -12,7 +13,6 @@ from kitchen.ports.types import (
     SampleResult,
     SamplingParams,
 )
-from kitchen.ports.tinker_ext import LOSS_METRIC, total_weight
 
 INT_KEYS = {"target_tokens"}
 
