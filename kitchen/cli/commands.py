@@ -310,6 +310,9 @@ def data_inspect(
 
     spec, _, _, _ = compose_spec(list(overrides or []), recipes_dir or [])
     inspect_data(spec, examples=examples, color=color)
+    from kitchen.config.data_follow import announce
+
+    announce()
 
 
 # --- use and publish a trained model (bodies in kitchen/outputs/generate.py, kitchen/outputs/export.py) ---

@@ -61,6 +61,24 @@ def _lengths(data: Sequence[Any], preference: bool) -> list[int]:
     return [d.length + 1 for d in data]
 
 
+def _sequence_tokens(data: Sequence[Any], preference: bool) -> int:
+    """Tokens of the rendered sequences (what the length column and each example's header count)."""
+    if preference:
+        return sum(c.length + r.length + 2 for c, r in data)
+    return sum(d.length + 1 for d in data)
+
+
+def _source_of(part: Any, split: str) -> str:
+    """Where a split's rows come from: its file or hub name, or the train file it was carved off."""
+    from kitchen.io.secrets import redact_url
+
+    if part is None or (not part.rows and not part.source):
+        return "none"
+    if part.extra.get("carved_from_train"):
+        return f"{redact_url(str(part.source))} (test_split_fraction={part.extra['test_split_fraction']} of train)"
+    return redact_url(str(part.source))
+
+
 def _full(datum) -> tuple[list[int], list[float]]:
     """A Datum back to its rendered sequence: tokens and per-token weights (first token untrained)."""
     targets = datum.loss_fn_inputs["target_tokens"]
@@ -125,9 +143,11 @@ def inspect_data(spec: Any, *, examples: int = 3, color: str = "auto", console=N
         else:
             dist = "-"
         table.add_row(split, str(stats.examples), str(stats.kept), str(stats.truncated), str(stats.dropped_empty),
-                      str(stats.total_tokens), str(stats.trained_tokens), dist)
+                      str(_sequence_tokens(data, kind == "preference")), str(stats.trained_tokens), dist)
         shown[split] = data
     console.print(table)
+    for split in ("train", "test"):  # where each split comes from (a dataset= override drops the recipe's test set)
+        console.print(f"{split} source: {_source_of(getattr(loaded, split), split)}", soft_wrap=True)
     train = shown.get("train") or []
     if examples and train:
         legend = (f"[{TRAINED_STYLE}]trained[/] / [{MASKED_STYLE}]masked[/]" if use_color

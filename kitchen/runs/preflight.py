@@ -55,6 +55,9 @@ def compose_spec(overrides: list[str], recipe_dirs: Iterable[str] = ()) -> tuple
 
     found = setup(recipe_dirs)
     data = to_container(compose(overrides, found=found))
+    from kitchen.config.data_follow import follow_dataset, remember
+
+    remember(follow_dataset(overrides, data))  # dataset= without test_dataset=: not the recipe's test set
     spec, workflow = build_spec(data)
     warn_broken_workflows(workflow.name)
     return spec, workflow, data, found
@@ -86,4 +89,7 @@ def preflight(spec: RunSpec, workflow: Workflow, check_run_dir: bool = True) -> 
     ctx = Context(spec=spec, adapters=Adapters(training=None, dataset_store=store), bus=EventBus(), run_dir=rundir.path)  # type: ignore[arg-type]
     ctx.progress.resume_from = lifecycle.resume_record(rundir, spec.resume_from) if mode == "resume" else None
     Runner(workflow).validate(ctx)
+    from kitchen.config.data_follow import announce
+
+    announce()  # "the recipe's test set is not used", once everything passed
     return Prepared(spec, workflow, ctx, mode)

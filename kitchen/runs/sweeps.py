@@ -96,6 +96,9 @@ def sweep_task(cfg: Any) -> Any:
     os.environ[SWEEP_JOB_ENV] = str(job)
     try:
         data = to_container(cfg)
+        from kitchen.config.data_follow import follow_dataset
+
+        follow_dataset(record["overrides"], data)  # as compose_spec does (its note was shown in preflight)
         data["run_dir"] = run_dir
         spec, _ = build_spec(data)
         objective, mode = spec.objective, spec.objective_mode
