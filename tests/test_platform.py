@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import assert_completed, read_jsonl
 
 NOOP = ("adapters=noop", "telemetry=jsonl")
@@ -45,18 +47,26 @@ def test_renderer_by_target_with_its_runtime_arguments(kitchen, tmp_path):
     assert_completed(run_dir, 1)
 
 
-def test_checkpoint_mirror_copies_checkpoints_index_and_final_weights(kitchen, tmp_path):
-    run_dir, mirror = tmp_path / "run", tmp_path / "bucket"
-    r = kitchen("run", *NOOP, "max_steps=4", "save_every=2", f"checkpoint_mirror=file://{mirror}", f"run_dir={run_dir}")
+@pytest.mark.parametrize("where", ["default relative run_dir", "absolute run_dir"])
+def test_checkpoint_mirror_is_a_whole_run_dir(kitchen, tmp_path, where):
+    """Checkpoints, their index, config.yaml, run.json and final/ all reach the mirror, with the
+    default (relative) run dir as with an absolute one; a mirror trusted as a backup must be whole."""
+    mirror = tmp_path / "bucket"
+    args = [*NOOP, "max_steps=4", "save_every=2", f"checkpoint_mirror=file://{mirror}"]
+    if where == "absolute run_dir":
+        args.append(f"run_dir={tmp_path / 'run'}")
+    r = kitchen("run", *args, cwd=tmp_path)
     assert r.code == 0, r
+    run_dir = tmp_path / "run" if where == "absolute run_dir" else next((tmp_path / "runs").iterdir())
     mirrored = sorted(p.relative_to(mirror).as_posix() for p in mirror.rglob("*") if p.is_file())
     local = sorted(p.relative_to(run_dir).as_posix() for p in (run_dir / "checkpoints").rglob("*") if p.is_file())
     assert local and set(local) <= set(mirrored), (local, mirrored)
-    assert "config.yaml" in mirrored and any(m.startswith("final/") for m in mirrored)
+    assert {"config.yaml", "run.json"} <= set(mirrored) and any(m.startswith("final/") for m in mirrored), mirrored
     index = mirror / "checkpoints" / "checkpoints.jsonl"
     assert [json.loads(line)["step"] for line in index.read_text().splitlines()] == [2, 4]
-    for rel in local:
-        assert (mirror / rel).read_bytes() == (run_dir / rel).read_bytes()
+    for rel in [*local, "config.yaml", "run.json"]:
+        assert (mirror / rel).read_bytes() == (run_dir / rel).read_bytes(), rel
+    assert json.loads((mirror / "run.json").read_text())["status"] == "completed"
 
 
 def test_python_facade_mirrors_to_an_fsspec_url(tmp_path, monkeypatch):

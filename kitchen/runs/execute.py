@@ -267,6 +267,7 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
         # and a run.json that does not fit on a full disk keeps its previous contents.
         if not lifecycle.finish_attempt(rundir, info, attempt, previous) and raised is not None:
             raised = lifecycle.note_unwritten_info(raised, rundir)
+        _mirror_run_json(ctx, rundir)
         lifecycle.quiet(lambda: ctx.emit(ev.WORKFLOW_STOP, status=status, step=ctx.step, duration_s=ended - started,
                                          final_metrics=final, run_dir=str(rundir.path)))
         trackers_before = dict(sink_run.trackers)
@@ -280,6 +281,20 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
     if raised is not None:
         raise raised
     return RunResult(status=status, run_dir=str(rundir.path), step=ctx.step, metrics=final, signum=stopper.signum)
+
+
+def _mirror_run_json(ctx: Context, rundir: RunDir) -> None:
+    """``checkpoint_mirror`` gets this attempt's run.json, so the mirror is a whole run dir.
+
+    A failure here is a warning: the run's own result is already recorded locally, and an
+    error raised while another is being reported would hide that one.
+    """
+    from kitchen.stages.checkpoint import mirror
+
+    try:
+        mirror(ctx, rundir.run_json)
+    except Exception as exc:  # noqa: BLE001 - reported as a warning, the run's outcome stands
+        lifecycle.quiet(lambda: ctx.emit(ev.RUN_WARNING, message=f"checkpoint_mirror: run.json was not copied ({exc})"))
 
 
 __all__ = ["BackendError", "RunResult", "execute", "execute_prepared"]

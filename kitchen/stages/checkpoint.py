@@ -1,7 +1,7 @@
 """Persistence stages: checkpoints for exact resume, and the final weights.
 
 Both are written into the run directory first. With ``checkpoint_mirror=URL`` each
-committed checkpoint, its index line and the final weights are then copied through a
+committed checkpoint, its index line, config.yaml and the final weights are then copied through a
 BlobStore (a folder, or any fsspec URL such as ``s3://bucket/runs/x``), keyed by their
 path inside the run directory, so the mirror is a run directory of its own.
 """
@@ -35,16 +35,32 @@ def mirror(ctx: Context, *paths: str | Path) -> None:
     state = ctx.use(Mirror)
     if state.store is None:
         state.store = open_blob_store(url)
-    root = Path(ctx.run_dir)
-    for path in map(Path, paths):
-        path = path if path.is_absolute() else root / path
-        if not path.exists():
+    root = Path(ctx.run_dir).resolve()
+    for given in map(Path, paths):
+        path = _inside_run_dir(root, given)
+        if path is None:
             continue
-        key = path.resolve().relative_to(root.resolve()).as_posix()
+        key = path.relative_to(root).as_posix()
         if path.is_dir():
             put_tree(state.store, path, key)
         else:
             state.store.put_file(path, key)
+
+
+def _inside_run_dir(root: Path, path: Path) -> Path | None:
+    """``path`` as an existing file or folder of the run dir ``root`` (resolved), else None.
+
+    Callers pass both kinds of relative path: RunDir's own (``runs/x/config.yaml``, relative
+    to the working directory, as a relative ``run_dir`` makes them) and a backend's checkpoint
+    path (``checkpoints/step_000002``, relative to the run dir). Joining the run dir onto the
+    first kind named a file that does not exist, so a relative run dir mirrored almost nothing.
+    """
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, root / path]
+    for candidate in candidates:
+        candidate = candidate.resolve()
+        if candidate.exists() and candidate.is_relative_to(root):
+            return candidate
+    return None
 
 
 def save_checkpoint(ctx: Context) -> None:
