@@ -284,7 +284,7 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
 
 
 def _mirror_run_json(ctx: Context, rundir: RunDir) -> None:
-    """``checkpoint_mirror`` gets this attempt's run.json, so the mirror is a whole run dir.
+    """``checkpoint_mirror`` gets config.yaml and this attempt's run.json, so the mirror is a whole run dir.
 
     A failure here is a warning: the run's own result is already recorded locally, and an
     error raised while another is being reported would hide that one.
@@ -292,7 +292,7 @@ def _mirror_run_json(ctx: Context, rundir: RunDir) -> None:
     from kitchen.stages.checkpoint import mirror
 
     try:
-        mirror(ctx, rundir.run_json)
+        mirror(ctx, rundir.config, rundir.run_json)
     except Exception as exc:  # noqa: BLE001 - reported as a warning, the run's outcome stands
         lifecycle.quiet(lambda: ctx.emit(ev.RUN_WARNING, message=f"checkpoint_mirror: run.json was not copied ({exc})"))
 
