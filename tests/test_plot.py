@@ -56,3 +56,27 @@ def test_plot_does_not_import_torch(sweep):
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("name, says", [("curves.txt", "must end in .png"), ("curves", "must end in .png")])
+def test_out_must_name_a_png(sweep, tmp_path, name, says):
+    r = run_kitchen("plot", str(sweep / "0"), "--out", str(tmp_path / name))
+    assert r.code == 2, r
+    assert says in r.err and "--out" in r.err and "Traceback" not in r.err
+    assert list(tmp_path.iterdir()) == []  # neither the named file nor a .png beside it
+
+
+def test_out_refuses_a_directory_and_an_existing_file_unless_forced(sweep, tmp_path):
+    folder = tmp_path / "plots.png"
+    folder.mkdir()
+    r = run_kitchen("plot", str(sweep / "0"), "--out", str(folder))
+    assert r.code == 2 and "is a directory" in r.err, r
+    out = tmp_path / "curves.png"
+    out.write_bytes(b"keep me")
+    r = run_kitchen("plot", str(sweep / "0"), "--out", str(out))
+    assert r.code == 2 and "--force" in r.err, r
+    assert out.read_bytes() == b"keep me"
+    r = run_kitchen("plot", str(sweep / "0"), "--out", str(out), "--force")
+    assert r.code == 0, r
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {out}" in r.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "plots.png"]

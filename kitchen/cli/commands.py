@@ -281,13 +281,14 @@ def serve(
 def plot(
     run_dirs: List[Path] = typer.Argument(..., help="Run dirs, or folders above them such as a sweep dir."),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: loss and every eval metric)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write a PNG here (matplotlib); without it, draw in the terminal."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write a PNG here (a .png path; matplotlib); without it, draw in the terminal."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ) -> None:
     """Training and evaluation curves from metrics.jsonl, one line per run."""
     from kitchen.outputs.plot import plot as draw
 
     chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
-    result = draw(run_dirs, chosen, out)
+    result = draw(run_dirs, chosen, out, force=force)
     typer.echo(f"wrote {result}" if out is not None else result)
 
 

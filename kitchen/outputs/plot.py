@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from kitchen.errors import ConfigError, RunDirError, did_you_mean
+from kitchen.io.atomic import atomic_path
 
 _BOOKKEEPING = ("step", "split", "epoch", "total_steps", "elapsed_s")
 
@@ -118,6 +119,25 @@ def choose_metrics(runs: list[RunCurves], wanted: Sequence[str] | None) -> list[
     return chosen or available[:1]
 
 
+def check_out(out: Path, force: bool = False) -> Path:
+    """``--out`` names exactly the file written: a ``.png``, new unless ``force``.
+
+    matplotlib picks the format from the suffix (a traceback for ``.txt``) and adds ``.png``
+    to a bare name (``--out curves`` wrote ``curves.png``, ``--out somedir`` wrote
+    ``somedir.png``), so both are refused here, before any run is read.
+    """
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"kitchen plot --out {out}: the file must end in .png (a PNG is the only image kitchen "
+                          "plot writes; without --out the chart is drawn in the terminal).")
+    if out.is_dir():
+        raise ConfigError(f"kitchen plot --out {out}: that is a directory; name the PNG file to write, "
+                          f"e.g. --out {out / 'curves.png'}.")
+    if out.exists() and not force:
+        raise ConfigError(f"kitchen plot --out {out}: the file exists; pass --force to overwrite it, "
+                          "or name another file.")
+    return out
+
+
 def save_png(runs: list[RunCurves], metrics: list[str], out: Path, title: str | None = None) -> Path:
     try:
         import matplotlib
@@ -141,8 +161,8 @@ def save_png(runs: list[RunCurves], metrics: list[str], out: Path, title: str | 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_path(out) as tmp:  # a reader never sees half a PNG
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return out
 
@@ -189,15 +209,17 @@ def terminal_text(runs: list[RunCurves], metrics: list[str], width: int = 100, h
 
 
 def plot(paths: Sequence[str | Path], metrics: Sequence[str] | None = None, out: str | Path | None = None,
-         width: int | None = None) -> str:
+         width: int | None = None, force: bool = False) -> str:
     """Draw the runs under ``paths``; returns the PNG path or the terminal text."""
+    if out is not None:
+        out = check_out(Path(out), force)
     runs = [load(p) for p in find_runs(paths)]
     if not any(r.series for r in runs):
         raise RunDirError("the metrics.jsonl files here hold no numbers yet: " + ", ".join(str(r.path) for r in runs))
     label_runs(runs)
     chosen = choose_metrics(runs, metrics)
     if out is not None:
-        return str(save_png(runs, chosen, Path(out)))
+        return str(save_png(runs, chosen, out))
     import shutil
 
     return terminal_text(runs, chosen, width or min(120, shutil.get_terminal_size((100, 24)).columns))
