@@ -21,6 +21,10 @@ def assert_user_error(r, *needles: str) -> None:
     ("overrides", "needles"),
     [
         (["recipe=nope"], ["Unknown recipe 'nope'", "sl_basic"]),
+        (["sl_basic"], ["Did you mean recipe=sl_basic?"]),
+        (["--max_steps", "5"], ["write max_steps=5, not --max_steps 5"]),
+        (["dataset=https://example.com/d.jsonl?token=abcdef123&split=x"],
+         ["Quote the value of dataset", "'dataset=\"https://example.com/d.jsonl?token=***&split=x\"'"]),
         (["recipe=sl_basik"], ["Did you mean 'sl_basic'?"]),
         (["learnin_rate=3e-4"], ["Unknown key 'learnin_rate'", "Did you mean 'learning_rate'?"]),
         (["+learnin_rate=3e-4"], ["unknown key 'learnin_rate'", "Did you mean 'learning_rate'?"]),
@@ -39,6 +43,12 @@ def test_config_mistakes(kitchen, tmp_path, overrides, needles):
     r = kitchen("run", *NOOP, *overrides, f"run_dir={tmp_path / 'x'}")
     assert_user_error(r, *needles)
     assert not (tmp_path / "x" / "run.json").exists()
+
+
+def test_a_url_token_in_an_error_never_reaches_the_terminal(kitchen):
+    r = kitchen("validate", "adapters=noop", 'dataset="https://example.com/d.jsonl?token=abcdef123"')
+    assert_user_error(r, "example.com/d.jsonl")
+    assert "abcdef123" not in r.text
 
 
 def test_validate_reports_the_same_mistakes(kitchen):

@@ -44,7 +44,9 @@ def _fail(exc: KitchenError) -> None:
         traceback.print_exception(exc)
     from rich.markup import escape
 
-    _stderr().print(f"[bold red]error:[/] {escape(exc.render())}", markup=True)  # keep "[wandb]" in messages
+    from kitchen.io.secrets import redact_text  # a URL's token in a dataset= error never reaches the terminal
+
+    _stderr().print(f"[bold red]error:[/] {escape(redact_text(exc.render()))}", markup=True)  # keep "[wandb]" in messages
     raise typer.Exit(exc.exit_code)
 
 

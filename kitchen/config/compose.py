@@ -313,6 +313,38 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def parse_hint(overrides: list[str], found: dict[str, recipes_mod.Recipe]) -> str | None:
+    """What the override Hydra could not parse was probably meant to be, in one sentence.
+
+    The three a newcomer types: a bare recipe name (``kitchen run sl_basic``), an option
+    spelled the argparse way (``--max_steps 5``), and a URL whose query (``?token=...&x=1``)
+    the override grammar cannot read unquoted.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for i, line in enumerate(overrides):
+        try:
+            parser.parse_overrides([line])
+            continue
+        except Exception:  # noqa: BLE001 - any parse failure marks the culprit
+            pass
+        if line.startswith("-"):
+            key = line.lstrip("-").split("=", 1)[0]
+            value = line.split("=", 1)[1] if "=" in line else (overrides[i + 1] if i + 1 < len(overrides) else "VALUE")
+            return f"Overrides are key=value, not options: write {key}={value}, not {line}{'' if '=' in line else ' ' + value}."
+        if "=" not in line:
+            if line in found:
+                return f"Did you mean recipe={line}? A recipe is chosen with recipe=NAME."
+            return f"'{line}' is not key=value; write {line}=VALUE (or recipe=NAME to choose a recipe)."
+        key, value = line.split("=", 1)
+        if "://" in value or any(c in value for c in "?&=;"):
+            return (f"Quote the value of {key.lstrip('+~')}: characters such as ? & = in it break the override syntax, "
+                    f"so write '{key}=\"{value}\"' (single quotes for the shell, double quotes for the override).")
+        return None
+    return None
+
+
 def translate(exc: BaseException, overrides: list[str], found: dict[str, recipes_mod.Recipe]) -> ConfigError:
     """Turn a Hydra/OmegaConf exception into a one-paragraph ConfigError."""
     text = str(exc)
@@ -342,7 +374,11 @@ def translate(exc: BaseException, overrides: list[str], found: dict[str, recipes
     if not_in:
         return ConfigError(unknown_key_message(not_in.group(1), current_workflow(overrides, found), found, "on the command line"))
     if type(exc).__name__ == "OverrideParseException" or "Error parsing override" in text:
-        return ConfigError(f"Could not parse the command-line overrides: {_first_line(exc)} Use key=value, group=choice, +key=value or ~key.")
+        from kitchen.io.secrets import redact_text
+
+        hint = parse_hint(overrides, found)
+        return ConfigError(redact_text(f"Could not parse the command-line overrides: {_first_line(exc)} "
+                                       f"{hint or 'Use key=value, group=choice, +key=value or ~key.'}"))
     for recipe in found.values():
         if str(recipe.path) in text or f"recipe/{recipe.name}" in text:
             return ConfigError(f"Recipe '{recipe.name}' ({recipe.path}) could not be composed: {_first_line(exc)}")
