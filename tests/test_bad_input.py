@@ -22,6 +22,7 @@ def assert_user_error(r, *needles: str) -> None:
     [
         (["recipe=nope"], ["Unknown recipe 'nope'", "sl_basic"]),
         (["sl_basic"], ["Did you mean recipe=sl_basic?"]),
+        (["dataset_columns.question=prompt"], ["dataset_columns has no entry 'question'", "messages, output, prompt"]),
         (["--max_steps", "5"], ["write max_steps=5, not --max_steps 5"]),
         (["dataset=https://example.com/d.jsonl?token=abcdef123&split=x"],
          ["Quote the value of dataset", "'dataset=\"https://example.com/d.jsonl?token=***&split=x\"'"]),

@@ -293,8 +293,34 @@ def key_owners_message(key: str, workflow: str, found: dict[str, recipes_mod.Rec
             f"Run `kitchen describe RECIPE` to see the keys of a recipe's workflow")
 
 
+def _entry_message(key: str, workflow: str, where: str) -> str | None:
+    """For ``group.entry`` where the run's workflow has ``group`` as a fixed-key mapping but no
+    such entry (``dataset_columns.question``): the entries it does have. Every workflow has
+    ``dataset_columns``, so naming other workflows as the owners would send the user astray."""
+    head, _, entry = key.partition(".")
+    if not entry:
+        return None
+    from kitchen.workflows import get_workflow
+
+    try:
+        field = get_workflow(workflow).config.model_fields.get(head)
+    except ConfigError:
+        return None
+    if field is None:
+        return None
+    default = field.get_default(call_default_factory=True)
+    if not isinstance(default, dict) or not default:
+        return None
+    entries = sorted(map(str, default))
+    return (f"Unknown key '{key}' {where}: {head} has no entry '{entry}'.{did_you_mean(entry, entries)} "
+            f"Its entries are: {', '.join(entries)}.")
+
+
 def unknown_key_message(key: str, workflow: str, found: dict[str, recipes_mod.Recipe], where: str) -> str:
     """One paragraph for a key the chosen workflow does not have: whose key it is, or a did-you-mean."""
+    entry = _entry_message(key, workflow, where)
+    if entry:
+        return entry
     owner = key_owners_message(key, workflow, found, where)
     if owner:
         return owner[0].upper() + owner[1:] + "."
