@@ -341,6 +341,19 @@ def test_greedy_is_deterministic(trained):
     assert k1.sequences[0].tokens == b.sequences[0].tokens
 
 
+def test_sampling_uses_the_kv_cache_keyword_of_the_installed_transformers(trained):
+    """No deprecation warning on every local run: the cache goes in by the keyword the model takes."""
+    import warnings
+
+    s = trained.sampling_client()
+    prompt = batch(trained.get_tokenizer(), k=1)[0].model_input[:12]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        out = s.sample(prompt, 2, SamplingParams(max_tokens=6, temperature=1.0, seed=1)).result()
+    assert all(1 <= len(q.tokens) <= 6 for q in out.sequences)
+
+
 def test_seed_reproducibility_and_logprobs(trained):
     s = trained.sampling_client()
     prompt = batch(trained.get_tokenizer(), k=1)[0].model_input[:12]

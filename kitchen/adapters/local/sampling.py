@@ -72,6 +72,20 @@ def filter_logits(logits, temperature: float, top_k: int, top_p: float):
     return x
 
 
+def cache_keyword(model: Any) -> str:
+    """The forward() keyword of the KV cache: ``cache`` on transformers that renamed it, else
+    ``past_key_values`` (which those newer versions still take, with a FutureWarning on every
+    local run). A PEFT wrapper forwards ``**kwargs``, so the wrapped model's signature decides."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class LocalSamplingClient:
     """Samples from a frozen model; every call returns an already-resolved Future."""
 
@@ -160,8 +174,9 @@ class LocalSamplingClient:
 
         with torch.inference_mode(), self._ctx():
             ids = torch.tensor([prompt], device=self.device)
+            cache_kw = cache_keyword(self.model)
             out = self.model(input_ids=ids, use_cache=True)
-            past = out.past_key_values
+            past = getattr(out, cache_kw)
             logits = out.logits[:, -1, :].float()
             if n > 1:
                 past.batch_repeat_interleave(n)
@@ -196,7 +211,7 @@ class LocalSamplingClient:
                     past.batch_select_indices(idx)
                     nxt = nxt[idx]
                     active = [active[r] for r in keep]
-                out = self.model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = self.model(input_ids=nxt[:, None], use_cache=True, **{cache_kw: past})
+                past = getattr(out, cache_kw)
                 logits = out.logits[:, -1, :].float()
         return SampleResult([SampledSequence(tokens[i], logps[i], reasons[i]) for i in range(n)])
