@@ -25,6 +25,26 @@ def test_describe_shows_the_workflows_own_keys_with_types_and_choices(kitchen):
     assert "supervised_step" in full.out and "forward_backward + optim_step" in full.out  # the stage tree
 
 
+def test_every_key_of_every_workflow_has_a_description():
+    """`kitchen describe --all` is the reference for keys: an empty description there is a key
+    nobody can learn about without reading the source."""
+    from pydantic import BaseModel
+
+    from kitchen.workflows import get_workflow, workflow_names
+
+    def blank(model: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, field in model.model_fields.items():
+            if not (field.description or "").strip():
+                out.append(prefix + name)
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                out += blank(field.annotation, f"{prefix}{name}.")
+        return out
+
+    missing = {name: blank(get_workflow(name).config) for name in workflow_names()}
+    assert all(not keys for keys in missing.values()), missing
+
+
 def test_recipe_lists_extra_evaluators_by_target(kitchen, tmp_path):
     """An evaluator from a `_target_` runs with the workflow's own, and its previews are shown."""
     run_dir = tmp_path / "run"

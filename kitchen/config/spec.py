@@ -44,7 +44,7 @@ class AdaptersSpec(_Strict):
 
 
 class TelemetrySpec(_Strict):
-    name: str = "default"
+    name: str = Field("default", description="the telemetry group choice (conf/telemetry/NAME.yaml)")
     sinks: list[Union[str, dict[str, Any]]] = Field(
         default_factory=lambda: ["console", "jsonl"],
         description="sink names (console, jsonl, wandb, tensorboard, mlflow, prometheus, a plugin's) or {_target_: my.Sink, ...}",
@@ -71,10 +71,10 @@ class RunSpec(_Strict):
 
     # What and where
     recipe: str = Field(description="recipe name")
-    description: str = ""
-    workflow: WorkflowSpec
-    adapters: AdaptersSpec
-    telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
+    description: str = Field("", description="one line about the recipe, shown by `kitchen recipes`")
+    workflow: WorkflowSpec = Field(description="the workflow group: which algorithm runs (supervised, reinforcement, preference, distillation, a plugin's)")
+    adapters: AdaptersSpec = Field(description="the adapters group: the backend (local, noop, tinker, a plugin's) and its settings")
+    telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec, description="the telemetry group: where events and metrics go")
     run_dir: str = Field(description="where config, metrics, events, checkpoints and final weights go")
     resume: bool = Field(False, description="continue the run in run_dir from its last complete checkpoint")
     overwrite: bool = Field(False, description="move an existing run in run_dir aside (to run_dir.old-TIMESTAMP) and start fresh")
@@ -92,27 +92,27 @@ class RunSpec(_Strict):
 
 
     # Optimisation
-    learning_rate: float = Field(1e-4, gt=0)
-    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
-    warmup_steps: int = Field(0, ge=0)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    learning_rate: float = Field(1e-4, gt=0, description="peak AdamW learning rate (after warmup, before decay)")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="decay after warmup: constant, linear to min_lr_ratio, or cosine to min_lr_ratio")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warmup from 0 to learning_rate")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="the learning rate the schedule decays to, as a fraction of learning_rate")
     max_steps: Optional[int] = Field(None, gt=0, description="optimizer steps to run; overrides epochs (the data cycles as needed)")
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
-    eps: float = Field(ADAM_EPS, gt=0)  # the one default: kitchen.ports.types.ADAM_EPS
-    weight_decay: float = Field(0.0, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW first-moment decay")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW second-moment decay")
+    eps: float = Field(ADAM_EPS, gt=0, description="AdamW denominator epsilon")  # the one default: kitchen.ports.types.ADAM_EPS
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
     grad_clip_norm: float = Field(1.0, ge=0, description="0 disables clipping")
 
     # What to train
     lora_rank: int = Field(16, ge=0, description="0 = full fine-tuning")
     lora_alpha: Optional[float] = Field(None, gt=0, description="default 2 * lora_rank")
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_targets: str | list[str] = "all-linear"
-    train_mlp: bool = True
-    train_attn: bool = True
-    train_unembed: bool = False
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_targets: str | list[str] = Field("all-linear", description="modules that get LoRA: all-linear, or a list of module names")
+    train_mlp: bool = Field(True, description="LoRA on the MLP layers")
+    train_attn: bool = Field(True, description="LoRA on the attention layers")
+    train_unembed: bool = Field(False, description="LoRA on the output (unembedding) layer too")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="weight dtype of the local model: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the local backend runs: auto (cuda when available), cpu, cuda")
 
     # How a local backend runs the model (remote backends ignore these)
     micro_batch_size: int = Field(0, ge=0, description="datums per forward/backward pass (gradients accumulate); 0 = the whole batch in one pass")
@@ -127,14 +127,14 @@ class RunSpec(_Strict):
     )
 
     # Bookkeeping
-    seed: int = 0
+    seed: int = Field(0, description="seeds data order, LoRA init and sampling; the same seed gives the same run")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only at the end)")
     checkpoint_mirror: Optional[str] = Field(
         None, description="also copy each checkpoint and the final weights to this folder or fsspec URL (s3://bucket/run)")
     eval_every: int = Field(0, ge=0, description="evaluate every N steps (0 = only before and after)")
-    eval_max_examples: int = Field(64, gt=0)
+    eval_max_examples: int = Field(64, gt=0, description="test rows scored per evaluation")
     num_preview_samples: int = Field(2, ge=0, description="completions shown before and after training")
-    preview_max_tokens: int = Field(48, gt=0)
+    preview_max_tokens: int = Field(48, gt=0, description="tokens per preview completion")
     pipeline_depth: int = Field(1, ge=0, description="steps kept in flight before awaiting results (remote backends)")
     max_retries: int = Field(3, ge=0, description="kitchen-level retries of a failed backend call")
     objective: Optional[str] = Field(
@@ -218,14 +218,14 @@ class SamplingKeys(_Strict):
     group_size: int = Field(4, gt=0, description="samples per prompt")
     groups_per_batch: int = Field(4, gt=0, description="prompts per step")
     max_tokens: int = Field(32, gt=0, description="sampled tokens per rollout")
-    temperature: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, ge=0, description="sampling temperature of rollouts (0 = greedy)")
     rollout_concurrency: int = Field(4, gt=0, description="rollout lanes sampling at once")
 
 
 class PolicyGradientKeys(_Strict):
     """Workflows that train on their samples with a policy-gradient loss."""
 
-    loss_fn: Literal["importance_sampling", "ppo"] = "importance_sampling"
+    loss_fn: Literal["importance_sampling", "ppo"] = Field("importance_sampling", description="policy-gradient loss: importance_sampling or ppo (clipped)")
     kl_coef: float = Field(0.0, ge=0, description="KL penalty against the reference model")
 
 

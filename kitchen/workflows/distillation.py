@@ -40,7 +40,7 @@ class DistillationConfig(RunSpec, ChatDataKeys, RolloutKeys):
     """Distillation: the common keys, chat prompts, the rollout keys, the teacher and the mode."""
 
     teacher: Optional[str] = Field(None, description="teacher model (alias, path, or RUN_DIR)")
-    distill_mode: Literal["on_policy", "off_policy"] = "on_policy"
+    distill_mode: Literal["on_policy", "off_policy"] = Field("on_policy", description="on_policy: the student samples and the teacher scores; off_policy: the teacher samples and the student imitates")
 
 
 DISTILLATION = Workflow(
