@@ -2,7 +2,7 @@
 a sink and a recipe, and kitchen runs them through the real CLI with no edit and no flag.
 
 The cookbook is pip-installed (editable) into the test venv for this module only and
-uninstalled afterwards, so no other test module sees it. The broken-plugin and
+uninstalled afterwards (unless it was installed before), so no other test module sees it. The broken-plugin and
 duplicate-name tests fake further installed packages with a bare ``*.dist-info`` folder
 on PYTHONPATH, which is all ``importlib.metadata`` needs to find entry points.
 """
@@ -24,8 +24,19 @@ DIST = "kitchen-cookbook-rsft"
 FAST = ("eval_max_examples=4", "num_preview_samples=1", "telemetry.sinks=[jsonl,kept_csv]")
 
 
+def _installed(dist: str) -> bool:
+    # a fresh interpreter: this process's importlib.metadata caches what it has seen
+    code = f"import importlib.metadata as m\ntry:\n    m.distribution({dist!r})\nexcept m.PackageNotFoundError:\n    raise SystemExit(1)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
 @pytest.fixture(scope="module", autouse=True)
 def cookbook():
+    """Install the cookbook for this module; uninstall it after only if this fixture installed it,
+    so a user who had it installed keeps it."""
+    if _installed(DIST):
+        yield
+        return
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", "-q", "-e", str(COOKBOOK)],
                    check=True, capture_output=True, text=True, cwd=REPO)
