@@ -115,6 +115,34 @@ def test_resume_without_a_run_is_refused(kitchen, tmp_path):
     assert_user_error(r, "no run to resume")
 
 
+def test_resume_refuses_a_shape_change_and_a_max_steps_below_the_checkpoint(kitchen, tmp_path):
+    """Refused before any weights load (validate says the same), and nothing in the run changes."""
+    run_dir = tmp_path / "r"
+    assert kitchen("run", *NOOP, "max_steps=4", "save_every=2", f"run_dir={run_dir}").code == 0
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".kitchen.lock"}
+    r = kitchen("resume", str(run_dir), "lora_rank=8")
+    assert_user_error(r, "lora_rank=8 (the run has lora_rank=16)", "start a new run")
+    r = kitchen("validate", *NOOP, "lora_rank=8", "resume=true", f"run_dir={run_dir}")
+    assert_user_error(r, "lora_rank=8 (the run has lora_rank=16)")
+    r = kitchen("resume", str(run_dir), "max_steps=3")
+    assert_user_error(r, "max_steps=3 is below step 4", "max_steps=4 or more", "resume_from=")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".kitchen.lock"} == before
+    # from an earlier checkpoint, the same max_steps is fine
+    assert kitchen("resume", str(run_dir), "max_steps=3", "resume_from=step_000002").code == 0
+
+
+def test_a_bad_resume_from_lists_each_checkpoint_once(kitchen, tmp_path):
+    run_dir = tmp_path / "r"
+    assert kitchen("run", *NOOP, "max_steps=4", "save_every=2", f"run_dir={run_dir}").code == 0
+    assert kitchen("resume", str(run_dir), "resume_from=step_000002").code == 0  # step 4 is indexed twice now
+    assert [json.loads(x)["name"] for x in (run_dir / "checkpoints" / "checkpoints.jsonl").read_text().splitlines()].count("step_000004") == 2
+    r = kitchen("resume", str(run_dir), "resume_from=step_9")
+    assert_user_error(r, "no such checkpoint")
+    listed = r.err.split("Checkpoints there:")[1].split(".")[0]
+    names = [n.strip() for n in listed.replace("\n", " ").split(",")]
+    assert names == ["step_000002", "step_000004"], names
+
+
 def test_debug_shows_the_traceback(kitchen, tmp_path):
     r = kitchen("--debug", "run", *NOOP, "batch_size=0", f"run_dir={tmp_path / 'x'}")
     assert r.code == 2 and "Traceback" in r.err and "batch_size" in r.err

@@ -88,6 +88,10 @@ def preflight(spec: RunSpec, workflow: Workflow, check_run_dir: bool = True) -> 
                           f"built a {type(store).__name__}, which has no load(source) method (the DatasetStore port).")
     ctx = Context(spec=spec, adapters=Adapters(training=None, dataset_store=store), bus=EventBus(), run_dir=rundir.path)  # type: ignore[arg-type]
     ctx.progress.resume_from = lifecycle.resume_record(rundir, spec.resume_from) if mode == "resume" else None
+    if mode == "resume":
+        from kitchen.runs.resume_fit import check_resume_fits
+
+        check_resume_fits(rundir, spec, ctx.progress.resume_from)  # shape keys and max_steps, before weights load
     Runner(workflow).validate(ctx)
     from kitchen.config.data_follow import announce
 

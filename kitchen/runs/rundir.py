@@ -195,7 +195,7 @@ class RunDir:
                 f"resume_from={wanted}: {target_abs} is not a checkpoint of {self.path} and its name does not "
                 "say its step (expected a folder named step_NNNNNN)."
             )
-        names = [str(r.get("name")) for r in records if self.locate(r) is not None]
+        names = list(dict.fromkeys(str(r.get("name")) for r in records if self.locate(r) is not None))  # a resume re-indexes a step
         listing = ", ".join(names) if names else "none"
         raise RunDirError(
             f"resume_from={wanted}: no such checkpoint in {self.path}. Checkpoints there: {listing}. "
