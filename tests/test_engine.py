@@ -241,6 +241,38 @@ def test_a_stage_that_returns_a_step_output_is_submitted_to_the_pipeline():
     assert all(s["loss"] == 1.25 and s["reward_mean"] == 0.5 and "loss:sum" not in s for s in steps)
 
 
+def test_a_step_is_timed_when_it_finishes_not_when_it_is_published():
+    """Depth 1 publishes a step when the next is submitted, and a drain (before an eval or a
+    checkpoint) publishes the last at once: elapsed_s must still be each step's own finish time,
+    or the step before an eval shows the next step's time and the ETA runs a step off."""
+    import time
+
+    from kitchen.adapters.noop import NoopTrainingClient
+    from kitchen.engine.pipeline import StepOutput
+    from kitchen.ports.types import Datum
+
+    datum = Datum([1, 2, 3], {"target_tokens": [2, 3, 4], "weights": [0.0, 1.0, 1.0]})
+    spec = SimpleNamespace(pipeline_depth=1, learning_rate=1e-3, lr_schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
+                           beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0)
+    client = NoopTrainingClient()
+    real = client.forward_backward
+
+    def slow_forward_backward(*args, **kwargs):  # a backend that computes in the call, like the local one
+        time.sleep(0.1)
+        return real(*args, **kwargs)
+
+    client.forward_backward = slow_forward_backward  # type: ignore[method-assign]
+    ctx = Context(spec=spec, adapters=Adapters(client, None), bus=EventBus(), run_dir=Path("."))  # type: ignore[arg-type]
+    steps = []
+    ctx.bus.listen(lambda e: steps.append(e.data) if e.name == ev.TRAINING_STEP else None)
+    ctx.progress.total_steps = 4
+    run([loop("s", over=lambda c: range(4), body=[stage(lambda c: StepOutput([datum], "cross_entropy"))])], ctx)
+    ctx.pipeline.drain()
+    elapsed = [s["elapsed_s"] for s in steps]
+    gaps = [b - a for a, b in zip(elapsed, elapsed[1:])]
+    assert elapsed[0] < 0.18 and all(g > 0.06 for g in gaps), elapsed
+
+
 def test_failing_sink_is_dropped_and_others_keep_receiving(caplog):
     bus = EventBus()
     got = []

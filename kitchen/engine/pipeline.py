@@ -62,6 +62,10 @@ class InFlight:
     lr: float
     tokens: int  # trained (nonzero-weight) tokens
     input_tokens: int  # every token the model processed; throughput counts these
+    # perf_counter() when the step's last future completed. A step is published later (when
+    # the window moves, or a drain before an evaluation), so timing it at publication gave
+    # it the next step's time too: elapsed_s and the ETA ran one step off before each eval.
+    done_at: float | None = None
 
 
 class StepPipeline:
@@ -96,6 +100,11 @@ class StepPipeline:
             step=progress.step + 1, epoch=progress.epoch, output=output, forward_backward=fb, optim=optim, lr=lr,
             tokens=sum(d.num_loss_tokens() for d in datums), input_tokens=sum(d.length for d in datums),
         )
+        last = optim or fb
+        if last is None:
+            item.done_at = time.perf_counter()
+        else:
+            last.add_done_callback(lambda _f, item=item: setattr(item, "done_at", time.perf_counter()))
         progress.step = item.step
         for key, value in output.metrics.items():
             ctx.metrics[key] = value
@@ -122,7 +131,7 @@ class StepPipeline:
             kept = (f"The last good checkpoint (step {last}) is kept; resume from it with resume=true after lowering learning_rate."
                     if last else "No checkpoint was written before it.")
             raise TrainingDiverged(f"The loss became {loss} at step {item.step}. Training stopped. {kept}")
-        now = time.perf_counter()
+        now = item.done_at if item.done_at is not None else time.perf_counter()  # a callback may still be running
         self._tokens += item.input_tokens or item.tokens
         elapsed = max(now - (self._t0 or now) - self._paused, 1e-9)
         metrics: dict[str, Any] = {
