@@ -143,6 +143,21 @@ def test_a_bad_resume_from_lists_each_checkpoint_once(kitchen, tmp_path):
     assert names == ["step_000002", "step_000004"], names
 
 
+@pytest.mark.parametrize(("overrides", "env", "needles"), [
+    (["model=tiny-llama", "device=cpu", "mixed_precision=fp16"], {}, ["mixed_precision=fp16", "CPU"]),
+    (["model=tiny-llama", "device=cpu", "quantization=4bit"], {}, ["quantization=4bit", "CUDA GPU"]),
+    (["adapters=noop", "batch_size=5", "distributed.nproc_per_node=2"], {}, ["batch_size=5 cannot be split evenly over 2"]),
+    (["adapters=noop", "checkpoint_mirror=nosuchproto://bucket/run"], {}, ["nosuchproto", "fsspec backend"]),
+    (["adapters=noop", "push_to_hub=me/x"], {"HF_HUB_OFFLINE": "1"}, ["push_to_hub=me/x", "HF_HUB_OFFLINE"]),
+])
+def test_validate_refuses_what_run_would_refuse_late(kitchen, tmp_path, overrides, env, needles):
+    """Each of these once passed `kitchen validate`, then failed the run (some after training)."""
+    for command in ("validate", "run"):
+        r = kitchen(command, *overrides, f"run_dir={tmp_path / command}", env=env)
+        assert_user_error(r, *needles)
+    assert not (tmp_path / "run").exists()  # refused before the run dir was made
+
+
 def test_debug_shows_the_traceback(kitchen, tmp_path):
     r = kitchen("--debug", "run", *NOOP, "batch_size=0", f"run_dir={tmp_path / 'x'}")
     assert r.code == 2 and "Traceback" in r.err and "batch_size" in r.err

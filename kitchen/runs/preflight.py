@@ -78,6 +78,9 @@ def preflight(spec: RunSpec, workflow: Workflow, check_run_dir: bool = True) -> 
     if check_run_dir:
         lifecycle.check_run_dir_path(rundir.path)
         mode = rundir.check_can_start(resume=resume, overwrite=spec.overwrite)
+    from kitchen.runs.option_checks import check_run_options
+
+    check_run_options(spec)  # a mirror backend, the hub for push_to_hub, the batch split over ranks
     from kitchen.telemetry.sinks import resolve_sinks
 
     resolve_sinks(spec.telemetry.sinks)  # unknown names and missing tracker extras, without importing SDKs

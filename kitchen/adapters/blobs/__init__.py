@@ -73,11 +73,7 @@ class FsspecBlobStore:
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
         except (ImportError, ValueError) as exc:
-            protocol = url.split("://", 1)[0]
-            raise ConfigError(
-                f"Cannot open the blob store {redact_url(url)}: {exc}. Remote URLs need the fsspec backend of their "
-                f"protocol installed (s3:// -> s3fs, gs:// -> gcsfs, az:// -> adlfs); '{protocol}' is not available here."
-            ) from None
+            raise _missing_backend(url, exc) from None
 
     def _key(self, key: str) -> str:
         return f"{self.root}/{key.lstrip('/')}"
@@ -112,6 +108,24 @@ class FsspecBlobStore:
         root = self.root.rstrip("/") + "/"
         keys = (p[len(root):] if p.startswith(root) else p for p in found)
         return sorted(k for k in keys if k.startswith(prefix) and not k.endswith(".tmp-upload"))
+
+
+def _missing_backend(url: str, exc: BaseException) -> ConfigError:
+    protocol = url.split("://", 1)[0]
+    return ConfigError(
+        f"Cannot open the blob store {redact_url(url)}: {exc}. Remote URLs need the fsspec backend of their "
+        f"protocol installed (s3:// -> s3fs, gs:// -> gcsfs, az:// -> adlfs); '{protocol}' is not available here."
+    )
+
+
+def check_remote_url(url: str) -> None:
+    """Refuse a remote URL whose fsspec protocol is unknown or not installed, without connecting."""
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(url.split("://", 1)[0])
+    except (ImportError, ValueError) as exc:
+        raise _missing_backend(url, exc) from None
 
 
 def open_blob_store(url: str) -> LocalBlobStore | FsspecBlobStore:

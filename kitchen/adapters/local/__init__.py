@@ -39,6 +39,15 @@ def preflight(session: Any, options: Any = None) -> None:
     from pathlib import Path
 
     check_threads((options or {}).get("threads"))
+    if str(getattr(session, "mixed_precision", "no") or "no").lower() == "fp16" or getattr(session, "quantization", None):
+        from kitchen.adapters.local.scale import check_cuda_only_options
+
+        device = str(session.device or "auto").lower()
+        if device == "auto":  # torch is imported only for these CUDA-only options
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        check_cuda_only_options(session.mixed_precision, session.quantization, device)
     model = Path(str(session.base_model)).expanduser()
     if model.suffix == ".gguf" and model.is_file():
         from kitchen.adapters.local.models.gguf import check_gguf_magic

@@ -115,6 +115,22 @@ class ScalePlan:
         return out
 
 
+def check_cuda_only_options(mixed_precision: Any, quantization: Any, device: str) -> None:
+    """fp16 loss scaling and bitsandbytes quantization exist only on CUDA. One check for the
+    session (which knows the device) and for preflight (which asks torch only when one of
+    these options is set), so ``kitchen validate`` refuses what ``kitchen run`` would."""
+    if device.startswith("cuda"):
+        return
+    if str(mixed_precision or "no").lower() == "fp16":
+        raise ConfigError("mixed_precision=fp16 (with loss scaling) is for CUDA GPUs without bf16; this run is on the CPU. "
+                          "Use mixed_precision=bf16 on a CPU with native bf16, or mixed_precision=no.")
+    if quantization and str(quantization).lower() in QUANTIZATIONS:
+        raise ConfigError(
+            f"quantization={str(quantization).lower()} (QLoRA through bitsandbytes) needs a CUDA GPU, and this run is on "
+            f"the CPU (device={device}). Leave quantization unset to train LoRA on full-precision weights."
+        )
+
+
 def plan_session(config: Any, device: str, dtype: Any, *, threads: int | None = None,
                  cpu_bf16_autocast: bool = False) -> ScalePlan:
     """Check the scale options of ``config`` (a SessionConfig) against this machine.
@@ -145,9 +161,7 @@ def plan_session(config: Any, device: str, dtype: Any, *, threads: int | None = 
             "dtype=bfloat16 with mixed_precision=no for bf16 weights."
         )
     on_cuda = device.startswith("cuda")
-    if mixed == "fp16" and not on_cuda:
-        raise ConfigError("mixed_precision=fp16 (with loss scaling) is for CUDA GPUs without bf16; this run is on the CPU. "
-                          "Use mixed_precision=bf16 on a CPU with native bf16, or mixed_precision=no.")
+    check_cuda_only_options(mixed, config.quantization, device)
     if mixed == "bf16" and not on_cuda and cpu_native_bf16() is None:
         raise ConfigError("mixed_precision=bf16 on the CPU needs native bf16 (AVX512-BF16 or AMX), which this CPU lacks; "
                           "use mixed_precision=no (fp32).")
@@ -166,11 +180,6 @@ def plan_session(config: Any, device: str, dtype: Any, *, threads: int | None = 
         quant = str(quant).lower()
         if quant not in QUANTIZATIONS:
             raise ConfigError(f"quantization={quant!r} is not allowed: use 4bit or 8bit (QLoRA), or leave it unset.")
-        if not on_cuda:
-            raise ConfigError(
-                f"quantization={quant} (QLoRA through bitsandbytes) needs a CUDA GPU, and this run is on the CPU "
-                f"(device={device}). Leave quantization unset to train LoRA on full-precision weights."
-            )
         if not config.lora.rank:
             raise ConfigError(f"quantization={quant} trains LoRA adapters on frozen quantized weights: set lora_rank > 0.")
         try:
