@@ -171,8 +171,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from kitchen.adapters.local.threads import default_threads
     from kitchen.adapters.local.models import load_model
+    from kitchen.adapters.local.threads import default_threads
 
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)

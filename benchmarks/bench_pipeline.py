@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kitchen.adapters.tinker import TinkerTrainingClient  # noqa: E402
-from kitchen.ports.types import AdamParams, Datum, LoraConfig, SessionConfig  # noqa: E402
-from kitchen.serve.testing import serve_subprocess  # noqa: E402
+from kitchen.adapters.tinker import TinkerTrainingClient
+from kitchen.ports.types import AdamParams, Datum, LoraConfig, SessionConfig
+from kitchen.serve.testing import serve_subprocess
 
 
 def make_batches(tokenizer, steps: int, batch_size: int = 4) -> list[list[Datum]]:
@@ -183,7 +183,7 @@ def run_workflow(base_url: str, steps: int, depth: int) -> tuple[float, list[flo
         subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
         rows = [json.loads(line) for line in open(f"{tmp}/run/metrics.jsonl") if line.strip()]
     rows = [r for r in rows if r.get("split") is None]
-    first, last = rows[0], rows[-1]
+    last = rows[-1]
     # elapsed_s counts from the first submission; use steps 1..N like the client-level loop
     return len(rows) / last["elapsed_s"], [r["loss"] for r in rows]
 

@@ -238,7 +238,7 @@ def saved_bytes_per_token_layer(cfg: dict, checkpointing: bool, tokens: int = 25
         total = 0
         weights = {q.untyped_storage().data_ptr() for q in model.parameters()}
 
-        def pack(t):
+        def pack(t, weights=weights):
             nonlocal total
             # autograd also saves the weights of every matmul: they are parameters, not activations
             if t.untyped_storage().data_ptr() not in weights:

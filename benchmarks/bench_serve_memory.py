@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kitchen.serve.testing import serve_subprocess  # noqa: E402
+from kitchen.serve.testing import serve_subprocess
 
 
 def rss_mib(pid: int) -> float:

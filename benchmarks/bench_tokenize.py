@@ -70,8 +70,8 @@ def rss_child(n: int) -> None:
     from kitchen.adapters.hf_datasets import HFDatasetStore
     from kitchen.adapters.local.models import load_tokenizer
     from kitchen.data.load import load_split
-    from kitchen.train.renderers import build_renderer
     from kitchen.data.token_cache import cached_sft_data
+    from kitchen.train.renderers import build_renderer
 
     tmp = Path(tempfile.mkdtemp(prefix="kitchen-bench-"))
     path = tmp / "rows.jsonl"
@@ -109,8 +109,8 @@ def main() -> None:
         return
 
     from kitchen.adapters.local.models import load_tokenizer
-    from kitchen.train.renderers import build_renderer
     from kitchen.data.token_cache import table_stats, tokenize_to_table
+    from kitchen.train.renderers import build_renderer
 
     tok = load_tokenizer("smollm2-135m-instruct")
     rows = [{"messages": conversation(i)} for i in range(args.rows)]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
 
-import pytest
 from rich.console import Console
 
 from conftest import run_kitchen

@@ -13,8 +13,16 @@ import pytest
 
 from conftest import dataset_line, run_completed
 from data_fixtures import (
-    alpaca_rows, answer, conversational_prompt_completion_rows, messages_rows, prompt_completion_rows, question,
-    sharegpt_rows, text_rows, trained_per_answer, write_jsonl,
+    alpaca_rows,
+    answer,
+    conversational_prompt_completion_rows,
+    messages_rows,
+    prompt_completion_rows,
+    question,
+    sharegpt_rows,
+    text_rows,
+    trained_per_answer,
+    write_jsonl,
 )
 
 TINY = ("recipe=sl_basic", "adapters=local", "model=tiny-llama", "batch_size=2", "max_steps=1", "num_preview_samples=0",

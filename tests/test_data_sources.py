@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dataset_line, run_completed, read_jsonl
+from conftest import dataset_line, read_jsonl, run_completed
 from data_fixtures import (
-    alpaca_rows, make_hub_cache, messages_rows, prompt_completion_rows, sharegpt_rows, trained_per_answer, write_jsonl,
+    alpaca_rows,
+    make_hub_cache,
+    messages_rows,
+    prompt_completion_rows,
+    sharegpt_rows,
+    trained_per_answer,
 )
 
 TINY = ("recipe=sl_basic", "adapters=local", "model=tiny-llama", "batch_size=2", "max_steps=1", "num_preview_samples=0",

@@ -147,8 +147,8 @@ def _plan(tmp_path, rows, batch_size=4, max_steps=10, seed=0):
 
     from kitchen.adapters.hf_datasets import HFDatasetStore
     from kitchen.adapters.local.tiny import build_tiny_tokenizer
-    from kitchen.stages.session import make_renderer
     from kitchen.data.stream import open_train_stream
+    from kitchen.stages.session import make_renderer
     from kitchen.train.stream_batches import StreamPlan
 
     data = write_jsonl(tmp_path / f"rows{len(rows)}.jsonl", rows)

@@ -55,7 +55,7 @@ def test_unreachable_tinker_is_exit_2_naming_the_url(tmp_path, cmd, case):
     proc, elapsed = kitchen(cmd, tmp_path, env)
     err = proc.stderr
     assert proc.returncode == 2, (proc.stdout, err)
-    assert f"Cannot reach the Tinker s" in err and url in err, err
+    assert "Cannot reach the Tinker s" in err and url in err, err
     assert "Traceback" not in err
     assert "resume" not in err.lower(), err  # nothing was trained: no resume to suggest
     assert elapsed < DEADLINE + 60, elapsed

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from kitchen.errors import ConfigError, DataError
-from kitchen.train.formats import FormatChoice, choose_format, detect, normalize_preference, normalize_rows, normalize_sft
+from kitchen.train.formats import (
+    FormatChoice,
+    choose_format,
+    detect,
+    normalize_preference,
+    normalize_rows,
+    normalize_sft,
+)
 
 
 @pytest.mark.parametrize("row, fmt", [

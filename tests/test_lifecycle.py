@@ -4,7 +4,6 @@ run.json attempts, resume_from, a full disk. Every test drives the real CLI in a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -133,7 +132,7 @@ def test_concurrent_starts_on_one_dir_exactly_one_runs(tmp_path):
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2, 2], results
-    for code, out, err in results:
+    for code, _out, err in results:
         if code == 2:
             assert "Traceback" not in err
             assert "in use by a live kitchen process" in err or "already holds" in err, err

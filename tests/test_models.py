@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
 
 from kitchen.adapters.local import models
-from kitchen.io.atomic import atomic_publish_dir
 from kitchen.errors import KitchenError
+from kitchen.io.atomic import atomic_publish_dir
 
 
 def test_aliases_and_resolution(tmp_path):
@@ -107,7 +106,7 @@ def test_atomic_publish_and_failed_conversion_leaves_nothing(monkeypatch, tmp_pa
 
 @pytest.mark.slow
 def test_smollm2_conversion_cached_reload_and_lora_steps(tmp_path):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from kitchen.adapters.local import LocalTrainingClient
     from kitchen.ports.types import AdamParams, Datum, LoraConfig, SamplingParams, SessionConfig
 

@@ -1,7 +1,7 @@
 """Every port has a noop adapter that satisfies it; the noop training backend is deterministic by seed."""
 
-from kitchen.adapters.hf_datasets import HFDatasetStore
 from kitchen.adapters.blobs import FsspecBlobStore, LocalBlobStore
+from kitchen.adapters.hf_datasets import HFDatasetStore
 from kitchen.adapters.noop import NoopBlobStore, NoopHubClient, NoopMetricsStore, NoopTrainingClient
 from kitchen.ports.stores import BlobStore, DatasetStore, HubClient, MetricsStore
 from kitchen.ports.training import SamplingClient, TrainingClient

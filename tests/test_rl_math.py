@@ -6,6 +6,7 @@ from typing import NamedTuple, Sequence
 import pytest
 
 from kitchen.train.rl import (
+    _check_same_length,
     approx_kl,
     batch_group_advantages,
     build_rl_datum,
@@ -18,7 +19,6 @@ from kitchen.train.rl import (
     ppo_loss_fn_config,
     rl_step_metrics,
 )
-from kitchen.train.rl import _check_same_length
 
 
 # Reference losses (pure Python, Tinker's per-token summed semantics): test helpers only,

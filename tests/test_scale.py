@@ -243,10 +243,10 @@ def test_qlora_base_is_quantized_and_merges_into_full_precision_weights(quant):
     tensors that computes what the QLoRA model computes."""
     import bitsandbytes as bnb
     import torch
-    from peft import LoraConfig as PeftLora, get_peft_model
+    from peft import LoraConfig as PeftLora
+    from peft import get_peft_model
 
     from kitchen.adapters.local import scale
-
     from kitchen.adapters.local.models import load_model
 
     c = client(rank=4)

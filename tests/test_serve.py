@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
-from kitchen.serve.faults import FaultPlan, FaultSpecError
 from conftest import SERVE_KEY as KEY
+from kitchen.serve.faults import FaultPlan, FaultSpecError
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from kitchen.io.jsonl import dumps
+from kitchen.io.secrets import is_secret_key, redact
 from kitchen.ports.stores import MetricsStore
 from kitchen.telemetry.console import ConsoleSink, fmt_duration
 from kitchen.telemetry.events import Event, EventBus
-from kitchen.io.jsonl import dumps
-from kitchen.io.secrets import is_secret_key, redact
 from kitchen.telemetry.jsonl import JsonlSink
 from kitchen.telemetry.metrics_store import JsonlMetricsStore, read_metrics
 

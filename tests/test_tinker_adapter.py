@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from conftest import SERVE_KEY as KEY
 from kitchen.adapters.tinker import TinkerTrainingClient, call_with_retries
 from kitchen.errors import BackendError
 from kitchen.ports.types import AdamParams, Datum, LoraConfig, SamplingParams, SessionConfig
-from conftest import SERVE_KEY as KEY
 from kitchen.serve.testing import serve_subprocess
 
 TINY = SessionConfig(base_model="tiny-llama", lora=LoraConfig(rank=8), seed=0)

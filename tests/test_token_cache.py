@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from kitchen.data import token_cache
+from kitchen.data.token_cache import cache_root, cached_preference_data, cached_sft_data, tokenized_dir
 from kitchen.train.datum import build_sft_data
 from kitchen.train.renderers import build_renderer
-from kitchen.data.token_cache import cache_root, cached_preference_data, cached_sft_data, tokenized_dir
 
 CHATML = (
     "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}"
@@ -185,7 +185,7 @@ def test_code_version_bump_misses(monkeypatch, tmp_path, dataset, chat_tok):
 
 def test_num_proc_tokenizes_in_processes_to_the_same_arrow_entry(tmp_path, chat_tok):
     """datasets.map with num_proc=2 gives the same datums, in the same order, as one process."""
-    from kitchen.data.token_cache import ArrowDatums, MAP_BATCH
+    from kitchen.data.token_cache import MAP_BATCH, ArrowDatums
 
     rows = [{"messages": [{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": f"answer {i}" * (i % 3 + 1)}]}
             for i in range(2 * MAP_BATCH + 37)]

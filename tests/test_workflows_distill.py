@@ -6,13 +6,12 @@ model, so it shares the student's tokenizer but not its weights.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 
-from conftest import assert_completed, evals_of, read_jsonl, run_kitchen, steps_of
+from conftest import assert_completed, read_jsonl, run_kitchen, steps_of
 
 FAST = ("eval_max_examples=3", "num_preview_samples=1", "max_tokens=12", "preview_max_tokens=8", "telemetry=jsonl")
 

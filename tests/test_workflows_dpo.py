@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 
-from conftest import assert_completed, evals_of, read_jsonl, run_kitchen, steps_of
+from conftest import assert_completed, evals_of, run_kitchen, steps_of
 
 DPO_STEP_METRICS = ("dpo_loss", "dpo_accuracy", "dpo_margin", "chosen_reward", "rejected_reward", "ref_logp_chosen", "policy_logp_chosen")
 # constant lr: a run stopped at step 2 and resumed to 4 must match one that ran 4 steps straight

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from kitchen.runs.rundir import RunDir
 from conftest import assert_completed, evals_of, read_jsonl, run_kitchen, steps_of
+from kitchen.runs.rundir import RunDir
 
 RL_STEP_METRICS = ("reward_mean", "accuracy", "entropy", "sampled_tokens", "reward_std", "frac_degenerate_groups")
 FAST = ("eval_max_examples=4", "num_preview_samples=1", "telemetry=jsonl")

@@ -130,7 +130,7 @@ def _run_sweep(overrides: list[str], recipes_dir: list[str]) -> None:
             launch(sweep_overrides(overrides), sweep_task, multirun=True, recipe_dirs=recipes_dir)
         except KitchenError:
             raise
-        except Exception as exc:  # noqa: BLE001 - e.g. Optuna when no trial completed: the summary still prints
+        except Exception as exc:
             if _STATE["debug"]:
                 raise
             stopped = f"{type(exc).__name__}: {exc}"
@@ -154,9 +154,9 @@ def resume(
 
     A run saved with ``distributed.nproc_per_node=N`` resumes on N ranks through torch's launcher,
     as ``kitchen run`` started it; under ``torchrun ... -m kitchen resume DIR`` each rank joins the job."""
+    from kitchen.config.compose import setup
     from kitchen.runs import distributed as kdist
     from kitchen.runs.execute import execute_prepared
-    from kitchen.config.compose import setup
     from kitchen.runs.preflight import build_spec, preflight
     from kitchen.runs.resume import resume_config  # every malformed input is one paragraph
     from kitchen.workflows import get_workflow
@@ -179,8 +179,8 @@ def resume(
 def recipes(recipes_dir: Optional[List[str]] = RecipesDirOpt) -> None:
     """List the available recipes."""
     from kitchen.cli.views import print_recipes
-    from kitchen.config.recipes import discover
     from kitchen.config.catalog import check_workflows, warn_once
+    from kitchen.config.recipes import discover
 
     found = discover(recipes_dir or [])
     for package, why in check_workflows().values():
@@ -365,7 +365,8 @@ def chat(
     seed: Optional[int] = SeedOpt,
 ) -> None:
     """Chat with a trained model in the terminal; replies stream token by token (/reset, /exit)."""
-    from kitchen.outputs.generate import Options, chat as chat_loop
+    from kitchen.outputs.generate import Options
+    from kitchen.outputs.generate import chat as chat_loop
 
     chat_loop(run_dir, step=step, base=base, system=system,
               opts=Options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))

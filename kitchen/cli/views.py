@@ -16,6 +16,7 @@ from rich.tree import Tree
 from kitchen.config.spec import STRUCTURAL_KEYS, RunSpec, describe_fields, own_keys
 from kitchen.engine.ir import ConditionalNode, LoopNode, Node, ParallelNode, StageNode, Workflow
 
+
 def _console() -> Console:
     """Terminal width on a terminal; 140 columns when piped, so tables stay readable in logs."""
     probe = Console()

@@ -98,9 +98,7 @@ def spec_defaults(model: Any = None, only: Iterable[str] | None = None) -> dict[
 
 def warn_broken_workflows(chosen: str | None = None) -> None:
     """One warning per plugin workflow that could not be loaded (not for the one a run chose: that is its error)."""
-    from kitchen.config.catalog import warn_once
-
-    from kitchen.config.catalog import catalog
+    from kitchen.config.catalog import catalog, warn_once
 
     for name, why in _BROKEN_WORKFLOWS.items():
         if name != chosen:
@@ -178,7 +176,7 @@ def launch(
             job_name="kitchen",
             with_log_configuration=True,
         )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         from kitchen.errors import KitchenError
 
         if isinstance(exc, KitchenError):

@@ -88,13 +88,12 @@ def _full(datum) -> tuple[list[int], list[float]]:
 def inspect_data(spec: Any, *, examples: int = 3, color: str = "auto", console=None) -> None:
     """Print the inspect view for ``spec`` (the composed run spec)."""
     from rich.console import Console
-
-    from kitchen.config.instantiate import build
     from rich.table import Table
 
+    from kitchen.config.instantiate import build
     from kitchen.data.load import data_kind, load_training_rows
-    from kitchen.stages.session import make_renderer
     from kitchen.data.token_cache import cached_preference_data, cached_sft_data
+    from kitchen.stages.session import make_renderer
 
     if color not in ("auto", "always", "never"):
         raise ConfigError(f"--color {color!r}: use auto, always or never.")

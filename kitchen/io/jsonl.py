@@ -75,7 +75,8 @@ def _sanitize(o: Any) -> Any:
 _ENCODE_SAFE = json.JSONEncoder(allow_nan=False, default=str).encode
 
 try:  # the C encoder, built once (json.dumps builds one per call): ~35% faster per event
-    from json.encoder import c_make_encoder as _c_make_encoder, encode_basestring_ascii as _c_ascii
+    from json.encoder import c_make_encoder as _c_make_encoder
+    from json.encoder import encode_basestring_ascii as _c_ascii
 
     if _c_make_encoder is None or _c_ascii is None:
         raise ImportError

@@ -40,8 +40,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from kitchen.serve.external import FILES_PREFIX
 from kitchen.serve.errors import RequestError
+from kitchen.serve.external import FILES_PREFIX
 
 log = logging.getLogger("kitchen.serve")
 access_log = logging.getLogger("kitchen.serve.access")
@@ -155,7 +155,7 @@ def build_asgi(app: Any, limits: Limits, metrics: Any) -> Starlette:
             endpoint = getattr(request.state, "endpoint", endpoint)
             status = exc.status
             return _json_error(exc.status, exc.message)
-        except Exception as exc:  # a kitchen bug: the client gets a message, the log the traceback
+        except Exception as exc:  # noqa: BLE001 - a kitchen bug: the client gets a message, the log the traceback
             endpoint = getattr(request.state, "endpoint", endpoint)
             log.error("internal error on %s %s: %s\n%s", method, path, exc, traceback.format_exc())
             return _json_error(500, f"internal server error: {type(exc).__name__}")

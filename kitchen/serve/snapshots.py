@@ -25,8 +25,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from kitchen.ports.types import LoraConfig, SessionConfig
 from kitchen.io.atomic import atomic_publish_dir, temp_sibling
+from kitchen.ports.types import LoraConfig, SessionConfig
 from kitchen.serve.backends import START_LOCK
 from kitchen.serve.errors import RequestError, safe_name
 

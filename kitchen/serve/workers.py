@@ -120,7 +120,7 @@ class SamplingWorker:
             rec, fn = item
             try:
                 fn()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the request's future carries the error
                 log.warning("sample request %s failed: %s", rec.request_id, exc)
                 _fail(rec, exc, (KitchenError, ValueError, RequestError))
 

@@ -134,7 +134,6 @@ class PlanBatches(Stage):
 
     def execute(self, ctx: Context) -> None:
         from kitchen.train.batching import BatchPlan
-
         from kitchen.train.length_grouping import item_length
 
         spec, data = ctx.spec, ctx.use(ChatData)

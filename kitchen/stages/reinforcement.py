@@ -27,9 +27,9 @@ from kitchen.evaluators import EnvAccuracy
 from kitchen.ports.types import Datum
 from kitchen.stages.rollouts import (
     Group,
-    env_groups,
     Rollouts,
     Sample,
+    env_groups,
     lane_indices,
     loss_fn_config_for,
     require_max_steps,
@@ -110,7 +110,13 @@ class RLStep(Stage):
     """Group-centred advantages (minus kl_coef * (logp - logp_ref) per token) -> forward_backward + optim_step."""
 
     def execute(self, ctx: Context) -> StepOutput:
-        from kitchen.train.rl import approx_kl, batch_group_advantages, build_rl_datum, kl_penalty_advantages, rl_step_metrics
+        from kitchen.train.rl import (
+            approx_kl,
+            batch_group_advantages,
+            build_rl_datum,
+            kl_penalty_advantages,
+            rl_step_metrics,
+        )
 
         spec = ctx.spec
         groups = ctx.use(Rollouts).groups

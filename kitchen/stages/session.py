@@ -54,7 +54,9 @@ class OpenSession(Stage):
     def validate(self, ctx: Context) -> None:
         """The renderer must exist and the adapters' preflight (credentials, model) must pass; no weights load."""
         from kitchen.config.instantiate import resolve
-        from kitchen.runs.model_preflight import check_models  # model=, model_revision=, teacher=, chat_template=, push_to_hub=
+        from kitchen.runs.model_preflight import (
+            check_models,  # model=, model_revision=, teacher=, chat_template=, push_to_hub=
+        )
 
         resolve("renderers", ctx.spec.renderer)
         ctx.metadata["model_note"] = check_models(ctx.spec)

@@ -77,7 +77,7 @@ class EventBus:
         for sink in list(self._sinks):
             try:
                 sink.handle(event)
-            except Exception as exc:  # noqa: BLE001 - a sink must never end the run...
+            except Exception as exc:
                 if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
                     self._drop(sink, exc, warn=False)
                     raise  # ...except a full disk: training on without metrics would lose them

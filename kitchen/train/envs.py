@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, Sequence, runtime_checkable
 
 
-
 @dataclass
 class Problem:
     """One prompt of an environment. ``messages`` is what the policy sees; ``answer`` is not."""

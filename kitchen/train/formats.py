@@ -33,8 +33,8 @@ their prompt turns).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kitchen.errors import DataError, did_you_mean

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kitchen.errors import DataError
 from kitchen.ports.types import Datum
-from kitchen.train.datum import DataStats, rendered_to_datum, render_sft_examples
+from kitchen.train.datum import DataStats, render_sft_examples, rendered_to_datum
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,13 @@ from pydantic import Field
 from kitchen.config.spec import BatchKeys, DatasetKeys, RunSpec
 from kitchen.engine.ir import Workflow, stage
 from kitchen.stages.data import LoadDataset, PlanBatches
-from kitchen.stages.preference import DPOStep, PolicyLogprobs, ReferenceLogprobs, TokenizePreferences, preference_evaluators
+from kitchen.stages.preference import (
+    DPOStep,
+    PolicyLogprobs,
+    ReferenceLogprobs,
+    TokenizePreferences,
+    preference_evaluators,
+)
 from kitchen.stages.session import OpenSession
 from kitchen.workflows.common import epochs_of_batches, finish, restore_and_evaluate
 

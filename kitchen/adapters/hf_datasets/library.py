@@ -37,7 +37,7 @@ def offline(datasets: Any) -> Iterator[None]:
         from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     except ImportError:  # pragma: no cover - older datasets
         are_progress_bars_disabled = lambda: True  # noqa: E731
-        disable_progress_bars = enable_progress_bars = lambda: None  # noqa: E731
+        disable_progress_bars = enable_progress_bars = lambda: None
     bars_were_off = are_progress_bars_disabled()
     ds_logging = datasets.utils.logging
     verbosity = ds_logging.get_verbosity()

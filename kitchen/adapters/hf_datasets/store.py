@@ -42,16 +42,25 @@ from __future__ import annotations
 
 import difflib
 import gzip
-import zlib
 import hashlib
 import json
 import os
+import zlib
 from array import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Iterator
 
-from kitchen.adapters.hf_datasets.files import ALL_EXTS, ALLOWED, CSV_EXTS, JSON_EXTS, JSONL_EXTS, file_ext, file_kind, looks_like_path
+from kitchen.adapters.hf_datasets.files import (
+    ALL_EXTS,
+    ALLOWED,
+    CSV_EXTS,
+    JSON_EXTS,
+    JSONL_EXTS,
+    file_ext,
+    file_kind,
+    looks_like_path,
+)
 from kitchen.adapters.hf_datasets.library import first_line, import_datasets, offline, pick_split
 from kitchen.adapters.hf_datasets.rows import ArrowRows, ChainRows, JsonlRows
 from kitchen.errors import DataError

@@ -21,7 +21,15 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from kitchen.adapters.hf_datasets.files import ALL_EXTS, ALLOWED, CSV_EXTS, JSON_EXTS, JSONL_EXTS, file_ext, looks_like_path
+from kitchen.adapters.hf_datasets.files import (
+    ALL_EXTS,
+    ALLOWED,
+    CSV_EXTS,
+    JSON_EXTS,
+    JSONL_EXTS,
+    file_ext,
+    looks_like_path,
+)
 from kitchen.adapters.hf_datasets.library import first_line, import_datasets, offline, pick_split
 from kitchen.errors import DataError
 

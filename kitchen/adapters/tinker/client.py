@@ -194,7 +194,7 @@ class _OpRunner:
         try:
             sdk_future = op.submit()
             cf = sdk_future.future() if hasattr(sdk_future, "future") else sdk_future
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any SDK failure fails the op's future, classified there
             self._failed(op, exc)
             return
         cf.add_done_callback(lambda f: self._done(op, f))
@@ -209,7 +209,7 @@ class _OpRunner:
             return
         try:
             op.future.set_result(op.convert(f.result()))
-        except Exception as conv_exc:  # pragma: no cover - a conversion bug
+        except Exception as conv_exc:  # noqa: BLE001 - a conversion bug fails the future instead of hanging it
             op.future.set_exception(conv_exc)
 
     def _failed(self, op: _Op, exc: BaseException) -> None:
@@ -305,7 +305,7 @@ class TinkerTrainingClient:
     def _retry(self, fn: Callable[[], T], what: str) -> T:
         try:
             return call_with_retries(fn, max_retries=self.max_retries, backoff_s=self.retry_backoff_s, what=what)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every SDK error becomes one BackendError paragraph
             raise to_backend_error(exc, what, self.base_url, self.max_retries if not is_fatal_error(exc) else 0,
                                    resumable=self.has_checkpoint()) from None
 
@@ -329,7 +329,7 @@ class TinkerTrainingClient:
 
             holder = service.holder
             holder._constructor_kwargs["timeout"] = httpx.Timeout(self.timeout_s, connect=min(5.0, self.timeout_s))
-        except Exception as exc:  # pragma: no cover - SDK internals moved
+        except Exception as exc:  # noqa: BLE001 - SDK internals moved: warn and go on
             log.warning("could not apply timeout_s to the tinker SDK: %s", exc)
 
     def _metadata(self, config: SessionConfig) -> dict[str, str]:
@@ -386,7 +386,7 @@ class TinkerTrainingClient:
             return self._tokenizer
         try:
             self._tokenizer = tc.get_tokenizer()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any tokenizer load failure becomes one BackendError
             raise BackendError(
                 f"Could not load the tokenizer {info.model_data.tokenizer_id or info.model_data.model_name!r} for "
                 f"{info.model_data.model_name!r}: {type(exc).__name__}: {exc}",
@@ -513,5 +513,5 @@ class TinkerTrainingClient:
 def _close_quietly(service: Any, status: str) -> None:
     try:
         service.close(status).result(timeout=10)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - closing is best effort
         log.debug("closing the Tinker session: %s", exc)

@@ -28,7 +28,7 @@ class TrainingEndpoints:
         msg = pb.ForwardBackwardRequest()
         try:
             msg.ParseFromString(bytes(body))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a bad protobuf is the client's 400
             raise RequestError(400, f"cannot decode ForwardBackwardRequest protobuf: {exc}") from None
         worker = self.ctx.state.model(msg.model_id)
         if msg.loss_fn not in LOSS_FNS:

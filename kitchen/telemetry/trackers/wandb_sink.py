@@ -47,7 +47,6 @@ class WandbSink(BackgroundSink):
 
     def __init__(self, run: SinkContext, project: str | None = None, entity: str | None = None, name: str | None = None,
                  mode: str | None = None, group: str | None = None, tags: list[str] | None = None) -> None:
-        import wandb
 
         self.run = run
         previous = run.recall("wandb") or {}

@@ -27,7 +27,12 @@ from kitchen.adapters.local.models.resolve import (
     resolve_model,
     smollm2_gguf_path,
 )
-from kitchen.adapters.local.models.state_dict import clean_config, model_from_state_dict, rebuild_clean, strip_quantization
+from kitchen.adapters.local.models.state_dict import (
+    clean_config,
+    model_from_state_dict,
+    rebuild_clean,
+    strip_quantization,
+)
 
 __all__ = [
     "DEFAULT_MODEL", "MODEL_ALIASES", "SMOLLM2_HF_ID", "SMOLLM2_PACKAGE", "ResolvedModel", "base_model_id", "base_record",

@@ -58,7 +58,6 @@ def torch_dtype(dtype: Any):
 
 def _load_dir(path: str, dtype, name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
