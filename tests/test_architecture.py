@@ -156,3 +156,22 @@ def test_the_architecture_map_names_every_package_and_module():
         if path.stem not in block:
             missing.append(f"kitchen/{rel.as_posix()}")
     assert not missing, "docs/architecture.md's map lacks: " + ", ".join(sorted(set(missing)))
+
+
+def test_no_source_file_is_hidden_by_gitignore():
+    """A module that .gitignore hides runs here and is missing from every clone (a pattern
+    like `runs/` once swallowed kitchen/runs/*.py written after the package moved)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(
+        ["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", "kitchen", "tests",
+         "benchmarks", "examples", "docs", "conf", "recipes"],
+        cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    hidden = [p for p in listed if p.endswith((".py", ".yaml", ".md", ".toml")) and "/.ruff_cache/" not in p]
+    assert not hidden, f"ignored by .gitignore, so missing from clones: {hidden}"
