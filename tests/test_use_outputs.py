@@ -117,6 +117,37 @@ def test_export_refuses_bad_input(cli, trained, tmp_path):
     assert r.code == 2 and "not a kitchen run directory" in r.err
 
 
+def test_refusals_come_before_torch_is_imported(kitchen, tmp_path):
+    """A typo'd path, a noop run's missing weights and an absent step are answered without
+    the seconds-long torch import (and export makes no temp dir for a run it cannot read)."""
+    run = tmp_path / "noop-run"
+    r = kitchen("run", "recipe=sl_basic", "adapters=noop", "max_steps=2", "telemetry=jsonl", f"run_dir={run}")
+    assert r.code == 0, r
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"hi"\n')
+    cases = [
+        (["chat", str(tmp_path / "nonexist")], "not a kitchen run directory"),
+        (["sample", str(tmp_path / "nonexist"), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl")],
+         "not a kitchen run directory"),
+        (["chat", str(run)], "adapters=noop"),
+        (["export", str(run), "--out", str(tmp_path / "out")], "adapters=noop"),
+    ]
+    code = (
+        "import sys\nfrom kitchen.cli.commands import main\n"
+        "sys.argv = ['kitchen'] + sys.argv[1:]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules)\n"
+    )
+    for args, says in cases:
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO,
+                              timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.stdout.strip().splitlines()[-1] == "exit 2 False", (args, proc.stdout, proc.stderr)
+        assert says in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.export-*"))
+    run_missing_step = subprocess.run([sys.executable, "-c", code, "chat", str(run), "--base", "--step", "1"],
+                                      capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert "exclude each other" in run_missing_step.stderr
+
+
 def test_sample_final_checkpoint_and_base(cli, trained, tmp_path):
     _, run = trained
     prompts = tmp_path / "prompts.jsonl"

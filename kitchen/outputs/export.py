@@ -24,10 +24,13 @@ def _check_out(out: Path) -> None:
 def export(run_dir: str | Path, out: str | Path, *, step: int | None = None, merge: bool = False,
            push: str | None = None) -> Path:
     from kitchen.io.atomic import atomic_publish_dir
-    from kitchen.outputs.run_weights import metrics_at, open_checkpoint, open_run
     from kitchen.outputs.model_card import write_cards
+    from kitchen.outputs.run_weights import find_checkpoint, metrics_at, open_checkpoint, open_run, require_local
 
     rw = open_run(run_dir)
+    require_local(rw)  # a noop or Tinker run has no weights here: say so before any temp dir is made
+    if step is not None:
+        find_checkpoint(rw, step)
     out = Path(out).expanduser()
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)

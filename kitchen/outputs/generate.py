@@ -42,29 +42,36 @@ class LoadedModel:
 
 
 def load(run_dir: str | Path, *, step: int | None = None, base: bool = False) -> LoadedModel:
-    from kitchen.adapters.local.models import load_model
-    from kitchen.outputs.run_weights import base_model_kwargs, checkpoint_steps, open_checkpoint, open_run
-    from kitchen.adapters.local.sampling import eos_ids
-
-    import torch
+    """The weights to sample from. Every refusal (not a run dir, a remote run, no such step)
+    comes before torch is imported, so a typo is answered in a moment, not after seconds of imports."""
+    from kitchen.outputs.run_weights import find_checkpoint, open_run, require_local
 
     rw = open_run(run_dir)
     if base and step is not None:
         raise KitchenError("--base and --step exclude each other: --base is the model before any training.")
+    has_final = step is None and (rw.rundir.final / "config.json").is_file()
+    if not base:
+        require_local(rw)
+        if not has_final:
+            step = _last_step(rw) if step is None else step
+            find_checkpoint(rw, step)
+
+    import torch
+
+    from kitchen.adapters.local.models import load_model
+    from kitchen.adapters.local.sampling import eos_ids
+    from kitchen.outputs.run_weights import base_model_kwargs, open_checkpoint
+
     cuda = torch.cuda.is_available()  # as training does: bf16 on a GPU, fp32 on the CPU
     where = dict(device="cuda" if cuda else "cpu", dtype="bfloat16" if cuda else "float32")
     if base:
         model, tok, _ = load_model(str(rw.spec["model"]), **base_model_kwargs(rw), **where)
         label = f"{rw.run_dir} base ({rw.spec['model']})"
-    elif step is None and (rw.rundir.final / "config.json").is_file():
+    elif has_final:
         model, tok, _ = load_model(str(rw.rundir.final), **where)
         label = f"{rw.run_dir} final"
     else:
-        if step is None:
-            steps = checkpoint_steps(rw)
-            if not steps:
-                raise KitchenError(f"{rw.run_dir} has neither final weights nor checkpoints to load.")
-            step = steps[-1]
+        assert step is not None
         client = open_checkpoint(rw, step)
         from kitchen.adapters.local.merge import merged_copy
 
@@ -74,6 +81,15 @@ def load(run_dir: str | Path, *, step: int | None = None, base: bool = False) ->
     model.config.use_cache = True
     model.eval()
     return LoadedModel(model, tok, label, eos_ids(tok, model))
+
+
+def _last_step(rw: Any) -> int:
+    from kitchen.outputs.run_weights import checkpoint_steps
+
+    steps = checkpoint_steps(rw)
+    if not steps:
+        raise KitchenError(f"{rw.run_dir} has neither final weights nor checkpoints to load.")
+    return steps[-1]
 
 
 def as_messages(row: Any, where: str) -> list[dict[str, str]]:
@@ -145,16 +161,17 @@ def _decode(tokenizer, tokens: list[int], eos: set[int]) -> str:
 
 
 def sample_file(run_dir: str | Path, prompts: str | Path, out: str | Path, *, step: int | None = None,
-                base: bool = False, opts: Options = Options()) -> int:
+                base: bool = False, opts: Options | None = None) -> int:
     """Generate for every prompt line; returns the number of prompts written."""
-    from kitchen.adapters.local.sampling import LocalSamplingClient
-
+    opts = opts or Options()
     rows = read_prompts(prompts)
-    _quiet()
     out = Path(out).expanduser()
     if out.is_dir():
         raise KitchenError(f"--out {out} is a directory; give a .jsonl file path.")
     lm = load(run_dir, step=step, base=base)
+    _quiet()
+    from kitchen.adapters.local.sampling import LocalSamplingClient
+
     sampler = LocalSamplingClient(lm.model, lm.tokenizer, device=str(lm.model.device), name=lm.label)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as fh:  # a failed or interrupted generation leaves no half file
@@ -172,17 +189,18 @@ def sample_file(run_dir: str | Path, prompts: str | Path, out: str | Path, *, st
     return len(rows)
 
 
-def chat(run_dir: str | Path, *, step: int | None = None, base: bool = False, opts: Options = Options(),
+def chat(run_dir: str | Path, *, step: int | None = None, base: bool = False, opts: Options | None = None,
          system: str | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
     """An interactive chat: each user line gets a streamed reply. ``/reset`` clears, ``/exit`` or EOF ends."""
-    import torch
-    from transformers import TextStreamer
-
+    opts = opts or Options()
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     interactive = stdin.isatty()
-    _quiet()
     lm = load(run_dir, step=step, base=base)
+    _quiet()
+    import torch
+    from transformers import TextStreamer
+
     write: Callable[[str], None] = lambda s: (stdout.write(s), stdout.flush())  # noqa: E731
 
     class _Stream(TextStreamer):

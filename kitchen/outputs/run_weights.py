@@ -70,7 +70,8 @@ def find_checkpoint(rw: RunWeights, step: int) -> str:
     )
 
 
-def _require_local(rw: RunWeights) -> None:
+def require_local(rw: RunWeights) -> None:
+    """Refuse a run whose weights live on a remote backend, before anything heavy is imported."""
     if not is_local_run(rw):
         name = (rw.spec.get("adapters") or {}).get("name", "?")
         raise KitchenError(
@@ -105,7 +106,7 @@ def open_checkpoint(rw: RunWeights, step: int):
     """A LocalTrainingClient holding the run's weights at ``step`` (optimizer not loaded)."""
     from kitchen.adapters.local.client import LocalTrainingClient
 
-    _require_local(rw)
+    require_local(rw)
     path = find_checkpoint(rw, step)
     training = dict((rw.spec.get("adapters") or {}).get("training") or {})
     client = LocalTrainingClient(threads=training.get("threads"), cache_dir=training.get("cache_dir"))

@@ -94,8 +94,8 @@ def _versions() -> dict[str, str]:
 def write_config(rundir: RunDir, data: dict[str, Any]) -> None:
     import yaml
 
-    from kitchen.io.secrets import redact
     from kitchen.io.atomic import atomic_write_text
+    from kitchen.io.secrets import redact
 
     atomic_write_text(rundir.config, yaml.safe_dump(redact(data), sort_keys=False))
 
@@ -175,9 +175,8 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
                     mode: str, moved: Path | None, resume_record: dict[str, Any] | None,
                     previous: dict[str, Any] | None) -> RunResult:
     """The run itself, while this process holds the run-dir lock."""
-    from kitchen.runs import lifecycle
-
     from kitchen.io.secrets import redact
+    from kitchen.runs import lifecycle
     from kitchen.telemetry.sinks import SinkContext
 
     git_sha = _git_sha()
@@ -289,12 +288,14 @@ def _mirror_run_json(ctx: Context, rundir: RunDir) -> None:
     A failure here is a warning: the run's own result is already recorded locally, and an
     error raised while another is being reported would hide that one.
     """
+    from kitchen.runs import lifecycle
     from kitchen.stages.checkpoint import mirror
 
     try:
         mirror(ctx, rundir.config, rundir.run_json)
     except Exception as exc:  # noqa: BLE001 - reported as a warning, the run's outcome stands
-        lifecycle.quiet(lambda: ctx.emit(ev.RUN_WARNING, message=f"checkpoint_mirror: run.json was not copied ({exc})"))
+        message = f"checkpoint_mirror: run.json was not copied ({exc})"
+        lifecycle.quiet(lambda: ctx.emit(ev.RUN_WARNING, message=message))
 
 
 __all__ = ["BackendError", "RunResult", "execute", "execute_prepared"]

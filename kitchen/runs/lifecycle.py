@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from kitchen.runs.diskfull import DiskFullError, disk_full_error, is_disk_full
 from kitchen.errors import KitchenError, RunDirError
 from kitchen.io.secrets import redact_argv, redact_urls
-from kitchen.runs.rundir import RunDir
+from kitchen.runs.diskfull import DiskFullError, disk_full_error, is_disk_full
 from kitchen.runs.lock import RunLock
+from kitchen.runs.rundir import RunDir
 
 # -------------------------------------------------------------------------- run_dir path
 

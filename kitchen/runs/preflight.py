@@ -66,11 +66,10 @@ def compose_spec(overrides: list[str], recipe_dirs: Iterable[str] = ()) -> tuple
 def preflight(spec: RunSpec, workflow: Workflow, check_run_dir: bool = True) -> Prepared:
     """Everything that can fail before a run touches the disk or loads weights."""
     from kitchen.config.instantiate import build, target_of
-    from kitchen.errors import ConfigError
     from kitchen.engine.runner import Runner
-    from kitchen.runs.rundir import RunDir
-
+    from kitchen.errors import ConfigError
     from kitchen.runs import lifecycle
+    from kitchen.runs.rundir import RunDir
 
     rundir = RunDir(Path(spec.run_dir))
     resume = spec.resume or spec.resume_from is not None  # resume_from implies resume

@@ -79,11 +79,11 @@ def sweep_task(cfg: Any) -> Any:
     """The task function for each multirun job: never raises, so one failure can't stop the sweep."""
     from hydra.core.hydra_config import HydraConfig
 
+    from kitchen.config.compose import register_resolvers, to_container
+    from kitchen.errors import KitchenError
     from kitchen.runs import distributed
     from kitchen.runs.execute import execute
-    from kitchen.config.compose import register_resolvers, to_container
     from kitchen.runs.preflight import build_spec
-    from kitchen.errors import KitchenError
 
     register_resolvers()  # a launcher may run this job in a fresh process (joblib, submitit)
     hc = HydraConfig.get()
