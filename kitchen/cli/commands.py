@@ -388,7 +388,20 @@ def export(
     _stderr().print(f"exported {'merged weights' if merge else 'the adapter'} to {where}" + (f" and pushed to {push}" if push else ""))
 
 
+def _importable_from_cwd() -> None:
+    """Let ``_target_: my_sinks.LossAlarm`` find ``./my_sinks.py``, as ``python -m`` and Hydra apps do.
+
+    The installed ``kitchen`` script puts its own bin dir first on ``sys.path``, not the
+    directory it was run from. The cwd goes last, so a local file never shadows an
+    installed package.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
 def main() -> None:
+    _importable_from_cwd()
     try:
         app()
     except KitchenError as exc:  # raised outside a guarded command (e.g. in a Hydra task)
