@@ -149,6 +149,9 @@ def test_a_bad_resume_from_lists_each_checkpoint_once(kitchen, tmp_path):
     (["adapters=noop", "batch_size=5", "distributed.nproc_per_node=2"], {}, ["batch_size=5 cannot be split evenly over 2"]),
     (["adapters=noop", "checkpoint_mirror=nosuchproto://bucket/run"], {}, ["nosuchproto", "fsspec backend"]),
     (["adapters=noop", "push_to_hub=me/x"], {"HF_HUB_OFFLINE": "1"}, ["push_to_hub=me/x", "HF_HUB_OFFLINE"]),
+    (["model=tiny-llama", "max_length=32"], {}, ["No trainable examples", "max_length=32"]),
+    (["model=tiny-llama", "max_tokens_per_micro_batch=10"], {}, ["max_tokens_per_micro_batch=10", "longest sequence", "at least"]),
+    (["recipe=dpo_basic", "adapters=noop", "max_tokens_per_micro_batch=10"], {}, ["max_tokens_per_micro_batch=10", "preference pairs"]),
 ])
 def test_validate_refuses_what_run_would_refuse_late(kitchen, tmp_path, overrides, env, needles):
     """Each of these once passed `kitchen validate`, then failed the run (some after training)."""
@@ -156,6 +159,41 @@ def test_validate_refuses_what_run_would_refuse_late(kitchen, tmp_path, override
         r = kitchen(command, *overrides, f"run_dir={tmp_path / command}", env=env)
         assert_user_error(r, *needles)
     assert not (tmp_path / "run").exists()  # refused before the run dir was made
+
+
+def test_rows_truncated_to_nothing_are_reported_once(kitchen, tmp_path):
+    """Some rows too long for max_length: the run trains on the rest and says so in one warning."""
+    short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    long = {"messages": [{"role": "user", "content": "tell me " * 40}, {"role": "assistant", "content": "no"}]}
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in (short, long, short, short)))
+    r = kitchen("run", "model=tiny-llama", f"dataset={data}", "~test_dataset", "max_length=64", "batch_size=2",
+                "max_steps=1", "num_preview_samples=0", f"run_dir={tmp_path / 'run'}")
+    assert r.code == 0, r
+    said = [line for line in r.text.splitlines() if "nothing left to train on" in line]
+    assert len(said) == 1 and "1 had nothing left" in said[0] and "max_length=64" in said[0], r.text
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert sum("nothing left to train on" in str(e.get("message", "")) for e in events) == 1
+
+
+def test_validate_refuses_an_on_policy_teacher_with_another_tokenizer(kitchen, tmp_path):
+    """The tokenizers are compared from disk (no weights load), as the run compares them after loading."""
+    from transformers import AutoTokenizer
+
+    from hub_fake import save_tiny_model
+
+    teacher = save_tiny_model(tmp_path / "teacher")
+    tok = AutoTokenizer.from_pretrained(str(teacher))
+    tok.add_tokens(["the", "and"])  # another vocabulary: "the" is one token here, three for the student
+    tok.save_pretrained(str(teacher))
+    base = ("recipe=distill_basic", "model=tiny-llama", "distill_mode=on_policy", "max_steps=1")
+    for command in ("validate", "run"):
+        r = kitchen(command, *base, f"teacher={teacher}", f"run_dir={tmp_path / command}")
+        assert_user_error(r, f"teacher={teacher}", "different tokenizer", "distill_mode=off_policy")
+    assert not (tmp_path / "run").exists()
+    same = save_tiny_model(tmp_path / "same-family")
+    r = kitchen("validate", *base, f"teacher={same}", f"run_dir={tmp_path / 'ok'}")
+    assert r.code == 0, r
 
 
 def test_debug_shows_the_traceback(kitchen, tmp_path):

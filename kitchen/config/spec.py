@@ -34,6 +34,10 @@ class AdaptersSpec(_Strict):
     preflight: Optional[str] = Field(
         None, description="module:function checking a session before the run (credentials, model resolution); "
         "it must not load weights or import heavy SDKs")
+    tokenizer: Optional[str] = Field(
+        None, description="module:function returning the session's tokenizer without weights or downloads (None when "
+        "the model is not on this machine); validate and data inspect render the data with it. Unset: the data's "
+        "token lengths are first checked when the session opens")
 
     @field_validator("training", "dataset_store")
     @classmethod

@@ -21,14 +21,19 @@ PLAIN_MARKERS = ("[[", "]]")  # around trained text when colour is off
 
 
 def tokenizer_for(spec: Any):
-    """The run's tokenizer without its weights: the noop byte tokenizer, or the local model's."""
-    if spec.adapters.name == "noop":
-        from kitchen.adapters.noop.training import ByteTokenizer
+    """The run's tokenizer without its weights: the adapters' ``tokenizer`` hook, else the model's own.
 
-        return ByteTokenizer()
+    A backend without a hook (Tinker) renders with the model's hub tokenizer, which is
+    what the service uses for it; that one is downloaded if it is not cached.
+    """
+    from kitchen.stages.session import offline_tokenizer
+
+    tokenizer = offline_tokenizer(spec)
+    if tokenizer is not None:
+        return tokenizer
     from kitchen.adapters.local.models import load_tokenizer
 
-    return load_tokenizer(spec.model)
+    return load_tokenizer(spec.model, revision=spec.model_revision, chat_template=spec.chat_template)
 
 
 def colorize(tokenizer: Any, tokens: Sequence[int], weights: Sequence[float], color: bool):

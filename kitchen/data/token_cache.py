@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kitchen.io.atomic import atomic_publish_dir
 from kitchen.ports.types import Datum
-from kitchen.train.datum import DataStats, _warn_dropped, datum_from_rendered
+from kitchen.train.datum import DataStats, datum_from_rendered
 from kitchen.train.renderers import Renderer
 
 CODE_VERSION = 2  # 2: Arrow entries; per-message weights, text rows, linear rendering
@@ -451,7 +451,6 @@ def _cached(kind: str, path: Any, rows_loader: Callable[..., Iterable[Mapping[st
     def uncached() -> tuple[Any, DataStats, bool]:
         table = tokenize_to_table(_load_rows(rows_loader, path), renderer, kind, label, num_proc)
         stats = table_stats(table)
-        _warn_dropped(stats, label, renderer.max_length)
         return ArrowDatums(table, kind), stats, False
 
     if not use_cache or fingerprint is None:
@@ -468,7 +467,6 @@ def _cached(kind: str, path: Any, rows_loader: Callable[..., Iterable[Mapping[st
     except OSError as exc:  # a read-only or full cache must not stop training
         log.warning("could not write tokenized cache entry %s (%s)", entry, exc)
         return uncached()
-    _warn_dropped(stats, label, renderer.max_length)
     return ArrowDatums(table, kind), stats, False
 
 

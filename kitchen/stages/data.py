@@ -117,11 +117,53 @@ def tokenize_splits(ctx: Context, cached: Callable[..., Any], noun: str) -> None
                 "Raise max_length to keep them.",
             )
     if not data.train and data.stream is None:
-        raise DataError(f"No trainable {noun} in {spec.dataset}: every row was empty after rendering with max_length={spec.max_length}.")
+        raise _nothing_to_train(spec, noun)
+
+
+def _nothing_to_train(spec: Any, noun: str) -> DataError:
+    return DataError(f"No trainable {noun} in {spec.dataset}: every row was empty after rendering with max_length={spec.max_length}.")
+
+
+def sequence_lengths(items: list[Any]) -> list[int]:
+    """Each training item's forward-pass length: a Datum's, or the longer of a preference pair's."""
+    return [max(i.length for i in item) if isinstance(item, tuple) else item.length for item in items]
+
+
+def check_tokens_before_run(ctx: Context, cached: Callable[..., Any], noun: str) -> None:
+    """In ``validate``: render the train split with the weight-free tokenizer and refuse what the run would.
+
+    Two settings fail only once the data is tokenized: a ``max_length`` that leaves no
+    row anything to train on, and a ``max_tokens_per_micro_batch`` below the longest
+    sequence. The rendering goes into the token cache, so the run that follows reads it
+    back instead of tokenizing twice. Skipped where no tokenizer is at hand without
+    loading weights (see :func:`~kitchen.stages.session.offline_tokenizer`).
+    """
+    from kitchen.stages.session import make_renderer, offline_tokenizer
+    from kitchen.train.microbatch import check_longest_fits
+
+    spec, data = ctx.spec, ctx.use(ChatData)
+    if data.stream is not None or data.loaded is None or not data.loaded.train.rows:
+        return
+    tokenizer = offline_tokenizer(spec)
+    if tokenizer is None:
+        return
+    part = data.loaded.train
+    items, _, _ = cached(part.source, lambda: part.rows, tokenizer, make_renderer(spec, tokenizer),
+                         source_fingerprint=part.fingerprint, extra=part.extra,
+                         num_proc=getattr(spec, "tokenize_num_proc", 1))
+    if not items:
+        raise _nothing_to_train(spec, noun)
+    check_longest_fits(sequence_lengths(items), spec.max_tokens_per_micro_batch, where=f"in {part.source}",
+                       name=lambda i: f"number {i + 1} of its trainable {noun}")
 
 
 class TokenizeChat(Stage):
     """Render chat rows into Datums once; the token cache makes a second run free."""
+
+    def validate(self, ctx: Context) -> None:
+        from kitchen.data.token_cache import cached_sft_data
+
+        check_tokens_before_run(ctx, cached_sft_data, "examples")
 
     def execute(self, ctx: Context) -> None:
         from kitchen.data.token_cache import cached_sft_data

@@ -81,11 +81,29 @@ def _same_tokenizer(a, b) -> bool:
     return size_a == size_b and list(a.encode(_PROBE, add_special_tokens=False)) == list(b.encode(_PROBE, add_special_tokens=False))
 
 
+def _tokenizers_differ(spec) -> ConfigError:
+    return ConfigError(
+        f"teacher={teacher_name(spec)} uses a different tokenizer than the student model={spec.model}. On-policy "
+        "distillation compares the two models' logprobs token by token, so they must share a tokenizer: pick a "
+        "teacher of the same family (e.g. the RUN_DIR of a run on the same model), or use distill_mode=off_policy."
+    )
+
+
 class DistillSetup(Stage):
     """Prompts from the chat data, the frozen teacher, and the step plan (max_steps steps)."""
 
     def validate(self, ctx: Context) -> None:
+        """On-policy, the two tokenizers are compared here too, when both load without weights."""
         require_max_steps(ctx, "distillation")
+        spec = ctx.spec
+        if spec.distill_mode != "on_policy" or teacher_name(spec) == spec.model:
+            return
+        from kitchen.stages.session import offline_tokenizer
+
+        student = offline_tokenizer(spec)
+        teacher = offline_tokenizer(spec, base_model=teacher_name(spec)) if student is not None else None
+        if teacher is not None and not _same_tokenizer(teacher, student):
+            raise _tokenizers_differ(spec)
 
     def execute(self, ctx: Context) -> None:
         from kitchen.train.batching import BatchPlan
@@ -102,11 +120,7 @@ class DistillSetup(Stage):
         teacher_tok = state.teacher.get_tokenizer() if hasattr(state.teacher, "get_tokenizer") else None
         if teacher_tok is not None and not _same_tokenizer(teacher_tok, session.tokenizer):
             if spec.distill_mode == "on_policy":
-                raise ConfigError(
-                    f"teacher={teacher_name(spec)} uses a different tokenizer than the student model={spec.model}. On-policy "
-                    "distillation compares the two models' logprobs token by token, so they must share a tokenizer: pick a "
-                    "teacher of the same family (e.g. the RUN_DIR of a run on the same model), or use distill_mode=off_policy."
-                )
+                raise _tokenizers_differ(spec)
             state.teacher_renderer = make_renderer(spec, teacher_tok)
         state.prompt_plan = BatchPlan(len(train_prompts), spec.groups_per_batch, 1_000_000, None, spec.seed)
         ctx.progress.total_steps = spec.max_steps

@@ -25,7 +25,7 @@ from kitchen.engine.pipeline import StepOutput
 from kitchen.engine.stage import Stage
 from kitchen.evaluators import EvalEnv, EvalResult
 from kitchen.ports.types import Datum
-from kitchen.stages.data import ChatData, tokenize_splits
+from kitchen.stages.data import ChatData, check_tokens_before_run, tokenize_splits
 from kitchen.stages.rollouts import full_sequence
 from kitchen.telemetry import events as ev
 
@@ -85,6 +85,11 @@ def policy_sums(training: Any, pairs: Sequence[tuple[Datum, Datum]], batch_size:
 
 class TokenizePreferences(Stage):
     """Render preference rows into (chosen, rejected) datum pairs once; the token cache makes a second run free."""
+
+    def validate(self, ctx: Context) -> None:
+        from kitchen.data.token_cache import cached_preference_data
+
+        check_tokens_before_run(ctx, cached_preference_data, "preference pairs")
 
     def execute(self, ctx: Context) -> None:
         from kitchen.data.token_cache import cached_preference_data

@@ -40,6 +40,26 @@ def session_config(spec) -> SessionConfig:
     )
 
 
+def offline_tokenizer(spec, base_model: str | None = None) -> Any:
+    """The session's tokenizer without opening it (the adapters' ``tokenizer`` hook), or None.
+
+    ``base_model`` asks for another model's (a distillation teacher's) on the same backend.
+
+    None when the adapters declare no hook (Tinker: the service names the tokenizer) or
+    the model is not on this machine yet; the data's token lengths are then first seen
+    when the session opens.
+    """
+    hook = spec.adapters.tokenizer
+    if not hook:
+        return None
+    from kitchen.config.catalog import load_target
+
+    config = session_config(spec)
+    if base_model is not None and base_model != spec.model:
+        config = dataclasses.replace(config, base_model=base_model, model_revision=None)
+    return load_target(hook, f"adapters={spec.adapters.name} tokenizer")(config, spec.adapters.training)
+
+
 def make_renderer(spec, tokenizer: Any) -> Any:
     """The spec's renderer (a short name or a ``_target_`` node) for ``tokenizer``."""
     from kitchen.config.instantiate import build

@@ -18,7 +18,6 @@ Helpers here cover the three data shapes the workflows need:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -27,8 +26,6 @@ from kitchen.ports.types import Datum
 from kitchen.train.messages import message_problem
 from kitchen.train.renderers.base import RenderedExample, Renderer
 from kitchen.train.train_on_what import TrainOnWhat
-
-log = logging.getLogger("kitchen.data")
 
 
 def datum_from_rendered(tokens: Sequence[int], weights: Sequence[float]) -> Datum:
@@ -81,15 +78,6 @@ class DataStats:
         self.trained_tokens += datum.num_loss_tokens()
         self.total_tokens += datum.length
         self.max_tokens = max(self.max_tokens, datum.length + 1)
-
-
-def _warn_dropped(stats: DataStats, source: str, max_length: int | None) -> None:
-    if stats.dropped_empty:
-        log.warning(
-            "%s: %d of %d examples had nothing left to train on after truncation to max_length=%s "
-            "and were skipped; raise max_length or shorten them.",
-            source, stats.dropped_empty, stats.examples, max_length,
-        )
 
 
 def _row_error(source: str, index: int, problem: str, expected: str) -> DataError:
@@ -191,7 +179,6 @@ def build_sft_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
         datum = rendered_to_datum(example)
         data.append(datum)
         stats._add(datum)
-    _warn_dropped(stats, source, renderer.max_length)
     return data, stats
 
 
@@ -271,7 +258,6 @@ def build_preference_data(rows: Iterable[Mapping[str, Any]], renderer: Renderer,
             stats.trained_tokens += d.num_loss_tokens()
             stats.total_tokens += d.length
             stats.max_tokens = max(stats.max_tokens, d.length + 1)
-    _warn_dropped(stats, source, renderer.max_length)
     return pairs, stats
 
 

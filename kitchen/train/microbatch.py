@@ -17,7 +17,7 @@ I/O), so the plans are a function of the datum lengths and the options only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from kitchen.errors import ConfigError
 
@@ -69,6 +69,24 @@ def row_cost(lengths: Sequence[int], padding_free: bool) -> int:
     return sum(lengths) if padding_free else max(lengths) * len(lengths)
 
 
+def check_longest_fits(lengths: Sequence[int], max_tokens: int, where: str = "in the batch",
+                       name: Callable[[int], str] = lambda i: f"datum {i}") -> None:
+    """A token budget must hold the longest sequence: one sequence is never split across passes.
+
+    ``validate`` calls this over the whole training set (``where``/``name`` then point at a
+    file and row), a training step over its batch; both say the same thing.
+    """
+    if not max_tokens or not lengths:
+        return
+    longest = max(lengths)
+    if longest > max_tokens:
+        raise ConfigError(
+            f"max_tokens_per_micro_batch={max_tokens} is smaller than the longest sequence {where} "
+            f"({longest} tokens, {name(list(lengths).index(longest))}): one sequence is never split across passes. Set "
+            f"max_tokens_per_micro_batch to at least {longest} (or max_length, to cover every batch), or 0 for no budget."
+        )
+
+
 def plan_micro_batches(lengths: Sequence[int], opts: MicroBatchOptions) -> list[list[int]]:
     """Consecutive groups of datum indices, each within ``opts``' datum count and token budget.
 
@@ -81,15 +99,7 @@ def plan_micro_batches(lengths: Sequence[int], opts: MicroBatchOptions) -> list[
         return []
     if not opts.splits:
         return [list(range(n))]
-    if opts.max_tokens:
-        longest = max(lengths)
-        if longest > opts.max_tokens:
-            where = lengths.index(longest)
-            raise ConfigError(
-                f"max_tokens_per_micro_batch={opts.max_tokens} is smaller than the longest sequence in the batch "
-                f"({longest} tokens, datum {where}): one sequence is never split across passes. Set "
-                f"max_tokens_per_micro_batch to at least {longest} (or max_length, to cover every batch), or 0 for no budget."
-            )
+    check_longest_fits(lengths, opts.max_tokens)
     groups: list[list[int]] = []
     current: list[int] = []
     for i, length in enumerate(lengths):

@@ -53,3 +53,18 @@ def preflight(session: Any, options: Any = None) -> None:
         from kitchen.adapters.local.models.gguf import check_gguf_magic
 
         check_gguf_magic(model)
+
+
+def offline_tokenizer(session: Any, options: Any = None) -> Any:
+    """The tokenizer a session on ``session.base_model`` would use, loaded without weights.
+
+    None for a hub model that is not in the local cache: ``validate`` must not start a
+    multi-GB download just to count tokens (the run downloads it, then checks the data).
+    """
+    from kitchen.adapters.local.models import load_tokenizer, resolve_model
+
+    res = resolve_model(session.base_model, session.model_revision, offline_ok=True)
+    if res.kind == "hub" and not res.path:
+        return None
+    return load_tokenizer(session.base_model, cache_dir=(options or {}).get("cache_dir"),
+                          revision=session.model_revision, chat_template=session.chat_template)

@@ -7,8 +7,15 @@ from kitchen.adapters.noop.stores import (
 )
 from kitchen.adapters.noop.training import ByteTokenizer, NoopSamplingClient, NoopTrainingClient
 
+
+def byte_tokenizer(session: object = None, options: object = None) -> ByteTokenizer:
+    """The noop session's tokenizer (bytes), for validate and ``data inspect``."""
+    return ByteTokenizer()
+
+
 __all__ = [
     "ByteTokenizer",
+    "byte_tokenizer",
     "NoopBlobStore",
     "NoopHubClient",
     "NoopMetricsStore",
