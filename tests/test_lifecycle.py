@@ -107,6 +107,21 @@ def test_relative_run_dir_resumes_from_a_named_checkpoint(kitchen, tmp_path):
     assert r.code == 0 and started_from(tmp_path / "runs/try1") == 6, r
 
 
+def test_resume_does_not_log_the_resumed_steps_eval_twice(kitchen, tmp_path):
+    """The checkpoint records that its step was evaluated; the resume's "before" eval skips it."""
+    run = tmp_path / "run"
+    assert kitchen("run", *NOOP, "max_steps=2", "eval_every=2", "save_every=2", f"run_dir={run}").code == 0
+    r = kitchen("resume", str(run), "max_steps=4")
+    assert r.code == 0, r
+    evals = [row["step"] for row in read_jsonl(run / "metrics.jsonl") if row.get("split") == "test"]
+    assert evals == [0, 2, 4], evals
+    unevaluated = tmp_path / "run2"  # checkpointed at step 2 before the final eval, which then ran
+    assert kitchen("run", *NOOP, "max_steps=2", "eval_every=0", "save_every=2", f"run_dir={unevaluated}").code == 0
+    assert kitchen("resume", str(unevaluated), "max_steps=3").code == 0
+    evals = [row["step"] for row in read_jsonl(unevaluated / "metrics.jsonl") if row.get("split") == "test"]
+    assert evals == [0, 2, 3], evals  # the final eval at step 2 came after that checkpoint; it is not repeated
+
+
 def test_old_absolute_records_still_resume_after_a_move(kitchen, tmp_path):
     run_dir, moved = tmp_path / "old", tmp_path / "old-moved"
     assert kitchen("run", *NOOP, "max_steps=6", "save_every=3", f"run_dir={run_dir}").code == 0

@@ -72,6 +72,8 @@ def save_checkpoint(ctx: Context) -> None:
     name = f"step_{step:06d}"
     ref = ctx.training.save_state(name, step)
     record = {"name": name, "step": step, "path": ref.path, "epoch": ctx.progress.epoch, "time": time.time()}
+    if ctx.progress.last_eval_step == step:  # a resume from here must not evaluate this step again
+        record["evaluated"] = True
     if step in ctx.progress.data_positions:  # dataset_streaming: where the stream resumes
         record["data_position"] = ctx.progress.data_positions[step]
     commit = (ctx.metadata.get("session") or {}).get("model_commit")

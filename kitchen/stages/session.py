@@ -149,6 +149,15 @@ class Restore(Stage):
             ctx.emit(ev.RUN_WARNING, message=note)
         ctx.progress.step = record["step"]
         ctx.progress.last_checkpoint_step = record["step"]
+        if record.get("evaluated") or _eval_logged_at(ctx, record["step"]):
+            ctx.progress.last_eval_step = record["step"]  # the "before" eval skips it: its row is logged already
         if record.get("data_position"):  # a streamed dataset continues where this checkpoint left it
             ctx.progress.data_positions = {record["step"]: record["data_position"]}
         ctx.emit(ev.RUN_INFO, message=f"resumed from checkpoint {record['name']} at step {record['step']}")
+
+
+def _eval_logged_at(ctx: Context, step: int) -> bool:
+    """Whether metrics.jsonl holds a test row at ``step`` (the final eval comes after that step's checkpoint)."""
+    from kitchen.telemetry.metrics_store import read_metrics
+
+    return any(row.get("split") == "test" and row.get("step") == step for row in read_metrics(ctx.run_dir / "metrics.jsonl"))
