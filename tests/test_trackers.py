@@ -253,7 +253,9 @@ def _break(name: str, sink, monkeypatch) -> None:
         return call
 
     if name == "wandb":
-        import wandb.sdk.wandb_run as wandb_run
+        import wandb  # the package first: importing its wandb_run submodule alone is a circular import
+
+        wandb_run = wandb.sdk.wandb_run
 
         monkeypatch.setattr(wandb_run.Run, "log", failing(wandb_run.Run.log))
     elif name == "mlflow":
