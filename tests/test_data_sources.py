@@ -141,6 +141,8 @@ def test_hub_bad_split_subset_and_missing_repo_are_clear(kitchen, tmp_path, hub_
     assert r.code == 2 and "no subset 'nope'" in r.err and "Traceback" not in r.err, r
     r = kitchen("validate", *common, "dataset=kitchen-test/not-there", env=hub_env)
     assert r.code == 2 and "hf download kitchen-test/not-there --repo-type dataset" in r.err, r
+    where = " ".join(r.err.split())  # the paragraph names the caches the user's environment points at
+    assert f"downloads in {hub_env['HF_HUB_CACHE']}" in where and f"prepared datasets in {hub_env['HF_DATASETS_CACHE']}" in where, r
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
 
 

@@ -391,9 +391,12 @@ class HFDatasetStore:
 
     def _not_cached(self, name: str, exc: Exception) -> DataError:
         repo, _, config = name.partition(":")
-        cache = self.cache_dir or os.environ.get("HF_DATASETS_CACHE") or "~/.cache/huggingface/datasets"
+        from huggingface_hub import constants
+
+        prepared = self.cache_dir or os.environ.get("HF_DATASETS_CACHE") or str(Path(constants.HF_HOME) / "datasets")
         return DataError(
-            f"Dataset '{name}' is neither a local file nor in the local Hugging Face cache ({cache}), and it could not "
+            f"Dataset '{name}' is neither a local file nor in the local Hugging Face cache (downloads in "
+            f"{constants.HF_HUB_CACHE}, prepared datasets in {prepared}), and it could not "
             f"be downloaded ({type(exc).__name__}: {first_line(exc)}). Fetch it once on a machine with network: "
             f"hf download {repo} --repo-type dataset, or save it to a .jsonl file "
             "and point the recipe at that file. If you meant a local file, check the path and extension "
