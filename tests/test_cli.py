@@ -75,6 +75,21 @@ def test_runs_lists_past_runs(kitchen, tmp_path):
     assert "sl_basic" in r.out and "completed" in r.out and "4/4" in r.out
 
 
+def test_runs_shows_the_time_of_every_attempt(kitchen, tmp_path):
+    """A resumed run's duration is all its attempts', not the last one's (which duration_s keeps)."""
+    run = tmp_path / "runs" / "a"
+    assert kitchen("run", *NOOP, "max_steps=2", "save_every=2", f"run_dir={run}").code == 0
+    assert kitchen("resume", str(run), "max_steps=4").code == 0
+    info = json.loads((run / "run.json").read_text())
+    first, second = info["attempts"]
+    first["ended_at"] = first["started_at"] + 190  # pretend the attempts took 3:10 and 0:29
+    second["ended_at"] = second["started_at"] + 29
+    info["duration_s"] = 29
+    (run / "run.json").write_text(json.dumps(info))
+    r = kitchen("runs", str(tmp_path / "runs"))
+    assert r.code == 0 and "3:39 (2 attempts)" in r.out, r
+
+
 def test_user_recipe_dir_by_option_and_env(kitchen, tmp_path):
     mine = tmp_path / "my_recipes"
     mine.mkdir()

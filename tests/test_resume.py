@@ -105,4 +105,12 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(kitchen, tmp_
     records = [json.loads(line) for line in (run_dir / "checkpoints" / "checkpoints.jsonl").read_text().splitlines()]
     assert [c["step"] for c in records] == [4]
     assert (run_dir / "checkpoints" / "step_000004").is_dir()
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed" and info["step"] == 7, info
+    # with steps in flight (the default pipeline_depth) the record and `kitchen runs` still name the step that failed
+    deep = tmp_path / "nan-deep"
+    r = kitchen("run", "adapters=noop", "telemetry=jsonl", "max_steps=20", "pipeline_depth=2",
+                "adapters.training.nan_at_step=3", f"run_dir={deep}")
+    assert r.code == 2 and "loss became nan at step 3" in r.err, r
+    assert json.loads((deep / "run.json").read_text())["step"] == 3
+    assert "3/20" in kitchen("runs", str(deep)).out

@@ -15,6 +15,7 @@ from rich.tree import Tree
 
 from kitchen.config.spec import STRUCTURAL_KEYS, RunSpec, describe_fields, own_keys
 from kitchen.engine.ir import ConditionalNode, LoopNode, Node, ParallelNode, StageNode, Workflow
+from kitchen.runs.lifecycle import trained_seconds
 
 
 def _console() -> Console:
@@ -212,8 +213,10 @@ def print_runs(roots: Iterable[Path]) -> None:
         steps = f"{info.get('step', '-')}/{info.get('total_steps') or '-'}"
         started = info.get("started_at")
         started_s = time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if isinstance(started, (int, float)) else "-"
+        seconds, attempts = trained_seconds(info)  # every attempt's time, not only the last one's
+        duration = _duration(seconds) + (f" ({attempts} attempts)" if attempts > 1 else "")
         table.add_row(str(path), str(info.get("recipe", "-")), f"[{color}]{status}[/]", steps,
-                      _fmt(metrics.get("loss")), _fmt(metrics.get("test_nll")), _duration(info.get("duration_s")), started_s)
+                      _fmt(metrics.get("loss")), _fmt(metrics.get("test_nll")), duration, started_s)
     if count:
         console.print(table)
     else:

@@ -130,6 +130,8 @@ class StepPipeline:
             last = ctx.progress.last_checkpoint_step
             kept = (f"The last good checkpoint (step {last}) is kept; resume from it with resume=true after lowering learning_rate."
                     if last else "No checkpoint was written before it.")
+            ctx.progress.step = item.step  # the run stopped at this step, not at the later ones already in flight
+            self.queue.clear()
             raise TrainingDiverged(f"The loss became {loss} at step {item.step}. Training stopped. {kept}")
         now = item.done_at if item.done_at is not None else time.perf_counter()  # a callback may still be running
         self._tokens += item.input_tokens or item.tokens

@@ -123,6 +123,21 @@ def start_attempt(info: dict[str, Any], *, mode: str, started: float, resume_rec
     return attempt
 
 
+def trained_seconds(info: dict[str, Any]) -> tuple[float | None, int]:
+    """The wall time of all of a run's finished attempts, and how many attempts it had.
+
+    ``duration_s`` is the last attempt's alone; a run resumed twice spent the sum. A killed
+    attempt recorded no end, so it adds nothing (its length is unknown, not zero).
+    """
+    attempts = [a for a in info.get("attempts") or [] if isinstance(a, dict)]
+    spans = [a["ended_at"] - a["started_at"] for a in attempts
+             if isinstance(a.get("ended_at"), (int, float)) and isinstance(a.get("started_at"), (int, float))]
+    if not spans:
+        last = info.get("duration_s")
+        return (last if isinstance(last, (int, float)) else None), max(len(attempts), 1)
+    return sum(spans), len(attempts)
+
+
 def finish_attempt(rundir: RunDir, info: dict[str, Any], attempt: dict[str, Any], previous: dict[str, Any] | None) -> bool:
     """Write run.json at the end of an attempt.
 
