@@ -126,6 +126,37 @@ def test_noop_run_trains_on_kept_samples_and_the_sink_writes_them(tmp_path: Path
     assert all("eval_accuracy" in e and "eval_reward" in e for e in evals_of(run_dir))
 
 
+def _shown_in(line: str, output: list[str]) -> bool:
+    """Whether some output line holds ``line``'s pieces (split at the README's "...") in order."""
+    pieces = [p.strip() for p in line.split("...") if p.strip()]
+    for out in output:
+        at = 0
+        for piece in pieces:
+            at = out.find(piece, at)
+            if at < 0:
+                break
+            at += len(piece)
+        else:
+            return True
+    return False
+
+
+def test_the_readme_noop_transcript_is_what_the_command_prints(tmp_path: Path) -> None:
+    """The cookbook README shows a noop run and its kept.csv; both stay what kitchen really prints."""
+    text = (COOKBOOK / "README.md").read_text()
+    block = text[text.index("$ kitchen run recipe=rsft_basic max_steps=3 run_dir=/tmp/rs1"):]
+    block = block[:block.index("\n\n")].splitlines()
+    split = block.index("$ cat /tmp/rs1/kept.csv")
+    shown, csv_shown = block[1:split], block[split + 1:]
+    run_dir = tmp_path / "rs1"
+    r = run_kitchen("run", "recipe=rsft_basic", "max_steps=3", f"run_dir={run_dir}")
+    assert r.code == 0, r
+    output = (r.out + r.err).splitlines()
+    missing = [line for line in shown if not _shown_in(line, output)]
+    assert not missing, (missing, output)
+    assert (run_dir / "kept.csv").read_text().splitlines() == csv_shown
+
+
 def test_keep_threshold_and_keep_top_change_what_is_kept(tmp_path: Path) -> None:
     loose, none = tmp_path / "loose", tmp_path / "none"
     r = run_rsft(loose, "max_steps=2", "keep_threshold=0", "keep_top=2")
