@@ -50,6 +50,7 @@ from kitchen.config.spec import (
 from kitchen.engine.context import Context, Progress
 from kitchen.engine.ir import Workflow, conditional, every, loop, parallel, stage
 from kitchen.engine.pipeline import StepOutput, outside_training
+from kitchen.engine.record import RunRecord
 from kitchen.engine.stage import Stage
 from kitchen.errors import (
     BackendError,
@@ -110,6 +111,7 @@ from kitchen.telemetry.events import (
     WORKFLOW_START,
     WORKFLOW_STOP,
     Event,
+    RunStatus,
     Sink,
 )
 from kitchen.train.datum import build_preference_data, build_sft_data, datum_from_rendered, datum_from_sampled
@@ -123,7 +125,7 @@ __all__ = [
     # workflow IR and DSL
     "Workflow", "stage", "loop", "conditional", "parallel", "every",
     # stage contract
-    "Stage", "Context", "Progress", "StepOutput", "outside_training",
+    "Stage", "Context", "Progress", "RunRecord", "StepOutput", "outside_training",
     # config schema
     "RunSpec", "DatasetKeys", "ChatDataKeys", "BatchKeys", "SamplingKeys", "PolicyGradientKeys", "RolloutKeys",
     # parts by name
@@ -143,7 +145,7 @@ __all__ = [
     "build_sft_data", "build_preference_data", "datum_from_rendered", "datum_from_sampled",
     "teacher_samples_to_sft_rows", "last_user_text", "prompt_part",
     # telemetry
-    "Sink", "Event",
+    "Sink", "Event", "RunStatus",
     "WORKFLOW_START", "WORKFLOW_STOP", "WORKFLOW_EXCEPTION", "STAGE_START", "STAGE_STOP", "STAGE_EXCEPTION",
     "TRAINING_STEP", "TRAINING_EPOCH", "TRAINING_CHECKPOINT", "EVAL_START", "EVAL_STOP", "EVAL_RESULT",
     "SAMPLE", "RUN_INFO", "RUN_WARNING", "ARTIFACT_SAVED",

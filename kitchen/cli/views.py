@@ -16,6 +16,7 @@ from rich.tree import Tree
 from kitchen.config.spec import STRUCTURAL_KEYS, RunSpec, describe_fields, own_keys
 from kitchen.engine.ir import ConditionalNode, LoopNode, Node, ParallelNode, StageNode, Workflow
 from kitchen.runs.lifecycle import trained_seconds
+from kitchen.telemetry.events import RunStatus
 
 
 def _console() -> Console:
@@ -159,7 +160,7 @@ def print_validated(prepared: Any) -> None:
     rows = ""
     if data.has(ChatData) and data.use(ChatData).loaded is not None:
         rows = ", " + data.use(ChatData).summary()  # the detected format and row counts
-    note = data.metadata.get("model_note")
+    note = data.record.model_note
     console.print(f"[green]ok[/]: recipe {spec.recipe}, workflow {prepared.workflow.name}, adapters {spec.adapters.name}, "
                   f"model {spec.model}" + (f" ({note})" if note else "") + f"{rows}; would write to {spec.run_dir}")
 
@@ -207,9 +208,9 @@ def print_runs(roots: Iterable[Path]) -> None:
         count += 1
         metrics = info.get("final_metrics") or {}
         status = info.get("status", "?")
-        if status == "running" and not _alive(info.get("pid")):
-            status = "killed"  # it never recorded an ending; resume=true continues from its last checkpoint
-        color = {"completed": "green", "failed": "red", "interrupted": "yellow", "killed": "yellow", "running": "cyan"}.get(status, "white")
+        if status == RunStatus.RUNNING and not _alive(info.get("pid")):
+            status = RunStatus.KILLED  # it never recorded an ending; resume=true continues from its last checkpoint
+        color = known.color if (known := RunStatus.of(status)) else "white"
         steps = f"{info.get('step', '-')}/{info.get('total_steps') or '-'}"
         started = info.get("started_at")
         started_s = time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if isinstance(started, (int, float)) else "-"
@@ -249,11 +250,11 @@ def print_sweep_summary(records: list[dict[str, Any]]) -> int:
         table.add_column(col, overflow="fold")
     failed = 0
     for i, rec in enumerate(ordered):
-        status = str(rec.get("status") or "failed")
-        if status != "completed":
+        status = str(rec.get("status") or RunStatus.FAILED)
+        if status != RunStatus.COMPLETED:
             failed += 1
         metrics = rec.get("metrics") or {}
-        color = "green" if status == "completed" else "red"
+        color = RunStatus.COMPLETED.color if status == RunStatus.COMPLETED else RunStatus.FAILED.color
         row = [str(rec.get("job", "-")), " ".join(swept[i]), f"[{color}]{status}[/]", str(rec.get("step") if rec.get("step") is not None else "-")]
         if objective:
             row.append(_fmt(rec.get("objective")))

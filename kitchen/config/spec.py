@@ -208,6 +208,19 @@ class ChatDataKeys(DatasetKeys):
     train_on_what: TrainOnWhat = Field("last_assistant_message", description="which tokens of a conversation carry loss")
 
 
+def train_on_what_of(spec: object) -> TrainOnWhat:
+    """The tokens a workflow's rows train on: its ``train_on_what`` when it has chat data,
+    else (preference pairs: the response is the whole target) ChatDataKeys' default."""
+    if isinstance(spec, ChatDataKeys):
+        return spec.train_on_what
+    return ChatDataKeys.model_fields["train_on_what"].default
+
+
+def dataset_reading(spec: DatasetKeys) -> tuple[str, dict[str, str]]:
+    """How the rows are read: the format (``auto`` detects it) and the columns renamed to it."""
+    return spec.dataset_format or "auto", {k: v for k, v in (spec.dataset_columns or {}).items() if v}
+
+
 class BatchKeys(_Strict):
     """Workflows that walk a dataset in epochs of batches."""
 

@@ -111,7 +111,7 @@ def inspect_data(spec: Any, *, examples: int = 3, color: str = "auto", console=N
         raise ConfigError(f"Recipe '{spec.recipe}' (workflow {spec.workflow.name}) reads no dataset; nothing to inspect.")
     kind = data_kind(spec)
     store = build("adapters", dict(spec.adapters.dataset_store))
-    if getattr(spec, "dataset_streaming", False):  # never materialise a streamed train set: its first rows only
+    if spec.dataset_streaming:  # never materialise a streamed train set: its first rows only
         from kitchen.data.load import LoadedData, LoadedSplit
         from kitchen.data.stream import CHECKED_ROWS, load_test_split, open_train_stream
 

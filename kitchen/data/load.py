@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from kitchen.config.spec import dataset_reading
 from kitchen.errors import ConfigError, DataError
 from kitchen.train.formats import FormatChoice, NormalisedRows, choose_format
 
@@ -131,14 +132,13 @@ def load_training_rows(spec: Any, store: Any, kind: str | None = None) -> Loaded
     if not spec.dataset:
         raise ConfigError(f"Recipe '{spec.recipe}' needs a dataset: pass dataset=PATH (a JSONL, JSON, CSV or Parquet "
                           "file, a directory of shards, a save_to_disk directory, or a hub dataset name).")
-    fraction = float(getattr(spec, "test_split_fraction", 0.0) or 0.0)
+    fraction = float(spec.test_split_fraction or 0.0)
     if fraction and spec.test_dataset:
         raise ConfigError(
             f"test_split_fraction={fraction} carves the test set off the train set, but test_dataset={spec.test_dataset} "
             "is also set. Use one of them (pass ~test_dataset to drop the recipe's test set)."
         )
-    fmt = getattr(spec, "dataset_format", "auto") or "auto"
-    columns = {k: v for k, v in (getattr(spec, "dataset_columns", None) or {}).items() if v}
+    fmt, columns = dataset_reading(spec)
     train = load_split(store, spec.dataset, kind=kind, split=spec.dataset_split, subset=spec.dataset_subset,
                        fmt=fmt, columns=columns, prefer=("train",))
     if fraction:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from kitchen.config.spec import dataset_reading, train_on_what_of
 from kitchen.errors import ConfigError, DataError
 from kitchen.train.formats import FormatChoice, choose_format, normalize_rows
 
@@ -42,17 +43,17 @@ def check_streaming_spec(spec: Any, workflow_streams: bool) -> None:
             "only the supervised workflow streams its train set. Preference (DPO) caches reference log-probs per "
             "example and distillation samples prompts from the whole set. Set dataset_streaming=false."
         )
-    if not getattr(spec, "max_steps", None):
+    if not spec.max_steps:
         raise ConfigError(
-            f"dataset_streaming=true needs max_steps=N: a stream has no known length, so epochs={getattr(spec, 'epochs', 1)} "
+            f"dataset_streaming=true needs max_steps=N: a stream has no known length, so epochs={spec.epochs} "
             "cannot be turned into a number of steps. Set max_steps (the stream is read again, reshuffled, when a pass ends)."
         )
-    if float(getattr(spec, "test_split_fraction", 0.0) or 0.0):
+    if spec.test_split_fraction:
         raise ConfigError(
             f"test_split_fraction={spec.test_split_fraction} carves a test set off the whole train set, which "
             "dataset_streaming=true never holds. Give a test_dataset= instead, or set dataset_streaming=false."
         )
-    if getattr(spec, "length_grouped", False):
+    if spec.length_grouped:
         raise ConfigError(
             "length_grouped=true sorts the whole train set by length, which dataset_streaming=true never holds. "
             "Set length_grouped=false (or dataset_streaming=false)."
@@ -142,14 +143,12 @@ def open_train_stream(spec: Any, store: Any, kind: str = "sft") -> TrainStream:
     first = list(itertools.islice(_translated(iter(dataset), spec.dataset), CHECKED_ROWS))
     if not first:
         raise DataError(f"The dataset {spec.dataset} is empty: it has no rows. Add at least one example.")
-    fmt = getattr(spec, "dataset_format", "auto") or "auto"
-    columns = {k: v for k, v in (getattr(spec, "dataset_columns", None) or {}).items() if v}
+    fmt, columns = dataset_reading(spec)
     origins = [row_origin(row) for row in first]  # the format is detected from the row as written
     choice = choose_format(spec.dataset, first[0], fmt, kind, columns)
     rows = [_normalised({**row, ROW_ORIGIN: origin} if origin else row, choice, spec.dataset, kind, f"row {i}")
             for i, (row, origin) in enumerate(zip(first, origins))]
-    check_rows(rows, "preference" if kind == "preference" else "chat", spec.dataset,
-               getattr(spec, "train_on_what", "last_assistant_message"))
+    check_rows(rows, "preference" if kind == "preference" else "chat", spec.dataset, train_on_what_of(spec))
     return TrainStream(dataset, spec.dataset, choice, kind, spec.seed, spec.dataset_shuffle_buffer, rows,
                        known_num_rows(dataset))
 
@@ -160,8 +159,7 @@ def load_test_split(spec: Any, store: Any, kind: str = "sft") -> Any:
 
     if not spec.test_dataset:
         return LoadedSplit([])
-    fmt = getattr(spec, "dataset_format", "auto") or "auto"
-    columns = {k: v for k, v in (getattr(spec, "dataset_columns", None) or {}).items() if v}
+    fmt, columns = dataset_reading(spec)
     return load_split(store, spec.test_dataset, kind=kind, split=spec.test_dataset_split, subset=spec.test_dataset_subset,
                       fmt=fmt, columns=columns, prefer=("test", "validation", "valid", "eval", "train"))
 

@@ -13,7 +13,10 @@ same object. A user's stage keeps its state the same way::
     def keep_best(ctx: Context) -> None:
         ctx.use(Kept).rows.append(...)
 
-There are no string keys to misspell, and a type checker sees every field.
+There are no string keys to misspell, and a type checker sees every field. What stages
+learn for run.json goes in the typed :class:`~kitchen.engine.record.RunRecord`
+(``ctx.record``). The context is generic over the workflow's config class, so a stage
+annotated ``ctx: Context[PreferenceConfig]`` reads ``ctx.spec.dpo_beta`` with its type.
 """
 
 from __future__ import annotations
@@ -21,17 +24,18 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kitchen.engine.pipeline import StepPipeline
+from kitchen.engine.record import RunRecord
 from kitchen.telemetry.events import EventBus
 
 if TYPE_CHECKING:
-    from kitchen.config.spec import RunSpec
     from kitchen.ports.stores import DatasetStore
     from kitchen.ports.training import TrainingClient
 
 T = TypeVar("T")
+SpecT = TypeVar("SpecT")  # the workflow's config class (a RunSpec subclass, or a mixin of keys it has)
 
 
 @dataclass
@@ -40,7 +44,6 @@ class Adapters:
 
     training: "TrainingClient"
     dataset_store: "DatasetStore"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,16 +62,16 @@ class Progress:
     stage_time: dict[str, float] = field(default_factory=dict)  # seconds per looped stage
 
 
-class Context:
-    def __init__(self, spec: "RunSpec", adapters: Adapters | None, bus: EventBus, run_dir: Path) -> None:
-        self.spec = spec
+class Context(Generic[SpecT]):
+    def __init__(self, spec: SpecT, adapters: Adapters | None, bus: EventBus, run_dir: Path) -> None:
+        self.spec: SpecT = spec
         self.adapters = adapters
         self.bus = bus
         self.run_dir = run_dir
         self.progress = Progress()
         self.pipeline = StepPipeline(self)
         self.metrics: dict[str, float] = {}  # the latest value of each reported metric (run.json's final_metrics)
-        self.metadata: dict[str, Any] = {}  # facts recorded in run.json (session, data stats)
+        self.record = RunRecord()  # facts recorded in run.json (session, data stats, evals, final weights)
         self.stop_requested = False
         self._state: dict[type, Any] = {}
         self._lock = threading.Lock()

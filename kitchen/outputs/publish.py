@@ -15,21 +15,17 @@ from kitchen.outputs.model_card import write_cards
 from kitchen.telemetry import events as ev
 
 
-def run_data_stats(metadata: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.to_dict() for k, v in metadata.items() if k.endswith("_data_stats") and hasattr(v, "to_dict")}
-
-
 def finish_final(ctx: Any, where: str) -> None:
     spec = ctx.spec.model_dump(mode="json")
-    session = ctx.metadata.get("session") or {}
+    session = ctx.record.session
     metrics = {k: v for k, v in ctx.metrics.items() if isinstance(v, (int, float))}
     if (Path(where) / "config.json").is_file():
         write_cards(where, spec=spec, base=session.get("base"), metrics=metrics,
-                    data_stats=run_data_stats(ctx.metadata), step=ctx.step)
-    repo = getattr(ctx.spec, "push_to_hub", None)
+                    data_stats=ctx.record.data_stats_fields(), step=ctx.step)
+    repo = ctx.spec.push_to_hub
     if repo:
         url = push(where, repo)
-        ctx.metadata["pushed_to"] = url
+        ctx.record.pushed_to = url
         ctx.emit(ev.RUN_INFO, message=f"pushed {where} to the hub: {url}")
 
 

@@ -103,6 +103,19 @@ def check_world_size(batch_size: int, world: int, what: str = "batch_size") -> N
         )
 
 
+def check_batch_split(spec: Any, world: int | None = None) -> None:
+    """A workflow with a batch of rows (``BatchKeys``) needs a world size that divides it;
+    ``world`` defaults to the one ``distributed.*`` asks for."""
+    from kitchen.config.spec import BatchKeys
+
+    if not isinstance(spec, BatchKeys):  # RL and distillation split groups, not a batch of rows
+        return
+    if world is None:
+        d = spec.distributed
+        world = d.nproc_per_node * (int(d.nnodes) if str(d.nnodes).isdigit() else 1)
+    check_world_size(spec.batch_size, world)
+
+
 def launch(nproc_per_node: int, argv: Sequence[str], *, nnodes: str = "1", rdzv_endpoint: str | None = None,
            rdzv_backend: str | None = None, node_rank: int | None = None, max_restarts: int = 0) -> int:
     """Start ``python -m kitchen <argv>`` on ``nproc_per_node`` processes through torch.distributed.run.
@@ -146,8 +159,7 @@ def join_run(spec: Any) -> Any:
     The run dir is rank 0's (a ``${now:...}`` default would otherwise differ per rank).
     """
     ensure_process_group()
-    if getattr(spec, "batch_size", None):
-        check_world_size(spec.batch_size, world_size())
+    check_batch_split(spec, world_size())
     run_dir = broadcast_object(spec.run_dir)
     return spec.model_copy(update={"run_dir": run_dir}) if run_dir != spec.run_dir else spec
 
@@ -161,14 +173,15 @@ def launch_run(spec: Any, argv: Sequence[str] | None = None, *, pin_run_dir: boo
     returns the job's status for the CLI.
     """
     d = spec.distributed
-    if getattr(spec, "batch_size", None):
-        check_world_size(spec.batch_size, d.nproc_per_node * (int(d.nnodes) if d.nnodes.isdigit() else 1))
+    check_batch_split(spec)
     args = list(sys.argv[1:] if argv is None else argv)
     if pin_run_dir:
         args = [a for a in args if not a.startswith("run_dir=")] + [f"run_dir={spec.run_dir}"]
     code = launch(d.nproc_per_node, args, nnodes=d.nnodes, rdzv_endpoint=d.rdzv_endpoint,
                   rdzv_backend=d.rdzv_backend, node_rank=d.node_rank)
-    status = {0: "completed", 130: "interrupted"}.get(code, "failed")
+    from kitchen.telemetry.events import RunStatus
+
+    status = {0: RunStatus.COMPLETED, 130: RunStatus.INTERRUPTED}.get(code, RunStatus.FAILED)
     info = run_info(spec.run_dir)
     return {"status": status, "run_dir": spec.run_dir, "exit_code": code, "step": info.get("step", 0),
             "metrics": dict(info.get("final_metrics") or {}), "error": info.get("error")}

@@ -33,7 +33,7 @@ VERSIONED_PACKAGES = ("crucible-kitchen", "torch", "transformers", "peft", "hydr
 
 @dataclass
 class RunResult:
-    status: str
+    status: ev.RunStatus
     run_dir: str
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -42,9 +42,9 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        if self.status == "interrupted" and self.signum:
+        if self.status == ev.RunStatus.INTERRUPTED and self.signum:
             return 128 + self.signum
-        return {"completed": EXIT_OK, "interrupted": EXIT_INTERRUPTED}.get(self.status, EXIT_ERROR)
+        return {ev.RunStatus.COMPLETED: EXIT_OK, ev.RunStatus.INTERRUPTED: EXIT_INTERRUPTED}.get(self.status, EXIT_ERROR)
 
 
 def build_training(spec: RunSpec) -> Any:
@@ -201,7 +201,7 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
     info: dict[str, Any] = dict(previous or {})
     attempt = lifecycle.start_attempt(info, mode=mode, started=started, resume_record=resume_record)
     info.update(
-        status="running",
+        status=ev.RunStatus.RUNNING,
         recipe=spec.recipe,
         workflow=spec.workflow.name,
         adapters=spec.adapters.name,
@@ -222,7 +222,7 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
     except OSError as exc:
         bus.close()
         raise lifecycle.as_user_error(exc, rundir) from None
-    status, error, raised = "failed", None, None
+    status, error, raised = ev.RunStatus.FAILED, None, None
     stopper = _GracefulStop(ctx)
     try:
         with stopper:
@@ -232,9 +232,9 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
                     model=spec.model, backend=spec.adapters.name, resumed_from_step=(resume_record or {}).get("step", 0),
                 )
                 runner.run(ctx)
-                status = "completed"
+                status = ev.RunStatus.COMPLETED
             except (StopRun, KeyboardInterrupt):
-                status = "interrupted"
+                status = ev.RunStatus.INTERRUPTED
                 if ctx.step > 0:
                     from kitchen.stages.checkpoint import save_checkpoint
 
@@ -254,14 +254,7 @@ def _execute_locked(spec: RunSpec, workflow: Any, rundir: RunDir, ctx: Context, 
         final = {k: v for k, v in ctx.metrics.items() if isinstance(v, (int, float))}
         info.update(status=status, ended_at=ended, duration_s=ended - started, step=ctx.step,
                     total_steps=ctx.progress.total_steps, final_metrics=final, error=error,
-                    eval_history=ctx.metadata.get("eval_history", []),
-                    data_stats={k: v.to_dict() for k, v in ctx.metadata.items() if k.endswith("_data_stats") and hasattr(v, "to_dict")})
-        session = ctx.metadata.get("session") or {}  # the base the weights truly came from
-        if session.get("base"):
-            info.update(model_base=session["base"], model_revision=session.get("model_revision"),
-                        model_commit=session.get("model_commit"))
-        if ctx.metadata.get("pushed_to"):
-            info["pushed_to"] = ctx.metadata["pushed_to"]
+                    **ctx.record.run_json_fields())
         # record this attempt; a failed one never rewrites an earlier completed record,
         # and a run.json that does not fit on a full disk keeps its previous contents.
         if not lifecycle.finish_attempt(rundir, info, attempt, previous) and raised is not None:

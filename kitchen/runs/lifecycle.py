@@ -24,6 +24,7 @@ from kitchen.io.secrets import redact_argv, redact_urls
 from kitchen.runs.diskfull import DiskFullError, disk_full_error, is_disk_full
 from kitchen.runs.lock import RunLock
 from kitchen.runs.rundir import RunDir
+from kitchen.telemetry.events import RunStatus
 
 # -------------------------------------------------------------------------- run_dir path
 
@@ -110,7 +111,7 @@ def start_attempt(info: dict[str, Any], *, mode: str, started: float, resume_rec
     attempt = {
         "attempt": len(attempts) + 1,
         "mode": mode,
-        "status": "running",
+        "status": RunStatus.RUNNING,
         "started_at": started,
         "ended_at": None,
         "resumed_from": (resume_record or {}).get("name"),
@@ -148,7 +149,7 @@ def finish_attempt(rundir: RunDir, info: dict[str, Any], attempt: dict[str, Any]
     """
     attempt.update(status=info.get("status"), ended_at=info.get("ended_at"), step=info.get("step"), error=info.get("error"))
     record = info
-    if info.get("status") == "failed" and previous and previous.get("status") == "completed":
+    if info.get("status") == RunStatus.FAILED and previous and previous.get("status") == RunStatus.COMPLETED:
         record = dict(previous)
         record["attempts"] = info["attempts"]
     try:

@@ -35,21 +35,12 @@ def check_push_online(repo: str | None) -> None:
         )
 
 
-def check_batch_split(spec: Any) -> None:
-    """The launched world size must divide batch_size (each rank takes an equal share)."""
-    batch = getattr(spec, "batch_size", None)  # only some workflows have a batch of rows
-    d = spec.distributed
-    nodes = int(d.nnodes) if str(d.nnodes).isdigit() else 1
-    if batch:
-        from kitchen.runs.distributed import check_world_size
-
-        check_world_size(batch, d.nproc_per_node * nodes)
-
-
 def check_run_options(spec: Any) -> None:
     check_mirror_url(spec.checkpoint_mirror)
     check_push_online(spec.push_to_hub)
+    from kitchen.runs.distributed import check_batch_split  # the world size must divide batch_size
+
     check_batch_split(spec)
 
 
-__all__ = ["check_batch_split", "check_mirror_url", "check_push_online", "check_run_options"]
+__all__ = ["check_mirror_url", "check_push_online", "check_run_options"]

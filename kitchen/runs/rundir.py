@@ -29,9 +29,7 @@ from typing import Any
 
 from kitchen.errors import RunDirError
 from kitchen.io.atomic import atomic_write_text
-
-FINISHED = "completed"
-
+from kitchen.telemetry.events import RunStatus
 
 # Temporary names left behind by a killed write: ``.step_000010.tmp-abc123`` (local
 # backend), ``.step_000010.tmp`` (noop), ``.run.json.tmp-1234`` (atomic_write_text).
@@ -246,12 +244,12 @@ class RunDir:
             return "resume"
         if not occupied:
             return "fresh"
-        if info and info.get("status") in ("failed", "interrupted") and not info.get("step") and not self.list_checkpoints():
+        if info and info.get("status") in (RunStatus.FAILED, RunStatus.INTERRUPTED) and not info.get("step") and not self.list_checkpoints():
             return "fresh"  # an attempt that failed before its first step holds nothing worth protecting
         if overwrite:
             return "overwrite"
         status = (info or {}).get("status", "unknown")
-        what = "a finished run" if status == FINISHED else f"an unfinished run (status: {status})"
+        what = "a finished run" if status == RunStatus.COMPLETED else f"an unfinished run (status: {status})"
         steps = (info or {}).get("step")
         detail = f" of recipe {info.get('recipe')}" if info and info.get("recipe") else ""
         detail += f" at step {steps}" if steps is not None else ""

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kitchen.telemetry.events import RunStatus
 from kitchen.telemetry.sinks import SWEEP_JOB_ENV  # the console prefixes its lines with the job number
 
 SWEEP_LOG_ENV = "KITCHEN_SWEEP_LOG"
@@ -92,7 +93,7 @@ def sweep_task(cfg: Any) -> Any:
     objective = cfg.get("objective") if hasattr(cfg, "get") else None
     mode = (cfg.get("objective_mode") if hasattr(cfg, "get") else None) or "min"
     record: dict[str, Any] = {"job": job, "overrides": list(hc.overrides.task), "run_dir": run_dir,
-                              "status": "failed", "step": None, "metrics": {}, "objective": None, "error": None}
+                              "status": RunStatus.FAILED, "step": None, "metrics": {}, "objective": None, "error": None}
     os.environ[SWEEP_JOB_ENV] = str(job)
     try:
         data = to_container(cfg)
@@ -116,11 +117,11 @@ def sweep_task(cfg: Any) -> Any:
     finally:
         os.environ.pop(SWEEP_JOB_ENV, None)
     if objective:
-        value = final_metric(record["metrics"], run_dir, objective) if record["status"] == "completed" else None
+        value = final_metric(record["metrics"], run_dir, objective) if record["status"] == RunStatus.COMPLETED else None
         if value is not None and math.isnan(value):
             value = None
-        if value is None and record["status"] == "completed":
-            record["status"] = "failed"
+        if value is None and record["status"] == RunStatus.COMPLETED:
+            record["status"] = RunStatus.FAILED
             record["error"] = (f"objective={objective} is not a metric of this run; its final metrics are: "
                                f"{', '.join(sorted(record['metrics'])) or 'none'}.")
         record.update(objective=value, objective_name=objective, objective_mode=mode)
@@ -143,7 +144,7 @@ def _run_on_ranks(spec: Any, overrides: list[str]) -> dict[str, Any]:
     argv = ["run", *(a for d in dirs for a in ("--recipes-dir", d)), *overrides]
     out = distributed.launch_run(spec, argv)
     error = out["error"]
-    if out["status"] != "completed" and not error:
+    if out["status"] != RunStatus.COMPLETED and not error:
         error = f"the job's ranks exited with code {out['exit_code']} (their errors are on the console above)"
     return {"status": out["status"], "step": out["step"], "metrics": out["metrics"], "error": error}
 

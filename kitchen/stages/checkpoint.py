@@ -27,7 +27,7 @@ class Mirror:
 
 def mirror(ctx: Context, *paths: str | Path) -> None:
     """Copy files or folders of the run dir to ``checkpoint_mirror`` (no-op when unset or not local)."""
-    url = getattr(ctx.spec, "checkpoint_mirror", None)
+    url = ctx.spec.checkpoint_mirror
     if not url:
         return
     from kitchen.adapters.blobs import open_blob_store, put_tree
@@ -76,7 +76,7 @@ def save_checkpoint(ctx: Context) -> None:
         record["evaluated"] = True
     if step in ctx.progress.data_positions:  # dataset_streaming: where the stream resumes
         record["data_position"] = ctx.progress.data_positions[step]
-    commit = (ctx.metadata.get("session") or {}).get("model_commit")
+    commit = ctx.record.model_commit
     if commit:  # the hub commit these weights were trained against: a resume loads exactly it
         record["base_model"] = {"model": ctx.spec.model, "revision": ctx.spec.model_revision, "commit": commit}
     rundir = RunDir(ctx.run_dir)
@@ -100,7 +100,7 @@ class SaveWeights(Stage):
     @outside_training
     def execute(self, ctx: Context) -> None:
         where = ctx.training.save_weights(str(RunDir(ctx.run_dir).final))
-        ctx.metadata["final_weights"] = where
+        ctx.record.final_weights = where
         mirror(ctx, where)
         ctx.emit(ev.RUN_INFO, message=f"final weights: {where}")
         from kitchen.outputs.publish import finish_final  # model cards (recipe, data, final metrics) and push_to_hub

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from kitchen.config.spec import train_on_what_of
 from kitchen.data.checks import check_rows
 from kitchen.engine.context import Context
 from kitchen.engine.stage import Stage
@@ -57,12 +58,12 @@ class LoadDataset(Stage):
         from kitchen.data.load import load_training_rows  # formats, splits, subsets, columns, test_split_fraction
 
         data = ctx.use(ChatData)
-        if getattr(spec, "dataset_streaming", False):
+        if spec.dataset_streaming:
             self._open_stream(ctx, data)
             return
         data.loaded = load_training_rows(spec, ctx.adapters.dataset_store, kind="preference" if self.kind == "preference" else "sft")
         data.train_rows, data.test_rows = data.loaded.train.rows, data.loaded.test.rows
-        train_on_what = getattr(spec, "train_on_what", "last_assistant_message")
+        train_on_what = train_on_what_of(spec)
         for part in (data.loaded.train, data.loaded.test):
             check_rows(part.rows, self.kind, str(part.source), train_on_what)
 
@@ -75,7 +76,7 @@ class LoadDataset(Stage):
         check_streaming_spec(spec, self.streams)
         data.stream = open_train_stream(spec, ctx.adapters.dataset_store, kind)
         test = load_test_split(spec, ctx.adapters.dataset_store, kind)
-        check_rows(test.rows, self.kind, str(test.source), getattr(spec, "train_on_what", "last_assistant_message"))
+        check_rows(test.rows, self.kind, str(test.source), train_on_what_of(spec))
         train = LoadedSplit([], spec.dataset, data.stream.format, None, {"streaming": True})
         data.loaded = LoadedData(train, test)
         data.train_rows, data.test_rows = data.stream.first_rows, test.rows
@@ -105,9 +106,9 @@ def tokenize_splits(ctx: Context, cached: Callable[..., Any], noun: str) -> None
         rows = part.rows
         items, stats, hit = cached(part.source, lambda rows=rows: rows, session.tokenizer, session.renderer,
                                    source_fingerprint=part.fingerprint, extra=part.extra,
-                                   num_proc=getattr(spec, "tokenize_num_proc", 1))
+                                   num_proc=spec.tokenize_num_proc)
         setattr(data, split, items)
-        ctx.metadata[f"{split}_data_stats"] = stats
+        ctx.record.data_stats[split] = stats
         ctx.emit(ev.RUN_INFO, message=f"{split}: {len(items)} {noun} tokenized" + (" (from cache)" if hit else ""))
         if stats.truncated or stats.dropped_empty:
             ctx.emit(
@@ -150,7 +151,7 @@ def check_tokens_before_run(ctx: Context, cached: Callable[..., Any], noun: str)
     part = data.loaded.train
     items, _, _ = cached(part.source, lambda: part.rows, tokenizer, make_renderer(spec, tokenizer),
                          source_fingerprint=part.fingerprint, extra=part.extra,
-                         num_proc=getattr(spec, "tokenize_num_proc", 1))
+                         num_proc=spec.tokenize_num_proc)
     if not items:
         raise _nothing_to_train(spec, noun)
     check_longest_fits(sequence_lengths(items), spec.max_tokens_per_micro_batch, where=f"in {part.source}",
@@ -185,7 +186,7 @@ class PlanBatches(Stage):
 
             data.plan = StreamPlan(data.stream.rows_for_epoch, ctx.use(Session).renderer, spec.batch_size, spec.max_steps,
                                    str(spec.dataset))
-            ctx.metadata["train_data_stats"] = data.plan.stats  # counts the rows as they are tokenized
+            ctx.record.data_stats["train"] = data.plan.stats  # counts the rows as they are tokenized
             ctx.progress.total_steps = data.plan.total_steps
             return
         lengths = tuple(item_length(d) for d in data.train) if spec.length_grouped else None

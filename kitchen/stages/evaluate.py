@@ -24,7 +24,6 @@ from kitchen.telemetry import events as ev
 @dataclass
 class Evaluation:
     evaluators: list[tuple[str, Any]] = field(default_factory=list)  # (name for messages, evaluator)
-    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,8 +78,7 @@ class Evaluate(Stage):
             return
         ctx.progress.last_eval_step = ctx.step
         if metrics:
-            state.history.append((ctx.step, metrics))
-            ctx.metadata["eval_history"] = [{"step": s, **m} for s, m in state.history]
+            ctx.record.eval_history.append({"step": ctx.step, **metrics})
             ctx.metrics.update(metrics)
             ctx.emit(ev.EVAL_RESULT, step=ctx.step, split="test", metrics=metrics)
         ctx.emit(ev.EVAL_STOP, step=ctx.step, duration_s=time.perf_counter() - t0)

@@ -18,7 +18,7 @@ One DPO step::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from kitchen.engine.context import Context
 from kitchen.engine.pipeline import StepOutput
@@ -28,6 +28,9 @@ from kitchen.ports.types import Datum
 from kitchen.stages.data import ChatData, check_tokens_before_run, tokenize_splits
 from kitchen.stages.rollouts import full_sequence
 from kitchen.telemetry import events as ev
+
+if TYPE_CHECKING:  # typed keys of the workflow's config (dpo_beta...), no import at run time
+    from kitchen.workflows.preference import PreferenceConfig
 
 # The cross_entropy surrogate's own numbers (its "loss" divides by a weight sum of ~0).
 SURROGATE_METRICS = ("loss:sum", "loss:mean", "num_tokens")
@@ -53,7 +56,7 @@ def reweight(datum: Datum, weight: float) -> Datum:
     return Datum(datum.model_input, inputs)
 
 
-def reference_sums(ctx: Context, split: str, indices: Sequence[int], pairs: Sequence[tuple[Datum, Datum]]) -> list[tuple[float, float]]:
+def reference_sums(ctx: Context[PreferenceConfig], split: str, indices: Sequence[int], pairs: Sequence[tuple[Datum, Datum]]) -> list[tuple[float, float]]:
     """``(ref_chosen, ref_rejected)`` summed completion logprobs per pair, computed once per example."""
     state = ctx.use(PreferenceState)
     cache = state.ref_cache
@@ -86,12 +89,12 @@ def policy_sums(training: Any, pairs: Sequence[tuple[Datum, Datum]], batch_size:
 class TokenizePreferences(Stage):
     """Render preference rows into (chosen, rejected) datum pairs once; the token cache makes a second run free."""
 
-    def validate(self, ctx: Context) -> None:
+    def validate(self, ctx: Context[PreferenceConfig]) -> None:
         from kitchen.data.token_cache import cached_preference_data
 
         check_tokens_before_run(ctx, cached_preference_data, "preference pairs")
 
-    def execute(self, ctx: Context) -> None:
+    def execute(self, ctx: Context[PreferenceConfig]) -> None:
         from kitchen.data.token_cache import cached_preference_data
 
         tokenize_splits(ctx, cached_preference_data, "preference pairs")
@@ -101,7 +104,7 @@ class TokenizePreferences(Stage):
 class ReferenceLogprobs(Stage):
     """The batch's summed completion logprobs under the frozen base model (cached per example)."""
 
-    def execute(self, ctx: Context) -> None:
+    def execute(self, ctx: Context[PreferenceConfig]) -> None:
         data = ctx.use(ChatData)
         ctx.use(PreferenceState).ref_sums = reference_sums(ctx, "train", data.batch.indices, data.batch_items())
 
@@ -109,7 +112,7 @@ class ReferenceLogprobs(Stage):
 class PolicyLogprobs(Stage):
     """A fresh ``forward`` at the current weights: the batch's summed completion logprobs."""
 
-    def execute(self, ctx: Context) -> None:
+    def execute(self, ctx: Context[PreferenceConfig]) -> None:
         ctx.pipeline.drain()  # the weights must include every finished step
         ctx.use(PreferenceState).policy_sums = policy_sums(ctx.training, ctx.use(ChatData).batch_items(), ctx.spec.batch_size)
 
@@ -117,7 +120,7 @@ class PolicyLogprobs(Stage):
 class DPOStep(Stage):
     """dpo_loss and its metrics, and the cross_entropy weights that carry the DPO gradient."""
 
-    def execute(self, ctx: Context) -> StepOutput:
+    def execute(self, ctx: Context[PreferenceConfig]) -> StepOutput:
         from kitchen.train.dpo import dpo_loss, dpo_token_weights
 
         beta, state = ctx.spec.dpo_beta, ctx.use(PreferenceState)
@@ -146,7 +149,7 @@ class DPOStep(Stage):
 class HeldOutDPO:
     """Held-out DPO loss, accuracy and margin against the frozen reference."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context[PreferenceConfig]) -> None:
         self.ctx = ctx
 
     def __call__(self, env: EvalEnv) -> EvalResult:
@@ -161,7 +164,7 @@ class HeldOutDPO:
         return EvalResult({"eval_dpo_loss": result.loss, "eval_dpo_accuracy": result.accuracy, "eval_dpo_margin": result.margin})
 
 
-def preference_evaluators(ctx: Context) -> list[Any]:
+def preference_evaluators(ctx: Context[PreferenceConfig]) -> list[Any]:
     """Held-out DPO metrics (when there is a test set) and greedy previews of the first prompts."""
     from kitchen.evaluators import GreedyPreview
 

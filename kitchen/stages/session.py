@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from kitchen.config.spec import train_on_what_of
 from kitchen.engine.context import Context
 from kitchen.engine.stage import Stage
 from kitchen.ports.types import CheckpointRef, LoraConfig, SessionConfig
@@ -14,11 +15,11 @@ from kitchen.telemetry import events as ev
 
 @dataclass
 class Session:
-    """The open backend session: its tokenizer, the renderer built for it, and its facts."""
+    """The open backend session: its tokenizer and the renderer built for it (what the
+    backend said it loaded is ``ctx.record.session``)."""
 
     tokenizer: Any = None
     renderer: Any = None
-    facts: dict[str, Any] = field(default_factory=dict)
 
 
 def session_config(spec) -> SessionConfig:
@@ -65,7 +66,7 @@ def make_renderer(spec, tokenizer: Any) -> Any:
     from kitchen.config.instantiate import build
 
     return build("renderers", spec.renderer, tokenizer=tokenizer,
-                 train_on_what=getattr(spec, "train_on_what", "last_assistant_message"), max_length=spec.max_length)
+                 train_on_what=train_on_what_of(spec), max_length=spec.max_length)
 
 
 class OpenSession(Stage):
@@ -79,7 +80,7 @@ class OpenSession(Stage):
         )
 
         resolve("renderers", ctx.spec.renderer)
-        ctx.metadata["model_note"] = check_models(ctx.spec)
+        ctx.record.model_note = check_models(ctx.spec)
         check = ctx.spec.adapters.preflight
         if check:
             from kitchen.config.catalog import load_target
@@ -100,9 +101,8 @@ class OpenSession(Stage):
         facts = client.start_session(config)
         for message in facts.pop("warnings", None) or []:  # backend warnings (e.g. lora_rank > hidden size)
             ctx.emit(ev.RUN_WARNING, message=message)
-        ctx.metadata["session"] = facts
+        ctx.record.session = facts
         session = ctx.use(Session)
-        session.facts = facts
         session.tokenizer = client.get_tokenizer()
         session.renderer = make_renderer(ctx.spec, session.tokenizer)
         shown = ("model", "device", "dtype", "threads", "lora_rank", "trainable_params", "total_params", "load_seconds",

@@ -48,6 +48,7 @@ from kitchen.telemetry.events import (
     WORKFLOW_START,
     WORKFLOW_STOP,
     Event,
+    RunStatus,
 )
 
 # training.step keys that have their own column; any other numeric key is an "extra" metric.
@@ -365,7 +366,8 @@ class ConsoleSink:
 
     def _on_stop(self, d: Mapping[str, Any]) -> None:
         if self.live:
-            failed = d.get("status") not in ("completed", "interrupted")
+            status = RunStatus.of(d.get("status"))
+            failed = not (status and status.finished_well)
             if self._pending and self._last is not None and not failed:
                 self._update_progress(self._last, time.monotonic())
             self._stop_progress(clear=failed)  # a failed run's bar is stale: clear it
@@ -517,7 +519,7 @@ class ConsoleSink:
         # traceback, or the sweep summary), not repeated here.
 
         if self.live:
-            color = {"completed": "green", "failed": "red", "interrupted": "yellow"}.get(status, "white")
+            color = known.color if (known := RunStatus.of(status)) else "white"
             table = Table(title=f"{escape(self._workflow)} summary", show_header=False, title_style="bold", box=None, padding=(0, 2))
             table.add_column(style="bold")
             table.add_column()

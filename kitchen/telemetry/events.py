@@ -11,6 +11,7 @@ import errno
 import logging
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Callable, Protocol
 
 log = logging.getLogger("kitchen.telemetry")
@@ -32,6 +33,44 @@ SAMPLE = "sample.completion"  # a sampled completion shown to the user (before/a
 RUN_INFO = "run.info"  # free-form notes: model loaded, resume point, warnings
 RUN_WARNING = "run.warning"
 ARTIFACT_SAVED = "artifact.saved"  # files worth tracking were written (path, kind="weights"...)
+
+
+
+class RunStatus(StrEnum):
+    """How a run (an attempt) ended: ``workflow.stop``'s ``status`` and run.json's.
+
+    A ``StrEnum``, so it is its value wherever a string is expected: JSON, logs and the
+    run.json written before this type existed read and compare the same.
+    """
+
+    RUNNING = "running"  # started, no ending recorded yet
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # Ctrl-C / SIGTERM: checkpointed, resumable
+    KILLED = "killed"  # shown by `kitchen runs` for a "running" record whose process is gone
+
+    @property
+    def finished_well(self) -> bool:
+        """Whether the run ended on purpose (completed, or stopped by the user)."""
+        return self in (RunStatus.COMPLETED, RunStatus.INTERRUPTED)
+
+    @property
+    def color(self) -> str:
+        """The colour the console summary, `kitchen runs` and sweep tables show it in."""
+        return _STATUS_COLORS[self]
+
+    @classmethod
+    def of(cls, value: Any) -> "RunStatus | None":
+        """``value`` (a run.json or event field) as a status; None when it is none of them."""
+        try:
+            return cls(value)
+        except ValueError:
+            return None
+
+
+_STATUS_COLORS = {RunStatus.RUNNING: "cyan", RunStatus.COMPLETED: "green", RunStatus.FAILED: "red",
+                  RunStatus.INTERRUPTED: "yellow", RunStatus.KILLED: "yellow"}
+
 
 ALL_EVENTS = (
     WORKFLOW_START, WORKFLOW_STOP, WORKFLOW_EXCEPTION, STAGE_START, STAGE_STOP, STAGE_EXCEPTION,

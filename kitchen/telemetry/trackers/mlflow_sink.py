@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kitchen.telemetry.events import ARTIFACT_SAVED, EVAL_RESULT, TRAINING_STEP, WORKFLOW_STOP, Event
+from kitchen.telemetry.events import ARTIFACT_SAVED, EVAL_RESULT, TRAINING_STEP, WORKFLOW_STOP, Event, RunStatus
 from kitchen.telemetry.sinks import BackgroundSink, SinkContext, flat_params, numeric_items
 
 _SKIP = ("step", "total_steps", "epoch")
 _BATCH = 900  # log_batch takes at most 1000 metrics per call
-_STATUS = {"completed": "FINISHED", "interrupted": "KILLED"}
+_STATUS = {RunStatus.COMPLETED: "FINISHED", RunStatus.INTERRUPTED: "KILLED"}  # MLflow's RunStatus names
 
 
 def _metric_key(k: str) -> str:

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kitchen.telemetry.events import ARTIFACT_SAVED, EVAL_RESULT, SAMPLE, TRAINING_STEP, WORKFLOW_STOP, Event
+from kitchen.telemetry.events import ARTIFACT_SAVED, EVAL_RESULT, SAMPLE, TRAINING_STEP, WORKFLOW_STOP, Event, RunStatus
 from kitchen.telemetry.sinks import BackgroundSink, SinkContext, numeric_items
 
 _SKIP = ("step", "total_steps", "epoch")
@@ -98,7 +98,7 @@ class WandbSink(BackgroundSink):
             elif event.name == ARTIFACT_SAVED:
                 self._log_artifact(d)
             elif event.name == WORKFLOW_STOP:
-                self._exit_code = 0 if d.get("status") == "completed" else 1
+                self._exit_code = 0 if d.get("status") == RunStatus.COMPLETED else 1
                 for k, v in numeric_items(d.get("final_metrics") or {}):
                     wb.summary[f"final/{k}"] = v
                 wb.summary["status"] = str(d.get("status"))
