@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.kitchen-installed
 
-.PHONY: setup cookbook qlora run test lint test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory bench-scale bench-kills bench-tokenize clean
+.PHONY: setup cookbook qlora run test lint test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory bench-scale bench-kills bench-tokenize bench-loss-chunks clean
 
 setup: $(STAMP)
 
@@ -84,6 +84,9 @@ $(BENCH_STAMP): $(STAMP)
 
 bench-scale: setup $(BENCH_STAMP)
 	$(PY) benchmarks/bench_scale.py $(ARGS)
+
+bench-loss-chunks: setup
+	$(PY) benchmarks/bench_loss_chunks.py $(ARGS)
 
 bench-kills: setup
 	$(PY) benchmarks/bench_kills.py

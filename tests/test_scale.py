@@ -120,15 +120,30 @@ def test_micro_batches_equal_single_pass_ppo_with_clip_fraction():
 
 
 def test_logits_are_computed_per_micro_batch():
-    """The vocabulary projection never sees more rows than one micro-batch."""
+    """One pass (loss_chunk_tokens=null): the vocabulary projection never sees more rows than one micro-batch."""
     data = ragged_batch(8)
-    c = client(micro_batch_size=2)
+    c = client(micro_batch_size=2, loss_chunk_tokens=None)
     seen = []
     head = c.model.get_output_embeddings()
     handle = head.register_forward_hook(lambda mod, inp, out: seen.append(tuple(out.shape)))
     c.forward_backward(data).result()
     handle.remove()
     assert len(seen) == 4 and all(shape[0] <= 2 for shape in seen)
+
+
+def test_chunked_logits_never_exceed_one_chunk_of_tokens():
+    """The default: the model computes no logits itself, the loss projects loss_chunk_tokens rows at a time."""
+    data = ragged_batch(8)
+    c = client(loss_chunk_tokens=16)
+    seen = []
+    head = c.model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda mod, inp, out: seen.append(tuple(out.shape)))
+    c.forward_backward(data).result()
+    handle.remove()
+    tokens = sum(d.length for d in data)
+    rows = [s[0] if len(s) == 2 else s[0] * s[1] for s in seen]  # [n, V] chunks; the model's own [B, 0, V]
+    assert max(rows) <= 16 and sum(1 for s in seen if len(s) == 3 and s[1] == 0) == 1, seen
+    assert sum(s[0] for s in seen if len(s) == 2) >= tokens  # every token scored (backward recomputes chunks too)
 
 
 def saved_activation_bytes(c, data) -> int:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Literal, Optional, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kitchen.errors import ConfigError, did_you_mean
-from kitchen.ports.types import ADAM_EPS
+from kitchen.ports.types import ADAM_EPS, LOSS_CHUNK_TOKENS
 from kitchen.train.formats import CANONICAL_FIELDS
 from kitchen.train.train_on_what import TrainOnWhatName as TrainOnWhat  # the one definition of its values
 
@@ -121,6 +121,9 @@ class RunSpec(_Strict):
     # How a local backend runs the model (remote backends ignore these)
     micro_batch_size: int = Field(0, ge=0, description="datums per forward/backward pass (gradients accumulate); 0 = the whole batch in one pass")
     max_tokens_per_micro_batch: int = Field(0, ge=0, description="token budget per forward/backward pass (padded rows x length, or packed tokens); 0 = none")
+    loss_chunk_tokens: Optional[int] = Field(
+        LOSS_CHUNK_TOKENS, gt=0, description="local backend: tokens whose logits are computed at once for the loss (the "
+        "logits are never held for a whole batch); null = one pass over full logits")
     activation_checkpointing: bool = Field(False, description="recompute each layer's activations in backward: less memory, more compute")
     padding_free: bool = Field(False, description="pack each micro-batch's sequences into one row (position ids restart, no cross-attention)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast over fp32 master weights: bf16 (CUDA, or a CPU with AVX512-BF16/AMX), fp16 with loss scaling (CUDA)")

@@ -73,6 +73,9 @@ class LoraConfig:
     train_unembed: bool = False
 
 
+LOSS_CHUNK_TOKENS = 1024  # the default chunk of the loss's logits (docs/benchmarks.md has the measurement)
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """Everything a TrainingClient needs to open a session on a base model."""
@@ -89,6 +92,7 @@ class SessionConfig:
     # --- how a backend that runs the model itself scales a batch (remote backends ignore these)
     micro_batch_size: int = 0  # datums per forward/backward pass; 0 = the whole batch
     max_tokens_per_micro_batch: int = 0  # token budget per pass; 0 = none
+    loss_chunk_tokens: int | None = LOSS_CHUNK_TOKENS  # logits computed this many tokens at a time; None = one pass
     activation_checkpointing: bool = False
     padding_free: bool = False  # pack a micro-batch's sequences into one row
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast over fp32 master weights)

@@ -36,6 +36,7 @@ def session_config(spec) -> SessionConfig:
         base_model=spec.model, lora=lora, seed=spec.seed, dtype=spec.dtype, device=spec.device, max_length=spec.max_length,
         model_revision=spec.model_revision, chat_template=spec.chat_template,
         micro_batch_size=spec.micro_batch_size, max_tokens_per_micro_batch=spec.max_tokens_per_micro_batch,
+        loss_chunk_tokens=spec.loss_chunk_tokens,
         activation_checkpointing=spec.activation_checkpointing, padding_free=spec.padding_free,
         mixed_precision=spec.mixed_precision, quantization=spec.quantization,
     )
@@ -106,7 +107,8 @@ class OpenSession(Stage):
         session.tokenizer = client.get_tokenizer()
         session.renderer = make_renderer(ctx.spec, session.tokenizer)
         shown = ("model", "device", "dtype", "threads", "lora_rank", "trainable_params", "total_params", "load_seconds",
-                 "precision", "cpu_bf16", "micro_batch_size", "max_tokens_per_micro_batch", "activation_checkpointing",
+                 "precision", "cpu_bf16", "micro_batch_size", "max_tokens_per_micro_batch", "loss_chunk_tokens",
+                 "loss_chunking_off", "activation_checkpointing",
                  "padding_free", "quantization", "world_size", "parallel")
         summary = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items() if k in shown)
         ctx.emit(ev.RUN_INFO, message=f"session: {summary}")

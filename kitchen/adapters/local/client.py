@@ -161,6 +161,8 @@ class LocalTrainingClient:
             torch.set_num_threads(self.threads or default_threads())
         from kitchen.adapters.local import lora as lora_setup
         from kitchen.adapters.local import scale
+        from kitchen.adapters.local.loss_head import plan_loss_head
+        from kitchen.train.chunked_logprobs import check_chunk_tokens
 
         plan = scale.plan_session(config, device, dtype, threads=self.threads, cpu_bf16_autocast=self.cpu_bf16_autocast)
 
@@ -186,8 +188,10 @@ class LocalTrainingClient:
         parallel = scale.wrap_parallel(model, plan, lora=trainable.lora, device=device)  # DDP (LoRA) / FSDP2 (full)
         # the trainable list is taken after wrapping: FSDP2 replaces parameters by DTensor shards
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        loss_head = plan_loss_head(model, check_chunk_tokens(config.loss_chunk_tokens), fsdp=parallel.fsdp, device=device)
         self._session = TrainSession(model=model, tokenizer=tokenizer, device=device, dtype=dtype, lora=trainable.lora,
-                                     params=params, vocab_size=vocab_size, model_info=info, plan=plan, parallel=parallel)
+                                     params=params, vocab_size=vocab_size, model_info=info, plan=plan, parallel=parallel,
+                                     loss_head=loss_head)
         seen: set[int] = set()
         total = 0
         for p in model.parameters():
@@ -216,6 +220,7 @@ class LocalTrainingClient:
         if trainable.lora:
             self.facts["lora_target_modules"] = sorted(trainable.targets or [])
         self.facts.update(plan.facts())
+        self.facts.update(loss_head.facts())
         return dict(self.facts)
 
     def get_tokenizer(self):
@@ -406,7 +411,8 @@ class LocalTrainingClient:
         autocast = session.sampling_autocast()
         if base_model is None:
             return LocalSamplingClient(
-                self._merged_copy(), session.tokenizer, device=self.device, autocast_dtype=autocast, name="snapshot"
+                self._merged_copy(), session.tokenizer, device=self.device, autocast_dtype=autocast, name="snapshot",
+                loss_chunk_tokens=session.loss_head.chunk_tokens,
             )
         key = resolve_model(base_model).name
         if key not in self._samplers:
@@ -415,7 +421,8 @@ class LocalTrainingClient:
             model, tok, _ = shared_base.acquire(base_model, cache_dir=self.cache_dir, dtype=self.dtype, device=self.device).view()
             model.config.use_cache = True
             self._samplers[key] = LocalSamplingClient(
-                model, tok, device=self.device, autocast_dtype=autocast, name=canonical_name(base_model)
+                model, tok, device=self.device, autocast_dtype=autocast, name=canonical_name(base_model),
+                loss_chunk_tokens=session.loss_head.chunk_tokens,
             )
         return self._samplers[key]
 

@@ -89,8 +89,11 @@ def cache_keyword(model: Any) -> str:
 class LocalSamplingClient:
     """Samples from a frozen model; every call returns an already-resolved Future."""
 
-    def __init__(self, model, tokenizer, *, device: str = "cpu", autocast_dtype=None, name: str = "") -> None:
+    def __init__(self, model, tokenizer, *, device: str = "cpu", autocast_dtype=None, name: str = "",
+                 loss_chunk_tokens: int | None = None) -> None:
         self.model = model
+        self.loss_chunk_tokens = loss_chunk_tokens  # compute_logprobs: logits this many tokens at a time (None: one pass)
+        self._loss_head = None
         self.tokenizer = tokenizer
         self.device = device
         self.autocast_dtype = autocast_dtype
@@ -129,11 +132,17 @@ class LocalSamplingClient:
         if not seqs:
             return []
         T = max(len(s) for s in seqs)
+        if T < 2:  # nothing predicts a first token
+            return [[None] * len(s) for s in seqs]
         pad = 0
         ids = torch.tensor([s + [pad] * (T - len(s)) for s in seqs], device=self.device)
-        with torch.inference_mode(), self._ctx():
-            logits = self.model(input_ids=ids, use_cache=False).logits.float()
-        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0].cpu()
+        if self._loss_head is None:  # checked once per sampler model (its logits must be head(hidden) to chunk)
+            from kitchen.adapters.local.loss_head import plan_loss_head
+
+            self._loss_head = plan_loss_head(self.model, self.loss_chunk_tokens, device=self.device)
+        with torch.inference_mode():
+            batch = {"input_ids": ids[:, :-1], "target_tokens": ids[:, 1:]}  # causal: position t scores token t+1
+            lp = self._loss_head.target_logprobs(self.model, self.model, batch, self._ctx).cpu()
         return [[None] + lp[i, : len(s) - 1].tolist() for i, s in enumerate(seqs)]
 
     def _compute_logprobs(self, tokens: list[int]) -> list[float | None]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kitchen.adapters.local.loss_head import LossHead
 from kitchen.adapters.local.scale import Parallel, Precision, ScalePlan
 from kitchen.train.microbatch import MicroBatchOptions
 
@@ -32,6 +33,7 @@ class TrainSession:
     model_info: dict[str, Any] = field(default_factory=dict)  # load_model's info (base, base_dtype...)
     plan: ScalePlan = field(default_factory=ScalePlan)
     parallel: Parallel = field(default_factory=Parallel)
+    loss_head: LossHead = field(default_factory=LossHead)  # one pass or chunked logits (kitchen.adapters.local.loss_head)
 
     @property
     def micro(self) -> MicroBatchOptions:

@@ -85,7 +85,8 @@ class AdapterHost:
             model = peft.get_peft_model(plain, pcfg)
         model.config.use_cache = True
         self.client = LocalSamplingClient(model, session.tokenizer, device=session.device,
-                                          autocast_dtype=session.sampling_autocast(), name="adapter-host")
+                                          autocast_dtype=session.sampling_autocast(), name="adapter-host",
+                                          loss_chunk_tokens=session.loss_head.chunk_tokens)
         self.names = [n for n, _ in session.params]
         params = dict(model.named_parameters())
         missing = [n for n in self.names if n not in params]
@@ -155,4 +156,4 @@ def full_sampler(tc: Any, tensors: dict[str, Any]) -> LocalSamplingClient:
     model = model_from_state_dict(config, sd, buffers_from=base, dtype=base.dtype)
     model.config.use_cache = True
     return LocalSamplingClient(model, session.tokenizer, device=session.device, autocast_dtype=session.sampling_autocast(),
-                               name="snapshot")
+                               name="snapshot", loss_chunk_tokens=session.loss_head.chunk_tokens)

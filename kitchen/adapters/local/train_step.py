@@ -12,8 +12,10 @@ the sum of its parts' gradients. This module runs a batch as
    whose position ids restart per sequence (transformers then builds a block-diagonal
    causal mask, so sequences do not attend to each other).
 
-The logits exist for one micro-batch at a time and are freed before the next: full
-vocabulary fp32 logits are never held for the whole batch. Reported numbers (loss sum,
+The targets' logprobs come from the session's loss head
+(:mod:`kitchen.adapters.local.loss_head`): by default a chunk of ``loss_chunk_tokens``
+tokens' logits at a time, so no [tokens x vocabulary] tensor is alive; with
+``loss_chunk_tokens=null`` one micro-batch's full logits at a time. Reported numbers (loss sum,
 token counts, RL extras) are summed over micro-batches and ranks in one tensor, and every
 rank returns every datum's logprobs, in the caller's order.
 
@@ -113,20 +115,6 @@ def collate(data: list[Datum], keys: list[str], device: str, padding_free: bool)
     return batch, [(i, 0, L) for i, L in enumerate(lengths)]
 
 
-def _target_logprobs(model, batch: dict[str, Any], autocast) -> Any:
-    import torch.nn.functional as F
-
-    kwargs = {"input_ids": batch["input_ids"], "use_cache": False}
-    if "position_ids" in batch:
-        kwargs["position_ids"] = batch["position_ids"]
-    with autocast():
-        logits = model(**kwargs).logits
-    B, T, V = logits.shape
-    lp = -F.cross_entropy(logits.float().reshape(B * T, V), batch["target_tokens"].reshape(B * T), reduction="none").reshape(B, T)
-    del logits
-    return lp
-
-
 def _sync_context(train_model, last: bool, fsdp: bool):
     """Synchronise gradients across ranks only on the last micro-batch of a step."""
     if fsdp:
@@ -174,7 +162,7 @@ def run_batch(session: TrainSession, data: list[Datum], loss_fn: str, loss_fn_co
                 continue
             sub = [mine[i] for i in group]
             batch, where = collate(sub, keys, session.device, opts.padding_free)
-            target_lp = _target_logprobs(train_model, batch, session.precision.autocast)
+            target_lp = session.loss_head.target_logprobs(train_model, model, batch, session.precision.autocast)
             out = compute_loss(loss_fn, target_lp, batch, loss_fn_config)
             if train:
                 loss = out.loss * scale if scale != 1.0 else out.loss
