@@ -73,5 +73,6 @@ def test_rl_requires_max_steps(tmp_path: Path) -> None:
 def test_describe_shows_the_rollout_lanes() -> None:
     r = run_kitchen("describe", "rl_basic")
     assert r.code == 0, r
-    for text in ("parallel rollouts", "rollout (lane 1/4)", "rl_step", "forward_backward + optim_step", "evaluate (tag=after)"):
+    for text in ("rollout In rollout_concurrency parallel lanes", "rl_step", "forward_backward + optim_step", "evaluate (tag=after)"):
         assert text in r.out
+    assert "lane 1/" not in r.out and "branch 1" not in r.out  # one stage, lanes sized from the spec when it runs

@@ -26,16 +26,16 @@ from kitchen.engine.pipeline import StepOutput
 from kitchen.engine.stage import Stage
 from kitchen.errors import ConfigError, DataError, KitchenError
 from kitchen.evaluators import EvalEnv, EvalResult
+from kitchen.ports.types import SampleResult
 from kitchen.stages.data import ChatData
 from kitchen.stages.reinforcement import emit_rollouts
 from kitchen.stages.rollouts import (
     Group,
     Rollouts,
+    RolloutStage,
     Sample,
-    lane_indices,
     loss_fn_config_for,
     require_max_steps,
-    sample_lane,
     sample_params,
     sampling_seed,
     score_tokens,
@@ -147,20 +147,14 @@ class DistillPrompts(Stage):
             rollouts.sampler = ctx.training.sampling_client()
 
 
-@dataclass(frozen=True)
-class StudentRollout(Stage):
-    """One lane: the student samples group_size completions per prompt; the teacher scores every token."""
+class StudentRollout(RolloutStage):
+    """The student samples group_size completions per prompt (rollout_concurrency lanes); the teacher scores each token."""
 
-    lane: int = 0
-    lanes: int = 1
-
-    def execute(self, ctx: Context) -> None:
-        rollouts, renderer = ctx.use(Rollouts), ctx.use(Session).renderer
-        mine = lane_indices(ctx, self.lane, self.lanes, len(rollouts.groups))
-        for group, result in sample_lane(ctx, rollouts.sampler, renderer, mine):
-            samples = [Sample(list(s.tokens), list(s.logprobs), renderer.parse_response(s.tokens)) for s in result.sequences if s.tokens]
-            score_tokens(ctx.use(DistillState).teacher, group, samples)
-            group.samples = samples
+    def rollout(self, ctx: Context, group: Group, result: SampleResult) -> None:
+        renderer = ctx.use(Session).renderer
+        samples = [Sample(list(s.tokens), list(s.logprobs), renderer.parse_response(s.tokens)) for s in result.sequences if s.tokens]
+        score_tokens(ctx.use(DistillState).teacher, group, samples)
+        group.samples = samples
 
 
 class ReverseKLStep(Stage):
@@ -191,19 +185,20 @@ class ReverseKLStep(Stage):
         return StepOutput(datums, ctx.spec.loss_fn, loss_fn_config_for(ctx.spec.loss_fn), metrics)
 
 
-@dataclass(frozen=True)
-class TeacherRollout(Stage):
-    """One lane (off-policy): the teacher samples group_size completions per prompt."""
+class TeacherRollout(RolloutStage):
+    """Off-policy: the teacher samples group_size completions per prompt (rollout_concurrency lanes)."""
 
-    lane: int = 0
-    lanes: int = 1
+    salt = 7  # the teacher's seeds differ from the student's
 
-    def execute(self, ctx: Context) -> None:
-        state = ctx.use(DistillState)
-        mine = lane_indices(ctx, self.lane, self.lanes, len(ctx.use(Rollouts).groups))
-        renderer = state.teacher_renderer
-        for group, result in sample_lane(ctx, state.teacher, renderer, mine, salt=7):
-            group.samples = [Sample(list(s.tokens), list(s.logprobs), renderer.parse_response(s.tokens)) for s in result.sequences]
+    def sampler(self, ctx: Context) -> Any:
+        return ctx.use(DistillState).teacher
+
+    def renderer(self, ctx: Context) -> Any:
+        return ctx.use(DistillState).teacher_renderer
+
+    def rollout(self, ctx: Context, group: Group, result: SampleResult) -> None:
+        renderer = ctx.use(DistillState).teacher_renderer
+        group.samples = [Sample(list(s.tokens), list(s.logprobs), renderer.parse_response(s.tokens)) for s in result.sequences]
 
 
 class TeacherSFTStep(Stage):

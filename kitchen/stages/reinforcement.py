@@ -4,14 +4,15 @@ One RL step, as the workflow spells it::
 
     RLPrompts       this step's prompts (a pure function of seed and step) and a sampler
                     over the current weights
-    Rollout x N     lanes in a ``parallel`` node: sample group_size completions per prompt,
-                    score them, and (kl_coef > 0) get the reference model's logprobs
+    Rollout         in rollout_concurrency parallel lanes: sample group_size completions
+                    per prompt, score them, and (kl_coef > 0) get the reference model's
+                    logprobs
     RLStep          group-centred advantages (+ KL penalty) -> a StepOutput with the RL
                     datums, the loss function and the step's reward metrics
 
 Everything here talks to ports (TrainingClient / SamplingClient) and the pure math in
 ``kitchen.train.rl``; nothing is backend-specific. Futures are submitted before they are
-awaited, so a remote backend has a whole lane's groups in flight at once.
+awaited, so a remote backend has every group of a lane in flight at once.
 """
 
 from __future__ import annotations
@@ -24,16 +25,15 @@ from kitchen.engine.pipeline import StepOutput
 from kitchen.engine.stage import Stage
 from kitchen.errors import KitchenError
 from kitchen.evaluators import EnvAccuracy
-from kitchen.ports.types import Datum
+from kitchen.ports.types import Datum, SampleResult
 from kitchen.stages.rollouts import (
     Group,
     Rollouts,
+    RolloutStage,
     Sample,
     env_groups,
-    lane_indices,
     loss_fn_config_for,
     require_max_steps,
-    sample_lane,
     score_tokens,
 )
 from kitchen.stages.session import Session
@@ -84,26 +84,19 @@ class RLPrompts(Stage):
             rl.reference = ctx.training.sampling_client(base_model=spec.model)
 
 
-@dataclass(frozen=True)
-class Rollout(Stage):
-    """One lane of rollouts: sample group_size completions per owned prompt, score them."""
+class Rollout(RolloutStage):
+    """In rollout_concurrency parallel lanes: sample group_size completions per prompt, score them."""
 
-    lane: int = 0
-    lanes: int = 1
-
-    def execute(self, ctx: Context) -> None:
-        rl, rollouts, renderer = ctx.use(RLState), ctx.use(Rollouts), ctx.use(Session).renderer
-        mine = lane_indices(ctx, self.lane, self.lanes, len(rollouts.groups))
-        reference = rl.reference if ctx.spec.kl_coef > 0 else None
-        for group, result in sample_lane(ctx, rollouts.sampler, renderer, mine):
-            samples = []
-            for seq in result.sequences:
-                text = renderer.parse_response(seq.tokens)
-                score = rl.env.score(group.problem, text)
-                samples.append(Sample(list(seq.tokens), list(seq.logprobs), text, float(score.reward), bool(score.correct)))
-            if reference is not None:
-                score_tokens(reference, group, samples)
-            group.samples = samples
+    def rollout(self, ctx: Context, group: Group, result: SampleResult) -> None:
+        rl, renderer = ctx.use(RLState), ctx.use(Session).renderer
+        samples = []
+        for seq in result.sequences:
+            text = renderer.parse_response(seq.tokens)
+            score = rl.env.score(group.problem, text)
+            samples.append(Sample(list(seq.tokens), list(seq.logprobs), text, float(score.reward), bool(score.correct)))
+        if ctx.spec.kl_coef > 0 and rl.reference is not None:
+            score_tokens(rl.reference, group, samples)
+        group.samples = samples
 
 
 class RLStep(Stage):

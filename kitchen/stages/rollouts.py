@@ -1,17 +1,24 @@
 """What the policy-gradient workflows (RL, on-policy distillation) share: rollout groups,
-parallel rollout lanes, per-(step, group) sampler seeds and the fixed step plan."""
+the rollout stage that samples them in parallel lanes, per-(step, group) sampler seeds and
+the fixed step plan.
+
+Rollout lanes: a :class:`RolloutStage` runs ``min(rollout_concurrency, groups)`` lanes on
+threads, sized from the spec when the stage runs; lane ``i`` owns the groups ``g`` with
+``g % lanes == i`` and submits all its groups' ``sample`` calls before it awaits any. Each
+group's sampler seed depends only on (seed, step, group), so what a step samples does not
+depend on ``rollout_concurrency`` or on thread scheduling.
+"""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 from kitchen.engine.context import Context
-from kitchen.engine.ir import ParallelNode, parallel, stage
+from kitchen.engine.stage import Stage
 from kitchen.errors import ConfigError
-from kitchen.ports.types import Datum, SamplingParams
-
-ROLLOUT_LANES = 4  # parallel branches in the tree; rollout_concurrency (<= this) of them are busy
+from kitchen.ports.types import Datum, SampleResult, SamplingParams
 
 
 @dataclass
@@ -38,7 +45,7 @@ class Group:
 
 @dataclass
 class Rollouts:
-    """This step's groups and the sampler over the current weights (lanes fill ``groups[g].samples``)."""
+    """This step's groups and the sampler over the current weights (rollout lanes fill ``groups[g].samples``)."""
 
     groups: list[Group] = field(default_factory=list)
     sampler: Any = None
@@ -53,21 +60,53 @@ def env_groups(ctx: Context, env: Any, n: int) -> list[Group]:
     return [Group(p.messages, renderer.build_prompt(p.messages), problem=p) for p in problems]
 
 
-def lanes(stage_cls: type, label: str, n: int = ROLLOUT_LANES) -> ParallelNode:
-    """``n`` rollout lanes in a ``parallel`` node; lane i owns the groups g with g % lanes == i."""
-    return parallel(
-        *[[stage(stage_cls, label=f"{label} (lane {i + 1}/{n})", lane=i, lanes=n)] for i in range(n)],
-        max_concurrency=n,
-        label=f"{label}s",
-    )
+def lane_count(concurrency: int, n: int) -> int:
+    """How many rollout lanes sample ``n`` groups: ``rollout_concurrency``, at most one per group."""
+    return max(1, min(int(concurrency), n))
 
 
-def lane_indices(ctx: Context, lane: int, lanes: int, n: int) -> list[int]:
-    """The items a lane owns: ``g % lanes == lane``, with at most ``rollout_concurrency`` lanes busy."""
-    busy = max(1, min(lanes, ctx.spec.rollout_concurrency))
-    if lane >= busy:
-        return []
-    return [g for g in range(n) if g % busy == lane]
+class RolloutStage(Stage):
+    """Base of the rollout stages: fill every group's samples in ``rollout_concurrency`` parallel lanes.
+
+    A subclass says which sampler and renderer to use and what to do with one group's
+    :class:`~kitchen.ports.types.SampleResult` (``rollout``); ``salt`` separates its
+    sampler seeds from another stage's. ``rollout`` runs on the lane's thread, once per
+    group, and may only write that group.
+    """
+
+    salt: ClassVar[int] = 0
+
+    def sampler(self, ctx: Context) -> Any:
+        """The sampling client this stage samples from (default: this step's ``Rollouts.sampler``)."""
+        return ctx.use(Rollouts).sampler
+
+    def renderer(self, ctx: Context) -> Any:
+        """The renderer that builds stop sequences and parses completions (default: the session's)."""
+        from kitchen.stages.session import Session
+
+        return ctx.use(Session).renderer
+
+    def rollout(self, ctx: Context, group: Group, result: SampleResult) -> None:
+        raise NotImplementedError
+
+    def execute(self, ctx: Context) -> None:
+        sampler, renderer = self.sampler(ctx), self.renderer(ctx)
+        n = len(ctx.use(Rollouts).groups)
+        lanes = lane_count(ctx.spec.rollout_concurrency, n)
+
+        def run_lane(lane: int) -> None:
+            for group, result in sample_lane(ctx, sampler, renderer, list(range(lane, n, lanes)), salt=self.salt):
+                self.rollout(ctx, group, result)
+
+        if lanes == 1:
+            run_lane(0)
+            return
+        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="kitchen-rollout") as pool:
+            futures = [pool.submit(run_lane, lane) for lane in range(lanes)]
+            errors = [f.exception() for f in futures]
+        for err in errors:
+            if err is not None:
+                raise err
 
 
 def sample_lane(ctx: Context, sampler: Any, renderer: Any, mine: list[int], salt: int = 0,

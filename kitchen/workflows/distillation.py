@@ -4,9 +4,9 @@
     evaluate (held-out reverse KL to the teacher) + preview
     for each step:
         prompts for this step (seed, step)
-        on_policy:  in parallel lanes: the student samples, the teacher scores its tokens;
+        on_policy:  in rollout_concurrency lanes: the student samples, the teacher scores its tokens;
                     advantage per token = kl_coef * (teacher_lp - student_lp)  (reverse KL)
-        off_policy: in parallel lanes: the teacher samples; its completions become SFT rows
+        off_policy: in rollout_concurrency lanes: the teacher samples; its completions become SFT rows
         forward_backward (importance_sampling | cross_entropy) + optim_step
         every eval_every: evaluate;  every save_every: checkpoint
     evaluate + preview -> checkpoint -> final weights
@@ -31,7 +31,7 @@ from kitchen.stages.distillation import (
     distill_evaluators,
     on_policy,
 )
-from kitchen.stages.rollouts import lanes, steps
+from kitchen.stages.rollouts import steps
 from kitchen.stages.session import OpenSession
 from kitchen.workflows.common import finish, periodic, restore_and_evaluate
 
@@ -56,8 +56,8 @@ DISTILLATION = Workflow(
             stage(DistillPrompts),
             conditional(
                 on_policy,
-                then=[lanes(StudentRollout, "student rollout"), stage(ReverseKLStep)],
-                otherwise=[lanes(TeacherRollout, "teacher sample"), stage(TeacherSFTStep)],
+                then=[stage(StudentRollout), stage(ReverseKLStep)],
+                otherwise=[stage(TeacherRollout), stage(TeacherSFTStep)],
             ),
             *periodic(),
         ]),

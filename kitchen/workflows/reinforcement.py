@@ -3,7 +3,7 @@
     open session -> make env -> (restore) -> evaluate (greedy accuracy) + preview
     for each step:
         prompts for this step (seed, step) + sampler over the current weights
-        in parallel (rollout_concurrency lanes): sample group_size completions per prompt,
+        in rollout_concurrency parallel lanes: sample group_size completions per prompt,
             score them, reference logprobs when kl_coef > 0
         advantages = reward - group mean (- kl_coef * (logp - logp_ref) per token)
         forward_backward(loss_fn: importance_sampling | ppo) + optim_step
@@ -20,7 +20,7 @@ from pydantic import Field
 from kitchen.config.spec import RolloutKeys, RunSpec
 from kitchen.engine.ir import Workflow, loop, stage
 from kitchen.stages.reinforcement import RLPrompts, RLSetup, RLStep, Rollout, rl_evaluators
-from kitchen.stages.rollouts import lanes, steps
+from kitchen.stages.rollouts import steps
 from kitchen.stages.session import OpenSession
 from kitchen.workflows.common import finish, periodic, restore_and_evaluate
 
@@ -39,7 +39,7 @@ REINFORCEMENT = Workflow(
         stage(OpenSession),
         stage(RLSetup),
         *restore_and_evaluate(rl_evaluators),
-        loop("step", over=steps, body=[stage(RLPrompts), lanes(Rollout, "rollout"), stage(RLStep), *periodic()]),
+        loop("step", over=steps, body=[stage(RLPrompts), stage(Rollout), stage(RLStep), *periodic()]),
         *finish(),
     ),
 )
