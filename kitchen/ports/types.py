@@ -73,7 +73,7 @@ class LoraConfig:
     train_unembed: bool = False
 
 
-LOSS_CHUNK_TOKENS = 1024  # the default chunk of the loss's logits (docs/benchmarks.md has the measurement)
+LOSS_CHUNK_TOKENS = 256  # the default chunk of the loss's logits (docs/benchmarks.md has the measurement)
 
 
 @dataclass(frozen=True)
