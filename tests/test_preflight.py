@@ -45,6 +45,8 @@ CATALOG = [
     (["adapters=tinker"], ["TINKER_API_KEY"]),
     (["adapters=tinker", "lora_rank=0"], ["lora rank 0"]),
     (["adapters=local", "model=no-such-org/no-such-model"], ["no-such-org/no-such-model"]),
+    # the adapters' local_models declaration, not their name, makes validate resolve the model
+    (["adapters=noop", "adapters.local_models=true", "model=no-such-org/no-such-model"], ["no-such-org/no-such-model"]),
     (["workflow=superviced"], ["Unknown workflow choice 'superviced'", "Did you mean 'supervised'?"]),
 ]
 

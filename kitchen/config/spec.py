@@ -38,6 +38,12 @@ class AdaptersSpec(_Strict):
         None, description="module:function returning the session's tokenizer without weights or downloads (None when "
         "the model is not on this machine); validate and data inspect render the data with it. Unset: the data's "
         "token lengths are first checked when the session opens")
+    local_models: bool = Field(
+        False, description="the backend loads model= and teacher= on this machine (an alias, a path or a hub id), so "
+        "validate resolves them (the hub cache, else a metadata call). False: they are passed to the backend as given")
+    local_checkpoints: bool = Field(
+        False, description="the backend's checkpoints and final/ are files on this machine that the local backend "
+        "loads, so kitchen export, sample and chat open its runs. False: they refuse the run's weights")
 
     @field_validator("training", "dataset_store")
     @classmethod

@@ -7,6 +7,10 @@ would: a session on the run's own base model (``config.yaml``: model, revision, 
 template, LoRA settings), then ``load_state`` without the optimizer. Everything else
 (merging, dtype, adapter configs) is the training client's ``save_weights`` and
 ``sampling_client``, so exported and sampled weights are the trained ones, bit for bit.
+
+A run's weights are here when its adapters declared ``local_checkpoints``
+(``conf/adapters/local.yaml`` does); :func:`require_local` refuses any other run before
+anything heavy is imported.
 """
 
 from __future__ import annotations
@@ -45,8 +49,32 @@ def open_run(run_dir: str | Path) -> RunWeights:
 
 
 def is_local_run(rw: RunWeights) -> bool:
-    target = str(((rw.spec.get("adapters") or {}).get("training") or {}).get("_target_", ""))
-    return target.startswith("kitchen.adapters.local")
+    """Whether the run's adapters declared ``local_checkpoints`` (its weights are files here
+    that the local backend loads). Adapters that declare nothing: no.
+
+    A run dir written before adapters declared it records no such key; for one of those,
+    the bundled adapters group the run chose answers, if the run trained with that group's
+    own training class (a recipe that swapped in another class gets no).
+    """
+    adapters = rw.spec.get("adapters") or {}
+    if "local_checkpoints" in adapters:
+        return adapters["local_checkpoints"] is True
+    group = _bundled_adapters(str(adapters.get("name", "")))
+    recorded = (adapters.get("training") or {}).get("_target_")
+    same_class = recorded is not None and recorded == (group.get("training") or {}).get("_target_")
+    return same_class and group.get("local_checkpoints") is True
+
+
+def _bundled_adapters(name: str) -> dict[str, Any]:
+    """The bundled ``conf/adapters/NAME.yaml`` as written ({} when there is none)."""
+    from kitchen.config.recipes import bundled_conf_dir
+
+    folder = bundled_conf_dir() / "adapters"
+    path = folder / f"{name}.yaml"
+    if not name or path.parent != folder or not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text())
+    return data if isinstance(data, dict) else {}
 
 
 def checkpoint_steps(rw: RunWeights) -> list[int]:

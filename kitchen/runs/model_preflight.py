@@ -3,7 +3,8 @@
 ``kitchen validate`` calls :func:`check_models`; the engine's preflight can call it too
 (or :func:`kitchen.adapters.local.models.resolve_model` directly). It resolves ``model=``
 and ``teacher=`` (hub ids: the local cache, else a metadata call to the hub; offline
-with no cached copy is an error naming ``hf download ID``), reads ``chat_template=`` and
+with no cached copy is an error naming ``hf download ID``) when the adapters declare
+``local_models`` (the backend loads them on this machine), reads ``chat_template=`` and
 checks the ``push_to_hub=`` repo id. No torch import.
 """
 
@@ -12,11 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from kitchen.errors import ConfigError
-
-
-def _uses_local_models(spec: Any) -> bool:
-    target = str((spec.adapters.training or {}).get("_target_", ""))
-    return target.startswith("kitchen.adapters.local")
 
 
 def check_models(spec: Any) -> str:
@@ -36,7 +32,7 @@ def check_models(spec: Any) -> str:
             raise ConfigError(f"push_to_hub='{repo}' is not a hub repo id: {exc}. Use org/name (e.g. me/my-model).") from None
         if "/" not in repo:
             raise ConfigError(f"push_to_hub='{repo}' needs an owner: use org/name (e.g. me/{repo}).")
-    if not _uses_local_models(spec):
+    if not spec.adapters.local_models:  # a service names its own models: nothing here to resolve
         return ""
     res = resolve_model(spec.model, getattr(spec, "model_revision", None), offline_ok=True)
     if res.kind == "hub":
