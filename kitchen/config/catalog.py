@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from kitchen.errors import ConfigError, did_you_mean
+from kitchen.errors import ConfigError, KitchenError, did_you_mean
 
 KINDS = ("recipes", "workflows", "stages", "envs", "renderers", "evaluators", "sinks")
 GROUP_PREFIX = "crucible_kitchen."
@@ -80,29 +80,75 @@ class Entry:
         return self.target.replace(":", ".")
 
 
-def load_target(target: str, what: str) -> Any:
-    """Import ``module:attr`` (or ``module.attr``); a failure is one ConfigError naming ``what``."""
+class TargetImportError(Exception):
+    """:func:`import_target` could not give the object: ``module`` failed to import
+    (``attr`` is None), or imported and has no ``attr``. ``cause`` is the original error.
+
+    Not a KitchenError, so it never reaches a user as is: each caller words it for what
+    it was loading (:func:`load_target` here, ``build`` in :mod:`kitchen.config.instantiate`).
+    """
+
+    def __init__(self, module: str, attr: str | None, cause: Exception) -> None:
+        super().__init__(f"{module}{'.' + attr if attr else ''}: {type(cause).__name__}: {cause}")
+        self.module, self.attr, self.cause = module, attr, cause
+
+
+def import_target(target: str) -> Any:
+    """The object a dotted path names: ``module:attr.sub``, ``module.attr`` or a module ``pkg.mod``.
+
+    The one loader of code by path. Why one: entry points (``module:attr``, or ``pkg.mod``
+    for a module), ``_target_`` nodes (``module.attr``, Hydra's spelling) and the adapters'
+    preflight/tokenizer hooks all name code this way, so they must resolve alike. A
+    KitchenError raised while importing passes through (it is already one paragraph);
+    any other failure is a :class:`TargetImportError` saying which step failed.
+    """
     import importlib
 
-    try:
-        if ":" in target:
-            module_name, _, attr = target.partition(":")
-            obj: Any = importlib.import_module(module_name)
-        else:  # "pkg.module" (a module) or "pkg.module.attr"
-            try:
-                return importlib.import_module(target)
-            except ModuleNotFoundError as exc:
-                if exc.name != target:
-                    raise
-            module_name, _, attr = target.rpartition(".")
-            obj = importlib.import_module(module_name)
-        for part in attr.split(".") if attr else ():
+    def imported(name: str) -> Any:
+        try:
+            return importlib.import_module(name)
+        except KitchenError:
+            raise
+        except Exception as exc:
+            raise TargetImportError(name, None, exc) from exc
+
+    if ":" in target:
+        module_name, _, attr = target.partition(":")
+    else:  # "pkg.module" (a module) or "pkg.module.attr"
+        try:
+            return importlib.import_module(target)
+        except KitchenError:
+            raise
+        except ModuleNotFoundError as exc:
+            if exc.name != target:  # the module exists and one of its own imports is missing
+                raise TargetImportError(target.rpartition(".")[0] or target, None, exc) from exc
+        except Exception as exc:
+            raise TargetImportError(target.rpartition(".")[0] or target, None, exc) from exc
+        module_name, _, attr = target.rpartition(".")
+    obj = imported(module_name)
+    for part in attr.split(".") if attr else ():
+        try:
             obj = getattr(obj, part)
+        except KitchenError:
+            raise
+        except AttributeError as exc:
+            raise TargetImportError(module_name, part, exc) from exc
+        except Exception as exc:
+            raise TargetImportError(module_name, None, exc) from exc
+    return obj
+
+
+def load_target(target: str, what: str) -> Any:
+    """Import ``module:attr`` (or ``module.attr``); a failure is one ConfigError naming ``what``."""
+    try:
+        return import_target(target)
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's own bug, reported as one paragraph
-        raise ConfigError(f"Could not load {what} ({target}): {type(exc).__name__}: {exc}".rstrip(": ")) from None
-    return obj
+    except TargetImportError as err:
+        exc: Exception = err.cause
+    except KitchenError as kitchen_exc:  # raised while importing, but not a config problem
+        exc = kitchen_exc
+    raise ConfigError(f"Could not load {what} ({target}): {type(exc).__name__}: {exc}".rstrip(": ")) from None
 
 
 class Catalog:

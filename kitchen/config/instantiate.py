@@ -67,7 +67,7 @@ def resolve(kind: str, entry: str | Mapping[str, Any]) -> Any:
 def build(kind: str, entry: str | Mapping[str, Any], /, **runtime: Any) -> Any:
     """Instantiate ``entry`` (a short name or ``_target_`` node) with its options plus ``runtime``."""
     target, options, label = target_of(kind, entry)
-    factory = _load(target, label)
+    factory = _import(target, label)
     try:
         return factory(**{**options, **_accepted(factory, runtime)})
     except KitchenError:
@@ -93,19 +93,18 @@ def _accepted(factory: Any, runtime: dict[str, Any]) -> dict[str, Any]:
             if k in params and params[k].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
 
 
-def _load(target: str, label: str) -> Any:
-    import importlib
+def _import(target: str, label: str) -> Any:
+    """:func:`kitchen.config.catalog.import_target`, its failure worded for a part being built."""
+    from kitchen.config.catalog import TargetImportError, import_target
 
-    module_name, _, attr = target.rpartition(".")
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:  # a tracker's missing SDK is named with its extra earlier (resolve_sinks)
-        raise ConfigError(f"Could not import {label}: no module named '{exc.name}'.") from None
-    except KitchenError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"Could not import {label} ({module_name}): {type(exc).__name__}: {exc}") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"Could not build {label}: module '{module_name}' has no '{attr}'.") from None
+        return import_target(target)
+    except TargetImportError as err:
+        cause = err.cause
+        if err.attr is not None:
+            message = f"Could not build {label}: module '{err.module}' has no '{err.attr}'."
+        elif isinstance(cause, ModuleNotFoundError):  # a tracker's missing SDK is named with its extra earlier (resolve_sinks)
+            message = f"Could not import {label}: no module named '{cause.name}'."
+        else:
+            message = f"Could not import {label} ({err.module}): {type(cause).__name__}: {cause}"
+    raise ConfigError(message) from None
