@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from kitchen.errors import ConfigError, KitchenError, did_you_mean
+from kitchen.telemetry.sink_table import BUILTIN_SINKS
 
 KINDS = ("recipes", "workflows", "stages", "envs", "renderers", "evaluators", "sinks")
 GROUP_PREFIX = "crucible_kitchen."
@@ -53,14 +54,8 @@ BUILTINS: dict[str, dict[str, str]] = {
     "evaluators": {
         "greedy_preview": "kitchen.evaluators:GreedyPreview",
     },
-    "sinks": {  # the shipped ones are kitchen.telemetry.sinks.BUILTIN_SINKS (with their extras)
-        "console": "kitchen.telemetry.sinks:console_sink",
-        "jsonl": "kitchen.telemetry.sinks:jsonl_sink",
-        "wandb": "kitchen.telemetry.trackers.wandb_sink:WandbSink",
-        "tensorboard": "kitchen.telemetry.trackers.tensorboard_sink:TensorBoardSink",
-        "mlflow": "kitchen.telemetry.trackers.mlflow_sink:MlflowSink",
-        "prometheus": "kitchen.telemetry.trackers.prometheus_sink:PrometheusSink",
-    },
+    # the shipped sinks' one table is kitchen.telemetry.sink_table (with their extras); "module.attr" -> "module:attr"
+    "sinks": {name: ":".join(entry.target.rsplit(".", 1)) for name, entry in BUILTIN_SINKS.items()},
 }
 
 

@@ -3,7 +3,8 @@
 Each entry of ``telemetry.sinks`` is either
 
 * a short name (``console``, ``jsonl``, ``wandb``, ``tensorboard``, ``mlflow``,
-  ``prometheus``) that maps to a shipped ``_target_`` node in :data:`BUILTIN_SINKS`;
+  ``prometheus``) that maps to a shipped ``_target_`` node in :data:`BUILTIN_SINKS`
+  (:mod:`kitchen.telemetry.sink_table`, re-exported here);
 * a one-key mapping ``{NAME: {option: value}}`` that passes options to a shipped sink
   (``{wandb: {project: my-project}}``);
 * a mapping with ``_target_`` naming any class or factory (a user's own sink), plus its
@@ -32,6 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from kitchen.errors import ConfigError, KitchenError, did_you_mean
 from kitchen.telemetry.events import Event
+from kitchen.telemetry.sink_table import BUILTIN_SINKS, SinkEntry
 
 log = logging.getLogger("kitchen.telemetry")
 
@@ -39,26 +41,6 @@ log = logging.getLogger("kitchen.telemetry")
 # its lines with it, since parallel jobs share a terminal. Defined here, below the sweep
 # runner, because the sink is what reads it.
 SWEEP_JOB_ENV = "KITCHEN_SWEEP_JOB"
-
-
-@dataclass(frozen=True)
-class SinkEntry:
-    """A shipped sink: the node to instantiate and what it needs installed."""
-
-    target: str
-    requires: tuple[str, ...] = ()  # importable module names
-    extra: str | None = None  # the crucible-kitchen extra that installs them
-    about: str = ""
-
-
-BUILTIN_SINKS: dict[str, SinkEntry] = {
-    "console": SinkEntry("kitchen.telemetry.sinks.console_sink", about="Rich progress bar on a terminal, plain lines otherwise"),
-    "jsonl": SinkEntry("kitchen.telemetry.sinks.jsonl_sink", about="events.jsonl and metrics.jsonl in the run dir"),
-    "wandb": SinkEntry("kitchen.telemetry.trackers.wandb_sink.WandbSink", ("wandb",), "wandb", "Weights & Biases run (WANDB_MODE=offline works)"),
-    "tensorboard": SinkEntry("kitchen.telemetry.trackers.tensorboard_sink.TensorBoardSink", ("tensorboard",), "tensorboard", "TensorBoard event files in RUN_DIR/tensorboard"),
-    "mlflow": SinkEntry("kitchen.telemetry.trackers.mlflow_sink.MlflowSink", ("mlflow", "sqlalchemy"), "mlflow", "MLflow run (MLFLOW_TRACKING_URI)"),
-    "prometheus": SinkEntry("kitchen.telemetry.trackers.prometheus_sink.PrometheusSink", ("prometheus_client",), "prometheus", "live gauges on a loopback /metrics port"),
-}
 
 
 @dataclass
