@@ -20,7 +20,7 @@ from kitchen.errors import BackendError
 from kitchen.io.secrets import redact_url
 
 # The SDK's own default (tinker.lib.base_url.DEFAULT_BASE_URL), copied so that validate
-# needs no SDK import (the SDK imports torch); tests/test_fail_fast.py keeps them equal.
+# needs no SDK import (the SDK imports torch); tests/unit/runs/test_fail_fast.py keeps them equal.
 DEFAULT_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"
 DEFAULT_DEADLINE_S = 30.0
 

@@ -3,7 +3,7 @@
 This is what a cookbook user does: start ``kitchen serve``, point ``TINKER_BASE_URL`` at it
 and run the cookbook's own loops (``supervised.train`` on a conversation file, ``rl.train``
 on its arithmetic env, ``preference.train_dpo``), each as a subprocess
-(tests/cookbook_loops.py). The cookbook loads the tokenizer with
+(tests/support/cookbook_loops.py). The cookbook loads the tokenizer with
 ``AutoTokenizer.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")`` on the client, so
 a temporary Hugging Face cache (huggingface_hub's own layout) holds the tokenizer files
 of kitchen's converted SmolLM2, with HF_HUB_OFFLINE=1: nothing is downloaded.
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from hub_fake import populate_cache
 from kitchen.serve.testing import serve_subprocess
 
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 KEY = "tml-kitchen-cookbook-key"
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-LOOPS = Path(__file__).with_name("cookbook_loops.py")
+LOOPS = REPO / "tests" / "support" / "cookbook_loops.py"
 KITCHEN = (str(Path(sys.executable).with_name("kitchen")), "serve")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from kitchen.errors import ConfigError, DataError
 from kitchen.train.datum import (
     build_preference_data,
@@ -26,7 +27,6 @@ from kitchen.train.renderers import (
     build_renderer,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "recipes" / "data"
 
 # SmolLM2-Instruct's template: ChatML plus a default system prompt when none is given.

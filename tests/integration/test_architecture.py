@@ -13,7 +13,9 @@ import ast
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
+ROOT = REPO
 PKG = ROOT / "kitchen"
 
 
@@ -124,7 +126,7 @@ def test_no_import_cycles_between_kitchen_modules():
         describe(c, graph) for c in found)
 
 
-if __name__ == "__main__":  # `python tests/test_architecture.py` lists the cycles
+if __name__ == "__main__":  # `python tests/integration/test_architecture.py` lists the cycles
     g = import_graph()
     for c in cycles(g):
         print(describe(c, g))
@@ -166,7 +168,7 @@ def test_no_source_file_is_hidden_by_gitignore():
 
     import pytest
 
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("not a git checkout")
     listed = subprocess.run(

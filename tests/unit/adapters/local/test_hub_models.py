@@ -1,6 +1,6 @@
 """Hub models through the real CLI: huggingface_hub's cache offline, a loopback hub online.
 
-The cache is populated in huggingface_hub's own layout (tests/hub_fake.py) and read by
+The cache is populated in huggingface_hub's own layout (tests/support/hub_fake.py) and read by
 huggingface_hub itself; the "online" hub is a loopback HTTP server answering the
 endpoints snapshot_download uses, reached through HF_ENDPOINT. Nothing leaves the machine.
 """

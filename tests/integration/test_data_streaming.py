@@ -11,7 +11,7 @@ import signal
 
 from conftest import dataset_line, read_jsonl, run_completed
 from data_fixtures import make_hub_cache, messages_rows, prompt_completion_rows, sharegpt_rows, write_jsonl
-from test_resume import assert_same_run, start, wait_for_checkpoint
+from run_control import assert_same_run, start, wait_for_checkpoint
 
 TINY = ("recipe=sl_basic", "adapters=local", "model=tiny-llama", "num_preview_samples=0", "telemetry=jsonl",
         "eval_max_examples=4", "dataset_streaming=true")

@@ -9,13 +9,14 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from conftest import REPO
 from kitchen.config.recipes import bundled_conf_dir
 from kitchen.config.spec import AdaptersSpec
 from kitchen.errors import KitchenError
 from kitchen.outputs.run_weights import RunWeights, is_local_run, require_local
 from kitchen.runs.model_preflight import check_models
 
-KITCHEN = Path(__file__).resolve().parent.parent / "kitchen"
+KITCHEN = REPO / "kitchen"
 LOCAL = "kitchen.adapters.local.LocalTrainingClient"
 
 

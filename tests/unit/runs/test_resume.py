@@ -12,47 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, read_jsonl, step_losses
+from run_control import assert_same_run, start, wait_for_checkpoint
 
 TINY = ("recipe=sl_basic", "adapters=local", "model=tiny-llama", "batch_size=4", "~test_dataset", "num_preview_samples=0",
         "telemetry=jsonl", "lr_schedule=cosine", "warmup_steps=3", "lora_dropout=0.1")
-
-
-def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "kitchen.cli", "run", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 120) -> int:
-    index = run_dir / "checkpoints" / "checkpoints.jsonl"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if index.exists() and index.read_text().strip():
-            return json.loads(index.read_text().splitlines()[-1])["step"]
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before its first checkpoint: {proc.communicate()}")
-        time.sleep(0.01)
-    raise AssertionError("no checkpoint appeared")
-
-
-def final_weights(run_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    files = sorted((run_dir / "final" / "adapter").glob("*.safetensors"))
-    assert files, list((run_dir / "final").rglob("*"))
-    return load_file(str(files[0]))
-
-
-def assert_same_run(resumed: Path, reference: Path, steps: int) -> None:
-    import torch
-
-    a, b = step_losses(resumed), step_losses(reference)
-    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
-    for step in range(1, steps + 1):
-        assert a[step] == pytest.approx(b[step], rel=1e-6, abs=1e-7), step
-    wa, wb = final_weights(resumed), final_weights(reference)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.allclose(wa[key], wb[key], rtol=1e-6, atol=1e-7), key
 
 
 def test_sigkill_after_a_checkpoint_then_resume_equals_uninterrupted(kitchen, tmp_path):

@@ -1,5 +1,5 @@
 """Run one tinker-cookbook training loop, unmodified, against the Tinker server named by
-``TINKER_BASE_URL`` / ``TINKER_API_KEY``: ``python tests/cookbook_loops.py sft|rl|dpo ...``.
+``TINKER_BASE_URL`` / ``TINKER_API_KEY``: ``python tests/support/cookbook_loops.py sft|rl|dpo ...``.
 
 The slow tests start this as a subprocess, as a cookbook user runs their script, so they
 can kill it mid-run and start it again (the cookbook then resumes from the ``tinker://``

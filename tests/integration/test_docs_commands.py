@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.data_fixtures import messages_rows, prompt_completion_rows, write_jsonl
+from conftest import REPO
+from data_fixtures import messages_rows, prompt_completion_rows, write_jsonl
 
-REPO = Path(__file__).resolve().parent.parent
 # the order a reader meets them: recipes.md's sweeps make the dirs observability.md plots
 FIRST = ["README.md", "docs/recipes.md", "docs/data.md", "docs/backends.md", "docs/observability.md"]
 DOCS = FIRST + sorted(set(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")) - set(FIRST))
@@ -98,18 +98,18 @@ ADAPT: dict[str, str] = {
 }
 
 SKIP: dict[str, str] = {
-    "kitchen run model=Qwen/Qwen2.5-0.5B-Instruct model_revision=main": "downloads a 0.5B model (tests/test_hub_models.py loads one from a populated cache)",
+    "kitchen run model=Qwen/Qwen2.5-0.5B-Instruct model_revision=main": "downloads a 0.5B model (tests/unit/adapters/local/test_hub_models.py loads one from a populated cache)",
     "kitchen --install-completion": "edits your shell's rc file",
-    "kitchen export runs/try1 --out final-adapter --push me/my-adapter": "uploads to the Hugging Face Hub (tests/test_use_outputs.py pushes to a fake hub)",
+    "kitchen export runs/try1 --out final-adapter --push me/my-adapter": "uploads to the Hugging Face Hub (tests/unit/outputs/test_use_outputs.py pushes to a fake hub)",
     "kitchen run dataset=org/name dataset_subset=sharegpt test_dataset=org/name test_dataset_subset=sharegpt":
-        "downloads from the hub (tests/test_data_sources.py runs this shape against a hub cache it writes)",
+        "downloads from the hub (tests/integration/test_data_sources.py runs this shape against a hub cache it writes)",
     "kitchen run dataset=org/name dataset_subset=sharegpt dataset_streaming=true max_steps=2000 dataset_shuffle_buffer=10000":
-        "downloads from the hub (tests/test_data_streaming.py streams a hub-cache dataset)",
+        "downloads from the hub (tests/integration/test_data_streaming.py streams a hub-cache dataset)",
     "kitchen run recipe=sl_basic ... distributed.nproc_per_node=8 distributed.nnodes=2 distributed.rdzv_backend=c10d "
     "distributed.rdzv_endpoint=node0:29500 run_dir=/shared/runs/my-1b": "needs two machines with 8 GPUs each",
     "kitchen run -m hydra/launcher=submitit_slurm hydra.launcher.nodes=1 hydra.launcher.tasks_per_node=1 "
     "hydra.launcher.gpus_per_node=4 hydra.launcher.timeout_min=240 hydra.launcher.partition=gpu recipe=sl_basic "
-    "distributed.nproc_per_node=4 learning_rate=1e-4,3e-4": "needs a SLURM cluster (tests/test_sweeps.py runs submitit_local)",
+    "distributed.nproc_per_node=4 learning_rate=1e-4,3e-4": "needs a SLURM cluster (tests/unit/runs/test_sweeps.py runs submitit_local)",
 }
 
 # commands the doc shows failing on purpose, with the exit code and a phrase of the paragraph

@@ -13,6 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import REPO  # noqa: E402
 from kitchen.adapters.local import LocalTrainingClient  # noqa: E402
 from kitchen.errors import ConfigError, DataError, KitchenError  # noqa: E402
 from kitchen.ports.training import SamplingClient, TrainingClient  # noqa: E402
@@ -435,7 +436,7 @@ def test_light_modules_do_not_import_torch():
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1], env={**os.environ})
+                         cwd=REPO, env={**os.environ})
     assert out.stdout.strip() == "False"
 
 
