@@ -39,6 +39,7 @@ from kitchen.adapters.local.session import TrainSession
 from kitchen.adapters.local.threads import check_threads, default_threads
 from kitchen.errors import ConfigError
 from kitchen.io.atomic import atomic_publish_dir
+from kitchen.ports.futures import resolved
 from kitchen.ports.types import (
     AdamParams,
     CheckpointRef,
@@ -55,12 +56,6 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-
-def _resolved(value: Any) -> Future:
-    f: Future = Future()
-    f.set_result(value)
-    return f
 
 
 class LocalTrainingClient:
@@ -237,12 +232,12 @@ class LocalTrainingClient:
     def forward_backward(
         self, data: list[Datum], loss_fn: str = "cross_entropy", loss_fn_config: dict[str, float] | None = None
     ) -> Future:
-        return _resolved(self._run(data, loss_fn, loss_fn_config, train=True))
+        return resolved(self._run(data, loss_fn, loss_fn_config, train=True))
 
     def forward(
         self, data: list[Datum], loss_fn: str = "cross_entropy", loss_fn_config: dict[str, float] | None = None
     ) -> Future:
-        return _resolved(self._run(data, loss_fn, loss_fn_config, train=False))
+        return resolved(self._run(data, loss_fn, loss_fn_config, train=False))
 
     # ------------------------------------------------------------------ optimizer
     def _make_optimizer(self, params: AdamParams):
@@ -291,7 +286,7 @@ class LocalTrainingClient:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return _resolved(
+        return resolved(
             OptimStepResult(
                 step=self.step,
                 metrics={"grad_norm": float(norm), "learning_rate": float(params.learning_rate)},

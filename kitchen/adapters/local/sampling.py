@@ -24,19 +24,8 @@ from concurrent.futures import Future
 from typing import Any, Sequence
 
 from kitchen.errors import KitchenError
+from kitchen.ports.futures import failed, resolved
 from kitchen.ports.types import SampledSequence, SampleResult, SamplingParams
-
-
-def _resolved(value: Any) -> Future:
-    f: Future = Future()
-    f.set_result(value)
-    return f
-
-
-def _failed(exc: BaseException) -> Future:
-    f: Future = Future()
-    f.set_exception(exc)
-    return f
 
 
 def eos_ids(tokenizer, model) -> set[int]:
@@ -117,12 +106,12 @@ class LocalSamplingClient:
     # ------------------------------------------------------------------ API
     def sample(self, prompt: Sequence[int], num_samples: int, params: SamplingParams) -> Future:
         try:
-            return _resolved(self._sample(list(prompt), int(num_samples), params))
+            return resolved(self._sample(list(prompt), int(num_samples), params))
         except KitchenError as e:
-            return _failed(e)
+            return failed(e)
 
     def compute_logprobs(self, tokens: Sequence[int]) -> Future:
-        return _resolved(self._compute_logprobs(list(tokens)))
+        return resolved(self._compute_logprobs(list(tokens)))
 
     def compute_logprobs_batch(self, seqs: Sequence[Sequence[int]]) -> list[list[float | None]]:
         """Synchronous batched variant (right padding), handy for DPO references."""

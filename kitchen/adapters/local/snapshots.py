@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 from kitchen.adapters.local.sampling import LocalSamplingClient
 from kitchen.io.atomic import atomic_path
+from kitchen.ports.futures import resolved
 from kitchen.ports.types import SamplingParams
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -111,12 +112,6 @@ class AdapterHost:
         self._active = owner
 
 
-def _resolved(value: Any) -> Future:
-    f: Future = Future()
-    f.set_result(value)
-    return f
-
-
 class AdapterSampler:
     """A sampling client for one LoRA snapshot: its adapter tensors over a shared host."""
 
@@ -130,12 +125,12 @@ class AdapterSampler:
     def sample(self, prompt: Sequence[int], num_samples: int, params: SamplingParams) -> Future:
         with self.host.lock:
             self.host.activate(self, self.tensors)
-            return _resolved(self.host.client.sample(prompt, num_samples, params).result())
+            return resolved(self.host.client.sample(prompt, num_samples, params).result())
 
     def compute_logprobs(self, tokens: Sequence[int]) -> Future:
         with self.host.lock:
             self.host.activate(self, self.tensors)
-            return _resolved(self.host.client.compute_logprobs(tokens).result())
+            return resolved(self.host.client.compute_logprobs(tokens).result())
 
     def compute_logprobs_batch(self, seqs: Sequence[Sequence[int]]) -> list[list[float | None]]:
         with self.host.lock:

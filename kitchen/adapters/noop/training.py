@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 from kitchen.io.atomic import atomic_publish_dir, temp_sibling
+from kitchen.ports.futures import resolved
 from kitchen.ports.types import (
     AdamParams,
     CheckpointRef,
@@ -30,12 +31,6 @@ from kitchen.ports.types import (
 )
 
 T = TypeVar("T")
-
-
-def resolved(value: T) -> "Future[T]":
-    future: Future[T] = Future()
-    future.set_result(value)
-    return future
 
 
 class ByteTokenizer:
