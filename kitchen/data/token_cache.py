@@ -11,8 +11,8 @@ The cache key is the sha256 of everything that can change the tokens or weights:
 * caller extras (split, row limits...), and :data:`CODE_VERSION`, bumped whenever
   rendering or the stored format changes.
 
-Entries live in ``<root>/tokenized/<key>.arrow/`` where root is ``$KITCHEN_CACHE_DIR``,
-else ``$XDG_CACHE_HOME/crucible-kitchen``, else ``~/.cache/crucible-kitchen``. Each entry
+Entries live in ``<root>/tokenized/<key>.arrow/`` where root is kitchen's one cache root
+(:func:`kitchen.io.cache.cache_root`: ``$KITCHEN_CACHE_DIR``, else the XDG cache). Each entry
 is an Arrow IPC file with every example's tokens and weights,
 served memory-mapped (see "Arrow entries" below). Writes are atomic (temp dir +
 ``os.replace``); an unreadable entry is treated as a miss and rewritten.
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from kitchen.io.atomic import atomic_publish_dir
+from kitchen.io.cache import cache_root
 from kitchen.ports.types import Datum
 from kitchen.train.datum import DataStats, datum_from_rendered
 from kitchen.train.renderers import Renderer
@@ -42,15 +43,6 @@ CODE_VERSION = 2  # 2: Arrow entries; per-message weights, text rows, linear ren
 log = logging.getLogger("kitchen.data")
 
 _PROBE = "Chef's probe: 250 ml = 1 cup.\n\n<|im_end|><|eot_id|></s> User: héllo 👩‍🍳"
-
-
-def cache_root() -> Path:
-    env = os.environ.get("KITCHEN_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "crucible-kitchen"
 
 
 def tokenized_dir(cache_dir: str | os.PathLike | None = None) -> Path:

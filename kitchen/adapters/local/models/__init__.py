@@ -1,6 +1,6 @@
 """Models for the local backend (usable without the training client), one concept per module:
 
-* :mod:`.resolve`: *where* a name points (aliases, files, run dirs, hub ids) and the cache root;
+* :mod:`.resolve`: *where* a name points (aliases, files, run dirs, hub ids);
 * :mod:`.load`: ``load_model(name) -> (model, tokenizer, info)``, ``load_tokenizer``, chat templates;
 * :mod:`.provenance`: where the base weights truly came from (adapter configs, model cards);
 * :mod:`.state_dict`: models built from shared tensors, configs cleaned of quantization;
@@ -22,7 +22,6 @@ from kitchen.adapters.local.models.resolve import (
     SMOLLM2_HF_ID,
     SMOLLM2_PACKAGE,
     ResolvedModel,
-    cache_root,
     canonical_name,
     resolve_model,
     smollm2_gguf_path,
@@ -33,6 +32,7 @@ from kitchen.adapters.local.models.state_dict import (
     rebuild_clean,
     strip_quantization,
 )
+from kitchen.io.cache import cache_root  # kitchen's one cache root, re-exported for model callers
 
 __all__ = [
     "DEFAULT_MODEL", "MODEL_ALIASES", "SMOLLM2_HF_ID", "SMOLLM2_PACKAGE", "ResolvedModel", "base_model_id", "base_record",

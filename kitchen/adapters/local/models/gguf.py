@@ -1,6 +1,6 @@
 """GGUF files: checked, dequantised once into a cached safetensors model directory.
 
-Cache layout (root: :func:`kitchen.adapters.local.models.resolve.cache_root`)::
+Cache layout (root: :func:`kitchen.io.cache.cache_root`)::
 
     <root>/models/<gguf-stem>-<gguf-size>/   config.json, model.safetensors,
                                              generation_config.json, tokenizer files
@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from kitchen.adapters.local.models.resolve import cache_root
 from kitchen.adapters.local.models.state_dict import rebuild_clean
 from kitchen.errors import BackendError
 from kitchen.io.atomic import atomic_publish_dir
+from kitchen.io.cache import cache_root
 
 
 def gguf_cache_dir(gguf: Path, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -14,13 +14,11 @@ Accepted names:
   no network: the cached copy, else a :class:`BackendError` naming ``hf download ID``.
   ``revision=`` pins a branch, tag or commit.
 
-The cache root (``$KITCHEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/crucible-kitchen``, else
-``~/.cache/crucible-kitchen``) is also here: it is where converted models are found.
+Converted models are found under kitchen's one cache root (:func:`kitchen.io.cache.cache_root`).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,16 +52,6 @@ class ResolvedModel:
 
 def canonical_name(name: str) -> str:
     return MODEL_ALIASES.get(name.strip().lower(), name.strip())
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("KITCHEN_CACHE_DIR"):
-        return Path(os.environ["KITCHEN_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "crucible-kitchen"
 
 
 def smollm2_gguf_path() -> Path:
