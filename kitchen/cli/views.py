@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from rich.tree import Tree
 from kitchen.config.spec import STRUCTURAL_KEYS, RunSpec, describe_fields, own_keys
 from kitchen.engine.ir import ConditionalNode, LoopNode, Node, ParallelNode, StageNode, Workflow
 from kitchen.runs.lifecycle import trained_seconds
+from kitchen.runs.rundir import RunDir
 from kitchen.telemetry.events import RunStatus
 
 
@@ -201,9 +201,8 @@ def print_runs(roots: Iterable[Path]) -> None:
         table.add_column(col, no_wrap=True)
     count = 0
     for path in _find_runs(roots):
-        try:
-            info = json.loads((path / "run.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        info = RunDir(path).read_info()
+        if not info or info.get("status") == "unknown":  # gone, or not JSON (a torn write): not listed
             continue
         count += 1
         metrics = info.get("final_metrics") or {}

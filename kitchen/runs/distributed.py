@@ -170,7 +170,8 @@ def launch_run(spec: Any, argv: Sequence[str] | None = None, *, pin_run_dir: boo
 
     Checks what can be checked before starting anything (exit 2), pins the run dir so
     every rank composes the same one (``kitchen resume DIR`` names it already), and
-    returns the job's status for the CLI.
+    returns the job's status and exit code for the CLI (what rank 0 recorded is in run.json:
+    :meth:`kitchen.runs.rundir.RunDir.read_info`).
     """
     d = spec.distributed
     check_batch_split(spec)
@@ -182,17 +183,4 @@ def launch_run(spec: Any, argv: Sequence[str] | None = None, *, pin_run_dir: boo
     from kitchen.telemetry.events import RunStatus
 
     status = {0: RunStatus.COMPLETED, 130: RunStatus.INTERRUPTED}.get(code, RunStatus.FAILED)
-    info = run_info(spec.run_dir)
-    return {"status": status, "run_dir": spec.run_dir, "exit_code": code, "step": info.get("step", 0),
-            "metrics": dict(info.get("final_metrics") or {}), "error": info.get("error")}
-
-
-def run_info(run_dir: str) -> dict[str, Any]:
-    """What rank 0 recorded in run.json (status, step, final metrics) after the job."""
-    import json
-    from pathlib import Path
-
-    try:
-        return json.loads((Path(run_dir) / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return {"status": status, "run_dir": spec.run_dir, "exit_code": code}

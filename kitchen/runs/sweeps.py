@@ -142,11 +142,15 @@ def _run_on_ranks(spec: Any, overrides: list[str]) -> dict[str, Any]:
 
     dirs = [d for d in os.environ.get(SWEEP_RECIPES_ENV, "").split(os.pathsep) if d]
     argv = ["run", *(a for d in dirs for a in ("--recipes-dir", d)), *overrides]
+    from kitchen.runs.rundir import RunDir
+
     out = distributed.launch_run(spec, argv)
-    error = out["error"]
+    info = RunDir(Path(spec.run_dir)).read_info() or {}
+    error = info.get("error")
     if out["status"] != RunStatus.COMPLETED and not error:
         error = f"the job's ranks exited with code {out['exit_code']} (their errors are on the console above)"
-    return {"status": out["status"], "step": out["step"], "metrics": out["metrics"], "error": error}
+    return {"status": out["status"], "step": info.get("step", 0), "metrics": dict(info.get("final_metrics") or {}),
+            "error": error}
 
 
 def sweep_overrides(overrides: list[str]) -> list[str]:
