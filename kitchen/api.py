@@ -14,7 +14,8 @@ What is here, by what a plugin author is doing:
   the same way (:func:`restore_and_evaluate`, :func:`periodic`, :func:`finish`,
   :func:`epochs_of_batches`), the loop sources (:func:`steps`, :func:`epochs`,
   :func:`batches`) and the built-in stages a workflow reuses (:class:`OpenSession`,
-  :class:`Evaluate`, :class:`Checkpoint`...);
+  :class:`Evaluate`, :class:`Checkpoint`..., and :class:`RolloutStage`, the base a
+  rollout stage subclasses to sample its groups in parallel lanes);
 - **its config schema**: :class:`RunSpec` (the keys every workflow shares) and the key
   groups a schema mixes in (:class:`ChatDataKeys`, :class:`BatchKeys`,
   :class:`SamplingKeys`, :class:`RolloutKeys`...);
@@ -84,6 +85,7 @@ from kitchen.stages.evaluate import Evaluate, PrepareEvaluators
 from kitchen.stages.rollouts import (
     Group,
     Rollouts,
+    RolloutStage,
     Sample,
     env_groups,
     require_max_steps,
@@ -153,7 +155,7 @@ __all__ = [
     "OpenSession", "Restore", "Session",
     "LoadDataset", "TokenizeChat", "PlanBatches", "ChatData", "epochs", "batches", "end_epoch",
     "PrepareEvaluators", "Evaluate", "Checkpoint", "SaveWeights",
-    "Rollouts", "Group", "Sample", "steps", "env_groups", "sample_lane", "sample_params", "sampling_seed",
+    "RolloutStage", "Rollouts", "Group", "Sample", "steps", "env_groups", "sample_lane", "sample_params", "sampling_seed",
     "require_max_steps",
     "restore_and_evaluate", "periodic", "finish", "epochs_of_batches",
 ]

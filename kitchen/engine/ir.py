@@ -122,16 +122,6 @@ def every(key: str) -> Predicate:
     return predicate
 
 
-def when(key: str) -> Predicate:
-    """True when the hyperparameter ``key`` is truthy."""
-
-    def predicate(ctx: "Context") -> bool:
-        return bool(getattr(ctx.spec, key, None))
-
-    predicate.label = f"if {key}"  # type: ignore[attr-defined]
-    return predicate
-
-
 def walk(nodes: Iterable[Node]) -> Iterable[StageNode]:
     """Every stage node in the tree, depth first (for validation and describe)."""
     for node in nodes:

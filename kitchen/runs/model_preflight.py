@@ -10,19 +10,22 @@ checks the ``push_to_hub=`` repo id. No torch import.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kitchen.errors import ConfigError
 
+if TYPE_CHECKING:
+    from kitchen.config.spec import RunSpec
 
-def check_models(spec: Any) -> str:
+
+def check_models(spec: RunSpec) -> str:
     """Raise a KitchenError for a model problem; else a short description for the ok line."""
     from kitchen.adapters.local.models import read_chat_template, resolve_model
 
     notes = []
-    if getattr(spec, "chat_template", None):
+    if spec.chat_template:
         read_chat_template(spec.chat_template)
-    repo = getattr(spec, "push_to_hub", None)
+    repo = spec.push_to_hub
     if repo:
         from huggingface_hub.utils import validate_repo_id
 
@@ -34,11 +37,11 @@ def check_models(spec: Any) -> str:
             raise ConfigError(f"push_to_hub='{repo}' needs an owner: use org/name (e.g. me/{repo}).")
     if not spec.adapters.local_models:  # a service names its own models: nothing here to resolve
         return ""
-    res = resolve_model(spec.model, getattr(spec, "model_revision", None), offline_ok=True)
+    res = resolve_model(spec.model, spec.model_revision, offline_ok=True)
     if res.kind == "hub":
         state = "cached" if res.path else "will be downloaded"
         notes.append(f"hub model {res.name}@{(res.commit or '?')[:12]} ({state})")
-    teacher = getattr(spec, "teacher", None)
+    teacher = getattr(spec, "teacher", None)  # a key of the distillation workflows' schema only
     if teacher:
         resolve_model(teacher, None, offline_ok=True)
     return ", ".join(notes)
