@@ -12,7 +12,7 @@ from typing import Any, Callable, Literal, Optional, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kitchen.errors import ConfigError, did_you_mean
-from kitchen.ports.types import ADAM_EPS, LOSS_CHUNK_TOKENS
+from kitchen.ports.types import ADAM_EPS, LOSS_CHUNK_TOKENS, OptimizerSpec
 from kitchen.train.formats import CANONICAL_FIELDS
 from kitchen.train.train_on_what import TrainOnWhatName as TrainOnWhat  # the one definition of its values
 
@@ -172,6 +172,15 @@ class RunSpec(_Strict):
             raise ValueError("is empty; pass run_dir=PATH naming a folder for the run")
         return value
 
+    def optimizer(self) -> OptimizerSpec:
+        """The optimizer this run trains with: AdamW from the keys above.
+
+        The engine asks this, not the keys, so a workflow's schema chooses its optimizer
+        by overriding this method (a backend refuses a kind it does not run at session start).
+        """
+        return OptimizerSpec(kind="adamw", beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                             weight_decay=self.weight_decay, grad_clip_norm=self.grad_clip_norm)
+
     @classmethod
     def from_config(cls, data: dict[str, Any], source: str = "the composed config", elsewhere: Any = None) -> "RunSpec":
         """Validate ``data`` into this schema; every problem at once, in one paragraph.
@@ -255,8 +264,18 @@ class PolicyGradientKeys(_Strict):
     kl_coef: float = Field(0.0, ge=0, description="KL penalty against the reference model")
 
 
-class RolloutKeys(SamplingKeys, PolicyGradientKeys):
-    """Sampling plus a policy-gradient loss: RL and on-policy distillation."""
+class EpisodeKeys(_Strict):
+    """Limits of multi-turn episodes (kitchen.stages.rollouts reads these; the token limit is max_length)."""
+
+    max_turns: int = Field(8, gt=0, description="turns per episode at most (an env's episode ends earlier when it says done)")
+    max_env_failures: int = Field(
+        8, gt=0, description="consecutive episodes an env may fail (raise, or a tool that errs or hangs) before the run "
+        "stops with the env's name and last error")
+    env_failure_reward: float = Field(0.0, description="the reward of an episode ended by an env that raised")
+
+
+class RolloutKeys(SamplingKeys, PolicyGradientKeys, EpisodeKeys):
+    """Sampling plus a policy-gradient loss, and the episode limits: RL and on-policy distillation."""
 
 
 def all_keys(model: type[BaseModel]) -> list[str]:
