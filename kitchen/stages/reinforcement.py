@@ -25,18 +25,17 @@ from kitchen.engine.pipeline import StepOutput
 from kitchen.engine.stage import Stage
 from kitchen.errors import KitchenError
 from kitchen.evaluators import EnvAccuracy
-from kitchen.ports.types import Datum, SampleResult
+from kitchen.ports.types import Datum
 from kitchen.stages.rollouts import (
+    EpisodeRollout,
     Group,
     Rollouts,
-    RolloutStage,
-    Sample,
     env_groups,
+    episode_step_metrics,
     loss_fn_config_for,
     require_max_steps,
-    score_tokens,
+    sample_datums,
 )
-from kitchen.stages.session import Session
 from kitchen.telemetry import events as ev
 from kitchen.train.messages import last_user_text
 
@@ -62,11 +61,11 @@ class RLSetup(Stage):
 
         spec, rl = ctx.spec, ctx.use(RLState)
         rl.env = build("envs", spec.env)
-        rl.eval_problems = rl.env.eval_prompts(spec.eval_max_examples, seed=spec.seed)
+        rl.eval_problems = rl.env.eval_prompts(spec.eval_max_examples, seed=spec.seed) if hasattr(rl.env, "eval_prompts") else []
         ctx.progress.total_steps = spec.max_steps
         ctx.emit(
             ev.RUN_INFO,
-            message=f"env {rl.env.name}: {spec.groups_per_batch} prompts x {spec.group_size} samples per step, "
+            message=f"env {getattr(rl.env, 'name', type(rl.env).__name__)}: {spec.groups_per_batch} prompts x {spec.group_size} samples per step, "
             f"{len(rl.eval_problems)} held-out eval prompts, loss {spec.loss_fn}, kl_coef {spec.kl_coef}",
         )
 
@@ -84,32 +83,22 @@ class RLPrompts(Stage):
             rl.reference = ctx.training.sampling_client(base_model=spec.model)
 
 
-class Rollout(RolloutStage):
-    """In rollout_concurrency parallel lanes: sample group_size completions per prompt, score them."""
+class Rollout(EpisodeRollout):
+    """In rollout_concurrency parallel lanes: run group_size episodes per group through the env (one turn for a
+    single-turn env: sample, score), then the reference logprobs when kl_coef > 0."""
 
-    def rollout(self, ctx: Context, group: Group, result: SampleResult) -> None:
-        rl, renderer = ctx.use(RLState), ctx.use(Session).renderer
-        samples = []
-        for seq in result.sequences:
-            text = renderer.parse_response(seq.tokens)
-            score = rl.env.score(group.problem, text)
-            samples.append(Sample(list(seq.tokens), list(seq.logprobs), text, float(score.reward), bool(score.correct)))
-        if ctx.spec.kl_coef > 0 and rl.reference is not None:
-            score_tokens(rl.reference, group, samples)
-        group.samples = samples
+    def reference(self, ctx: Context) -> Any:
+        return ctx.use(RLState).reference if ctx.spec.kl_coef > 0 else None
+
+    def env(self, ctx: Context) -> Any:
+        return ctx.use(RLState).env
 
 
 class RLStep(Stage):
     """Group-centred advantages (minus kl_coef * (logp - logp_ref) per token) -> forward_backward + optim_step."""
 
     def execute(self, ctx: Context) -> StepOutput:
-        from kitchen.train.rl import (
-            approx_kl,
-            batch_group_advantages,
-            build_rl_datum,
-            kl_penalty_advantages,
-            rl_step_metrics,
-        )
+        from kitchen.train.rl import approx_kl, batch_group_advantages, rl_step_metrics
 
         spec = ctx.spec
         groups = ctx.use(Rollouts).groups
@@ -122,12 +111,9 @@ class RLStep(Stage):
                 if not sample.tokens:
                     continue
                 sampled += 1
-                token_adv: float | list[float] = adv
-                if spec.kl_coef > 0 and sample.ref_logprobs is not None:
-                    token_adv = kl_penalty_advantages([adv] * len(sample.tokens), sample.logprobs, sample.ref_logprobs, spec.kl_coef)
-                datum = build_rl_datum(group.prompt_tokens, sample.tokens, sample.logprobs, token_adv)
-                if any(datum.loss_fn_inputs["advantages"]):
-                    datums.append(datum)
+                for datum in sample_datums(group, sample, adv, spec.kl_coef):  # observation tokens weigh 0
+                    if any(datum.loss_fn_inputs["advantages"]):
+                        datums.append(datum)
         # Every group tied (all right or all wrong): no datums, so the step is counted and
         # logged but the weights and the optimizer state do not move.
         if not sampled:
@@ -139,6 +125,7 @@ class RLStep(Stage):
         if with_ref:
             metrics["kl_ref"] = approx_kl([x for s in with_ref for x in s.logprobs], [x for s in with_ref for x in s.ref_logprobs])  # type: ignore[union-attr]
         metrics["num_datums"] = float(len(datums))
+        metrics.update(episode_step_metrics(ctx.use(Rollouts)))  # turns, episode_tokens, turns_per_s, env/...
         first = ("reward_mean", "accuracy", "entropy", "kl_ref", "sampled_tokens")  # the console shows the first few
         ordered = {k: metrics[k] for k in first if k in metrics}
         ordered.update((k, v) for k, v in metrics.items() if k not in ordered)
