@@ -12,7 +12,7 @@ from typing import Any, Callable, Literal, Optional, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kitchen.errors import ConfigError, did_you_mean
-from kitchen.ports.types import ADAM_EPS, LOSS_CHUNK_TOKENS
+from kitchen.ports.types import ADAM_EPS, LOSS_CHUNK_TOKENS, OptimizerSpec
 from kitchen.train.formats import CANONICAL_FIELDS
 from kitchen.train.train_on_what import TrainOnWhatName as TrainOnWhat  # the one definition of its values
 
@@ -171,6 +171,15 @@ class RunSpec(_Strict):
         if not value.strip():
             raise ValueError("is empty; pass run_dir=PATH naming a folder for the run")
         return value
+
+    def optimizer(self) -> OptimizerSpec:
+        """The optimizer this run trains with: AdamW from the keys above.
+
+        The engine asks this, not the keys, so a workflow's schema chooses its optimizer
+        by overriding this method (a backend refuses a kind it does not run at session start).
+        """
+        return OptimizerSpec(kind="adamw", beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                             weight_decay=self.weight_decay, grad_clip_norm=self.grad_clip_norm)
 
     @classmethod
     def from_config(cls, data: dict[str, Any], source: str = "the composed config", elsewhere: Any = None) -> "RunSpec":

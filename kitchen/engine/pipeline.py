@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from kitchen.errors import TrainingDiverged
-from kitchen.ports.types import AdamParams, Datum
+from kitchen.ports.types import AdamParams, Datum, OptimizerSpec
 from kitchen.telemetry import events as ev
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class StepPipeline:
         self._t0: float | None = None
         self._paused = 0.0
         self._tokens = 0
+        self._optimizer: OptimizerSpec | None = None  # the spec's, asked once
 
     # -- the training step ----------------------------------------------------------
 
@@ -95,7 +96,7 @@ class StepPipeline:
                 fb = training.forward_backward(datums, output.loss_fn, dict(output.loss_fn_config))
             else:
                 fb = training.forward_backward(datums, output.loss_fn)
-            optim = training.optim_step(self.adam(lr))
+            optim = training.optim_step(self.optim_params(lr))
         item = InFlight(
             step=progress.step + 1, epoch=progress.epoch, output=output, forward_backward=fb, optim=optim, lr=lr,
             tokens=sum(d.num_loss_tokens() for d in datums), input_tokens=sum(d.length for d in datums),
@@ -168,10 +169,11 @@ class StepPipeline:
         total = self.ctx.progress.total_steps or (step0 + 1)
         return lr_at(step0, total, s.learning_rate, s.lr_schedule, s.warmup_steps, s.min_lr_ratio)
 
-    def adam(self, lr: float) -> AdamParams:
-        s = self.ctx.spec
-        return AdamParams(learning_rate=lr, beta1=s.beta1, beta2=s.beta2, eps=s.eps, weight_decay=s.weight_decay,
-                          grad_clip_norm=s.grad_clip_norm)
+    def optim_params(self, lr: float) -> AdamParams:
+        """This step's optimizer parameters: the workflow config's optimizer at the scheduled ``lr``."""
+        if self._optimizer is None:
+            self._optimizer = self.ctx.spec.optimizer()
+        return self._optimizer.step(lr)
 
     # -- the throughput clock -----------------------------------------------------------
 

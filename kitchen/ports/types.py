@@ -60,6 +60,47 @@ class AdamParams:
     grad_clip_norm: float = 0.0
 
 
+# The optimizers the training port defines. ``optim_step`` takes AdamW's per-step
+# parameters (Tinker's contract), so AdamW is the one every backend runs; a backend that
+# adds another lists it in its own ``OPTIMIZERS`` and takes it from the session config.
+OPTIMIZERS: tuple[str, ...] = ("adamw",)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """The optimizer a session trains with, as the workflow's config chooses it.
+
+    The engine does not build optimizer settings: it asks the run spec
+    (:meth:`kitchen.config.spec.RunSpec.optimizer`, which a workflow's schema may
+    override) once, passes the spec to ``start_session`` in :class:`SessionConfig` so a
+    backend refuses a kind it cannot run before any step, and turns it into each step's
+    :class:`AdamParams` with the scheduled learning rate (:meth:`step`).
+    """
+
+    kind: str = "adamw"
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = ADAM_EPS
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 0.0
+
+    def step(self, learning_rate: float) -> AdamParams:
+        """One optim_step's parameters at ``learning_rate``."""
+        return AdamParams(learning_rate=learning_rate, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                          weight_decay=self.weight_decay, grad_clip_norm=self.grad_clip_norm)
+
+
+def require_optimizer(optimizer: OptimizerSpec, backend: str, supported: tuple[str, ...] = OPTIMIZERS) -> None:
+    """Refuse, before any step, an optimizer kind this backend does not run."""
+    if optimizer.kind not in supported:
+        from kitchen.errors import ConfigError
+
+        raise ConfigError(
+            f"The workflow asks for the optimizer {optimizer.kind!r}, which the {backend} backend does not run. "
+            f"It runs: {', '.join(supported)}. The optimizer comes from the workflow config's optimizer() "
+            "(kitchen.config.spec.RunSpec.optimizer); return one of these kinds there, or use a backend that runs it.")
+
+
 @dataclass(frozen=True)
 class LoraConfig:
     """What to train. ``rank=0`` means full fine-tuning."""
@@ -97,6 +138,7 @@ class SessionConfig:
     padding_free: bool = False  # pack a micro-batch's sequences into one row
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast over fp32 master weights)
     quantization: str | None = None  # None | 4bit | 8bit (QLoRA, CUDA only)
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)  # the backend refuses a kind it does not run
 
 
 @dataclass

@@ -38,7 +38,7 @@ def session_config(spec) -> SessionConfig:
         micro_batch_size=spec.micro_batch_size, max_tokens_per_micro_batch=spec.max_tokens_per_micro_batch,
         loss_chunk_tokens=spec.loss_chunk_tokens,
         activation_checkpointing=spec.activation_checkpointing, padding_free=spec.padding_free,
-        mixed_precision=spec.mixed_precision, quantization=spec.quantization,
+        mixed_precision=spec.mixed_precision, quantization=spec.quantization, optimizer=spec.optimizer(),
     )
 
 

@@ -47,6 +47,7 @@ from kitchen.ports.types import (
     ForwardBackwardResult,
     OptimStepResult,
     SessionConfig,
+    require_optimizer,
 )
 from kitchen.train.seeding import get_rng_state, seed_everything, set_rng_state
 
@@ -128,6 +129,7 @@ class LocalTrainingClient:
     def start_session(self, config: SessionConfig) -> dict[str, Any]:
         import torch
 
+        require_optimizer(config.optimizer, "local")
         self.config = config
         seed_everything(config.seed, torch=True)
         want = (config.device or "auto").lower()

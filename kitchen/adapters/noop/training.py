@@ -28,6 +28,7 @@ from kitchen.ports.types import (
     SampleResult,
     SamplingParams,
     SessionConfig,
+    require_optimizer,
 )
 
 T = TypeVar("T")
@@ -103,6 +104,7 @@ class NoopTrainingClient:
         self.checkpoint_dir = Path(path)
 
     def start_session(self, config: SessionConfig) -> dict[str, Any]:
+        require_optimizer(config.optimizer, "noop")
         self.seed = config.seed
         self.base_model = config.base_model
         return {"backend": "noop", "model": config.base_model, "trainable_params": 0, "device": "none"}

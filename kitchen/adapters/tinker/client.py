@@ -44,6 +44,7 @@ from kitchen.ports.types import (
     SampleResult,
     SamplingParams,
     SessionConfig,
+    require_optimizer,
 )
 
 log = logging.getLogger("kitchen.tinker")
@@ -339,6 +340,7 @@ class TinkerTrainingClient:
 
     # ---- port ------------------------------------------------------------------------
     def start_session(self, config: SessionConfig) -> dict[str, Any]:
+        require_optimizer(config.optimizer, "tinker")  # the service's optim_step is AdamW
         require_api_key()
         if config.lora.rank <= 0:
             raise BackendError("The tinker backend trains LoRA adapters only; lora rank 0 (full fine-tuning) is not available.",

@@ -215,6 +215,14 @@ def test_stage_options_are_checked_when_the_workflow_is_built():
         stage(Record, tga="x")
 
 
+def pipeline_spec(**keys: Any) -> SimpleNamespace:
+    """The keys the step pipeline reads: the schedule and the config's optimizer()."""
+    from kitchen.ports.types import OptimizerSpec
+
+    values = {"learning_rate": 1e-3, "lr_schedule": "constant", "warmup_steps": 0, "min_lr_ratio": 0.0, **keys}
+    return SimpleNamespace(**values, optimizer=lambda: OptimizerSpec(grad_clip_norm=1.0))
+
+
 def test_a_stage_that_returns_a_step_output_is_submitted_to_the_pipeline():
     """One StepOutput per step: the pipeline sends forward_backward + optim_step, counts the
     step, and publishes the algorithm's own metrics with the backend's (nothing rides a Future)."""
@@ -227,8 +235,7 @@ def test_a_stage_that_returns_a_step_output_is_submitted_to_the_pipeline():
     def train(ctx: Context) -> StepOutput:
         return StepOutput([datum], "cross_entropy", metrics={"reward_mean": 0.5}, loss=1.25, drop_metrics=("loss:sum",))
 
-    spec = SimpleNamespace(pipeline_depth=1, learning_rate=1e-3, lr_schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
-                           beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0)
+    spec = pipeline_spec(pipeline_depth=1)
     client = NoopTrainingClient()
     ctx = Context(spec=spec, adapters=Adapters(client, None), bus=EventBus(), run_dir=Path("."))  # type: ignore[arg-type]
     steps = []
@@ -252,8 +259,7 @@ def test_a_step_is_timed_when_it_finishes_not_when_it_is_published():
     from kitchen.ports.types import Datum
 
     datum = Datum([1, 2, 3], {"target_tokens": [2, 3, 4], "weights": [0.0, 1.0, 1.0]})
-    spec = SimpleNamespace(pipeline_depth=1, learning_rate=1e-3, lr_schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
-                           beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0)
+    spec = pipeline_spec(pipeline_depth=1)
     client = NoopTrainingClient()
     real = client.forward_backward
 
@@ -303,8 +309,7 @@ def test_a_step_output_without_datums_is_counted_but_moves_nothing():
     from kitchen.adapters.noop import NoopTrainingClient
     from kitchen.engine.pipeline import StepOutput
 
-    spec = SimpleNamespace(pipeline_depth=0, learning_rate=1e-3, lr_schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
-                           beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0)
+    spec = pipeline_spec(pipeline_depth=0)
     client = NoopTrainingClient()
     calls = []
     client.forward_backward = lambda *a, **k: calls.append(a)  # type: ignore[method-assign]
@@ -315,3 +320,47 @@ def test_a_step_output_without_datums_is_counted_but_moves_nothing():
     run([loop("s", over=lambda c: range(2), body=[stage(lambda c: StepOutput([], metrics={"reward_mean": 1.0}))])], ctx)
     assert ctx.step == 2 and not calls
     assert [(s["step"], s["loss"], s["reward_mean"]) for s in steps] == [(1, 0.0, 1.0), (2, 0.0, 1.0)]
+
+
+def test_the_optimizer_is_the_workflow_configs_not_the_engines():
+    """The pipeline asks the run spec's optimizer() once and sends its values with each step's
+    scheduled learning rate: a workflow schema that overrides optimizer() trains with its own."""
+    from kitchen.adapters.noop import NoopTrainingClient
+    from kitchen.config.spec import RunSpec
+    from kitchen.engine.pipeline import StepOutput
+    from kitchen.ports.types import AdamParams, Datum, OptimizerSpec
+
+    class HeavyDecay(RunSpec):  # a plugin workflow's schema choosing its own optimizer settings
+        def optimizer(self) -> OptimizerSpec:
+            return OptimizerSpec(beta1=0.5, beta2=0.9, eps=1e-6, weight_decay=0.25, grad_clip_norm=2.0)
+
+    from kitchen.runs.preflight import compose_spec
+
+    composed = compose_spec(["recipe=sl_basic", "adapters=noop", "beta1=0.8", "eps=1e-7"])[0]
+    assert composed.optimizer() == OptimizerSpec(beta1=0.8, eps=1e-7, grad_clip_norm=1.0)  # RunSpec's: AdamW from its keys
+    keys = composed.model_dump() | {"learning_rate": 2e-3, "lr_schedule": "constant", "warmup_steps": 0, "pipeline_depth": 0}
+    spec = HeavyDecay.model_validate({k: v for k, v in keys.items() if k in HeavyDecay.model_fields})
+    client = NoopTrainingClient()
+    sent: list[AdamParams] = []
+    real = client.optim_step
+    client.optim_step = lambda params: (sent.append(params), real(params))[1]  # type: ignore[method-assign]
+    ctx = Context(spec=spec, adapters=Adapters(client, None), bus=EventBus(), run_dir=Path("."))  # type: ignore[arg-type]
+    ctx.progress.total_steps = 2
+    datum = Datum([1, 2, 3], {"target_tokens": [2, 3, 4], "weights": [0.0, 1.0, 1.0]})
+    run([loop("s", over=lambda c: range(2), body=[stage(lambda c: StepOutput([datum], "cross_entropy"))])], ctx)
+    assert sent == [AdamParams(learning_rate=2e-3, beta1=0.5, beta2=0.9, eps=1e-6, weight_decay=0.25, grad_clip_norm=2.0)] * 2
+
+
+@pytest.mark.parametrize("backend", ["noop", "local"])
+def test_a_backend_refuses_an_optimizer_it_does_not_run_before_any_step(backend):
+    """A workflow that asks for another optimizer is told at session start, naming what the backend runs."""
+    from kitchen.ports.types import OptimizerSpec, SessionConfig
+
+    if backend == "noop":
+        from kitchen.adapters.noop import NoopTrainingClient as Client
+    else:
+        pytest.importorskip("torch")
+        from kitchen.adapters.local import LocalTrainingClient as Client
+    with pytest.raises(ConfigError) as err:
+        Client().start_session(SessionConfig(base_model="tiny-llama", optimizer=OptimizerSpec(kind="lion")))
+    assert "'lion'" in str(err.value) and f"the {backend} backend" in str(err.value) and "It runs: adamw" in str(err.value)
