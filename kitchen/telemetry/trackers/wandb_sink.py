@@ -65,7 +65,9 @@ class WandbSink(BackgroundSink):
     def start(self) -> None:
         import wandb
 
-        wandb_dir = Path(self.run.run_dir)
+        # W&B's own convention: WANDB_DIR decides where its files go; the run dir only when it is unset
+        wandb_dir = Path(os.environ.get("WANDB_DIR") or self.run.run_dir).expanduser()
+        wandb_dir.mkdir(parents=True, exist_ok=True)
         config = dict(self.run.config)
         if self.run.git_sha:
             config["git_sha"] = self.run.git_sha

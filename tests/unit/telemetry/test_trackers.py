@@ -88,6 +88,20 @@ def test_wandb_offline_run_has_config_steps_evals_samples_and_weights(tracked):
     assert refs and all(ref.startswith((run_dir / "final").resolve().as_uri()) for ref in refs)
 
 
+def test_wandb_dir_decides_where_the_wandb_files_go(tmp_path):
+    """W&B's convention: with WANDB_DIR set, the offline run is written there, not in the run dir."""
+    run_dir, wandb_dir = tmp_path / "run", tmp_path / "elsewhere"
+    env = {**tracker_env(tmp_path), "WANDB_DIR": str(wandb_dir)}
+    r = run_kitchen("run", "recipe=sl_basic", "adapters=noop", "max_steps=3", f"run_dir={run_dir}",
+                    "telemetry.sinks=[jsonl,wandb]", cwd=tmp_path, env=env)
+    assert r.code == 0, r
+    wb = json.loads((run_dir / "run.json").read_text())["trackers"]["wandb"]
+    runs = list((wandb_dir / "wandb").glob(f"offline-run-*-{wb['id']}"))
+    assert len(runs) == 1 and not (run_dir / "wandb").exists(), list(wandb_dir.rglob("*"))[:10]
+    steps = [rec for rec in wandb_records(runs[0]) if "train/loss" in json.dumps(rec)]
+    assert steps, "the run's steps are in the W&B run under WANDB_DIR"
+
+
 def test_tensorboard_scalars_evals_text_and_hparams(tracked):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
