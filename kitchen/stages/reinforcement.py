@@ -51,10 +51,10 @@ class RLSetup(Stage):
     """Build the environment and its held-out prompts; the run is max_steps steps."""
 
     def validate(self, ctx: Context) -> None:
-        from kitchen.config.instantiate import resolve
+        from kitchen.config.instantiate import build
 
         require_max_steps(ctx, "reinforcement")
-        resolve("envs", ctx.spec.env)
+        build("envs", ctx.spec.env)  # building checks the env's own options (its tools, their names) before a run starts
 
     def execute(self, ctx: Context) -> None:
         from kitchen.config.instantiate import build
