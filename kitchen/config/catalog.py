@@ -9,7 +9,8 @@ no flag::
     [project.entry-points."crucible_kitchen.recipes"]
     my_cookbook = "my_cookbook:RECIPES_DIR"     # a folder of recipe YAML files (str, Path or module)
 
-Groups: ``crucible_kitchen.{recipes,workflows,stages,envs,renderers,evaluators,sinks}``.
+Groups: ``crucible_kitchen.{recipes,workflows,stages,envs,tools,renderers,evaluators,sinks}``
+(a tool is a typed function an env's policy may call, see :mod:`kitchen.train.tools`).
 Built-ins are named here by dotted path and imported only when used, so listing names
 never imports torch. A plugin whose entry point fails to load is one warning naming its
 package and is left out; two sources that give the same name is a ConfigError naming
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterable
 from kitchen.errors import ConfigError, KitchenError, did_you_mean
 from kitchen.telemetry.sink_table import BUILTIN_SINKS
 
-KINDS = ("recipes", "workflows", "stages", "envs", "renderers", "evaluators", "sinks")
+KINDS = ("recipes", "workflows", "stages", "envs", "tools", "renderers", "evaluators", "sinks")
 GROUP_PREFIX = "crucible_kitchen."
 BUILTIN = "kitchen"
 
@@ -45,7 +46,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "checkpoint": "kitchen.stages.checkpoint:Checkpoint",
         "save_weights": "kitchen.stages.checkpoint:SaveWeights",
     },
-    "envs": {"arithmetic": "kitchen.train.envs:ArithmeticEnv"},
+    "envs": {"arithmetic": "kitchen.train.envs:ArithmeticEnv", "calculator": "kitchen.envs.calculator:CalculatorEnv"},
+    "tools": {"calculator": "kitchen.envs.calculator:calculator"},
     "renderers": {
         "auto": "kitchen.train.renderers:auto_renderer",
         "chat_template": "kitchen.train.renderers:ChatTemplateRenderer",

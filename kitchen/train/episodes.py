@@ -44,7 +44,9 @@ class StepResult:
 
     ``metrics`` are numbers the rollout averages over episodes into the step's metrics
     (``correct`` is the episode's accuracy when the last step sets it). A done episode's
-    ``next_observation`` may be empty.
+    ``next_observation`` may be empty. ``error`` says the env itself failed at this step
+    (a tool that raised or hung) though it still gave a defined reward: the episode
+    counts as failed towards ``max_env_failures``.
     """
 
     reward: float
@@ -52,6 +54,7 @@ class StepResult:
     next_observation: Observation = field(default_factory=list)
     next_stop_condition: Sequence[int] | Sequence[str] = ()
     metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
 
 
 @runtime_checkable

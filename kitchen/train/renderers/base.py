@@ -86,6 +86,61 @@ class Renderer:
         """Sampled tokens to the assistant's text (end-of-turn and after removed)."""
         raise NotImplementedError
 
+    # -- tool calling ------------------------------------------------------------------
+    # Subclasses whose template renders tools itself (``native_tools``) get the messages
+    # as they are, with ``tools=``; every other layout gets the text fallback below: the
+    # tool list as a system message, each call as ``<tool_call>{json}</tool_call>`` in
+    # the assistant's content, and results as ``tool`` turns.
+
+    native_tools: bool = False
+
+    def tool_messages(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None) -> list[dict]:
+        """``messages`` (with ``tool_calls`` on assistant turns) in the plain ``role``/``content``
+        shape this layout renders, the tool list included as a system message."""
+        from kitchen.train.tools import ToolCall, format_tool_call, tools_system_prompt
+
+        out: list[dict] = []
+        for m in messages:
+            m = dict(m)
+            calls = m.pop("tool_calls", None) or []
+            m.pop("tool_call_id", None)
+            m.pop("name", None)
+            if calls:
+                text = "".join(format_tool_call(ToolCall(c["function"]["name"], dict(c["function"].get("arguments") or {})))
+                               for c in calls)
+                m["content"] = (m.get("content") or "") + text
+            out.append({"role": m["role"], "content": m.get("content") or ""})
+        if tools:
+            prompt = tools_system_prompt(tools)
+            if out and out[0]["role"] == "system":
+                out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + prompt}
+            else:
+                out.insert(0, {"role": "system", "content": prompt})
+        return out
+
+    def parse_message(self, tokens: Sequence[int]) -> dict[str, Any]:
+        """Sampled tokens to an assistant message: its text, the ``tool_calls`` it makes, and
+        ``tool_call_error`` when it tries to call a tool and the call does not parse."""
+        from kitchen.train.tools import parse_tool_calls
+
+        text = self.parse_response(tokens)
+        calls, error = parse_tool_calls(text)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = [c.to_message() for c in calls]
+        if error:
+            message["tool_call_error"] = error
+        return message
+
+    def build_continuation(self, history: Sequence[Mapping[str, Any]], assistant: Mapping[str, Any],
+                           new_messages: Sequence[Mapping[str, Any]], action: Sequence[int],
+                           tools: Sequence[Any] | None = None) -> list[int] | None:
+        """Tokens that follow a sampled ``action`` (the assistant turn after ``history``) so that
+        ``prompt + action + continuation`` is the prompt for the next assistant turn after
+        ``new_messages``; None when this layout cannot extend the sampled tokens exactly (the
+        caller then renders the whole conversation again, a new datum)."""
+        return None
+
     # -- shared ------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))

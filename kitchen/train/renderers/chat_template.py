@@ -370,8 +370,60 @@ class ChatTemplateRenderer(Renderer):
             prev_end = seg_end
         return spans
 
-    def build_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
-        return self._encode(self._text(check_messages(messages), generation_prompt=True))
+    def build_prompt(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None) -> list[int]:
+        if not tools and not any(m.get("tool_calls") for m in messages):
+            return self._encode(self._text(check_messages(messages), generation_prompt=True))
+        return self._encode(self._tool_text(messages, tools, generation_prompt=True))
+
+    # -- tools: the template's own format when it has one (tools= of apply_chat_template)
+
+    @property
+    def native_tools(self) -> bool:  # type: ignore[override]
+        """Whether the template renders ``tools=`` and assistant ``tool_calls`` itself (probed once)."""
+        if "_native_tools" not in self.__dict__:
+            self._native_tools = False
+            probe_tool = {"type": "function", "function": {"name": "kitchen_probe_tool", "description": "probe",
+                                                           "parameters": {"type": "object", "properties": {}}}}
+            call = {"type": "function", "function": {"name": "kitchen_probe_call", "arguments": {}}}
+            try:
+                listed = self.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tools=[probe_tool],
+                                                            tokenize=False, add_generation_prompt=True)
+                called = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                     {"role": "tool", "content": "42"}], tokenize=False)
+                self._native_tools = "kitchen_probe_tool" in str(listed) and "kitchen_probe_call" in str(called)
+            except Exception:  # noqa: BLE001 - a template without tool support: the text fallback
+                self._native_tools = False
+        return self._native_tools
+
+    def _tool_text(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None,
+                   generation_prompt: bool = False) -> str:
+        from kitchen.train.tools import Tool
+
+        if not self.native_tools:
+            return self._text(check_messages(self.tool_messages(messages, tools)), generation_prompt=generation_prompt)
+        schemas = [t.schema if isinstance(t, Tool) else dict(t) for t in tools or []] or None
+        try:
+            text = self.tokenizer.apply_chat_template([dict(m) for m in messages], tools=schemas, tokenize=False,
+                                                      add_generation_prompt=generation_prompt)
+        except Exception as exc:
+            raise DataError(f"The tokenizer's chat template rejected this conversation: {exc}") from exc
+        return text if isinstance(text, str) else text[0]
+
+    def build_continuation(self, history: Sequence[Mapping[str, Any]], assistant: Mapping[str, Any],
+                           new_messages: Sequence[Mapping[str, Any]], action: Sequence[int],
+                           tools: Sequence[Any] | None = None) -> list[int] | None:
+        """The template's text between the assistant turn's end-of-turn and the next generation
+        prompt (its trailer, the new messages, the header), when rendering with the new messages
+        extends rendering without them; the end-of-turn token first when the action lacks it."""
+        conversation = list(history) + [dict(assistant)]
+        base = self._tool_text(conversation, tools)
+        full = self._tool_text(conversation + [dict(m) for m in new_messages], tools, generation_prompt=True)
+        if not full.startswith(base) or not self._eot_text or self._eot_text not in base:
+            return None
+        trailer = base[base.rfind(self._eot_text) + len(self._eot_text):]
+        tokens = [] if action and action[-1] in self.stop_sequences else ([self._eot_id] if self._eot_id is not None else [])
+        return tokens + self._encode(trailer + full[len(base):])
 
     @property
     def stop_sequences(self) -> list[int]:

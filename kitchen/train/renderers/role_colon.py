@@ -54,8 +54,26 @@ class RoleColonRenderer(Renderer):
             spans.append(MessageSpan(i, m["role"], start, a_start, a_end, len(tokens)))
         return tokens, spans
 
-    def build_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+    def build_prompt(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None) -> list[int]:
+        if tools or any(m.get("tool_calls") for m in messages):
+            messages = self.tool_messages(messages, tools)
         tokens, _ = self.render(check_messages(messages))
+        return tokens + self._encode(f"{self.ROLE_NAMES['assistant']}:")
+
+    def build_continuation(self, history: Sequence[Mapping[str, Any]], assistant: Mapping[str, Any],
+                           new_messages: Sequence[Mapping[str, Any]], action: Sequence[int],
+                           tools: Sequence[Any] | None = None) -> list[int] | None:
+        """The pieces are tokenized separately here anyway, so the continuation is exact:
+        the end of turn the action lacks (a length stop), the separator, each new message, the header."""
+        tokens: list[int] = []
+        if self.eos_id is not None:
+            if not action or action[-1] != self.eos_id:
+                tokens.append(self.eos_id)
+            tokens += self._encode(self.SEPARATOR)
+        else:
+            tokens += self._encode(self.SEPARATOR)
+        for m in self.tool_messages(new_messages, None):
+            tokens += self._encode(f"{self.ROLE_NAMES[m['role']]}:") + self._encode(" " + m["content"] + self.SEPARATOR)
         return tokens + self._encode(f"{self.ROLE_NAMES['assistant']}:")
 
     @property
