@@ -272,7 +272,8 @@ class EpisodeRollout(RolloutStage):
             ran, episodes = run_episodes(ctx, completer, renderer, mine, salt=self.salt)
             turns[lane] = ran
             for g in mine:
-                finish_group(groups[g], [ep.trajectory for ep in episodes if ep.group == g], renderer, reference)
+                finish_group(groups[g], [ep.trajectory for ep in episodes if ep.group == g], renderer, reference,
+                             episode_keys(spec)["env_failure_reward"])
 
         if lanes == 1:
             run_lane(0)
@@ -400,8 +401,12 @@ def advance(ep: _Episode, out: Any, turns: int, limits: dict[str, Any], renderer
     ep.observation, ep.stop = nxt, tuple(result.next_stop_condition or renderer.stop_sequences)
 
 
-def finish_group(group: Group, trajectories: list[Any], renderer: Any, reference: Any = None) -> None:
+def finish_group(group: Group, trajectories: list[Any], renderer: Any, reference: Any = None,
+                 failure_reward: float = 0.0) -> None:
     """The group's samples from its finished episodes: group rewards, totals, and reference logprobs.
+
+    An episode that failed before its first action (make_envs or initial_observation
+    raised) has no tokens and the reward ``failure_reward``.
 
     A builder whose ``compute_group_rewards`` raises fails every episode of its group
     (group reward 0, the error counted like an env's).
@@ -421,7 +426,8 @@ def finish_group(group: Group, trajectories: list[Any], renderer: Any, reference
         traj.group_reward = bonus
         text = "\n".join(renderer.parse_response(t.action) for t in traj.transitions)
         correct = bool(traj.final_metrics().get("correct", 0.0))
-        samples.append(Sample(traj.policy_tokens(), traj.policy_logprobs(), text, traj.total_reward(), correct, trajectory=traj))
+        reward = float(failure_reward) if traj.error and not traj.transitions else traj.total_reward()
+        samples.append(Sample(traj.policy_tokens(), traj.policy_logprobs(), text, reward, correct, trajectory=traj))
     if reference is not None:
         jobs = [(s, [(positions, reference.compute_logprobs(tokens)) for tokens, positions in reference_positions(s.trajectory)])
                 for s in samples if s.tokens]

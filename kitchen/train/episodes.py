@@ -145,10 +145,19 @@ class Trajectory:
         return len(last.observation) + len(last.action)
 
     def final_metrics(self) -> dict[str, float]:
-        """The metrics of every step, the later step winning on a repeated key."""
+        """The metrics of every step, the later step winning on a repeated key (``correct`` is the last step's)."""
         out: dict[str, float] = {}
         for t in self.transitions:
             out.update(t.metrics)
+        return out
+
+    def summed_metrics(self) -> dict[str, float]:
+        """Each numeric step metric summed over the episode (``tool_calls``: calls per episode)."""
+        out: dict[str, float] = {}
+        for t in self.transitions:
+            for key, value in t.metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out[key] = out.get(key, 0.0) + float(value)
         return out
 
 
@@ -237,8 +246,9 @@ def reference_positions(trajectory: Trajectory) -> list[tuple[list[int], list[in
 
 def episode_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
     """``turns`` (mean turns per episode), ``episode_tokens`` (mean tokens per episode),
-    ``episode_errors`` (episodes an env error or a bad action ended), ``episode_truncated``,
-    and the mean of each numeric step metric the envs report (``env/KEY``)."""
+    ``episode_errors`` (episodes an env error ended), ``episode_truncated`` (ended by a limit),
+    and per episode the mean of each numeric step metric the envs report, summed over its
+    steps (``env/KEY``)."""
     n = len(trajectories)
     if not n:
         return {}
@@ -250,9 +260,9 @@ def episode_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
     }
     sums: dict[str, float] = {}
     for t in trajectories:
-        for key, value in t.final_metrics().items():
-            if key != "correct" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                sums[key] = sums.get(key, 0.0) + float(value)
+        for key, value in t.summed_metrics().items():
+            if key != "correct":
+                sums[key] = sums.get(key, 0.0) + value
     out.update((f"env/{k}", v / n) for k, v in sorted(sums.items()))
     return out
 

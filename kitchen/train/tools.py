@@ -115,6 +115,11 @@ def tools_system_prompt(tools: Sequence[Tool | Mapping[str, Any]]) -> str:
             f"and wait for its result. Tools:\n{lines}")
 
 
+def strip_tool_calls(text: str) -> str:
+    """``text`` without its ``<tool_call>`` blocks (an assistant message's own content)."""
+    return _CALL.sub("", text).strip()
+
+
 def parse_tool_calls(text: str) -> tuple[list[ToolCall], str | None]:
     """The tool calls written in ``text``, and why the text is not a valid call (None when it is,
     or when it calls no tool at all). ``arguments`` may be a JSON object or a JSON string of one."""

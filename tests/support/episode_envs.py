@@ -60,3 +60,11 @@ class TalkSource:
     def group_builders(self, seed: int, n: int):
         rng = random.Random(f"talk/{seed}")
         return [TalkGroup(f"Tell me about the number {rng.randint(0, 99)}.", self.turns, self.fail_at) for _ in range(n)]
+
+
+def slow_calculator(expression: str) -> str:
+    """A calculator that hangs (the tool-timeout test)."""
+    import time
+
+    time.sleep(3)
+    return "0"

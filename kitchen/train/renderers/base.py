@@ -121,11 +121,11 @@ class Renderer:
     def parse_message(self, tokens: Sequence[int]) -> dict[str, Any]:
         """Sampled tokens to an assistant message: its text, the ``tool_calls`` it makes, and
         ``tool_call_error`` when it tries to call a tool and the call does not parse."""
-        from kitchen.train.tools import parse_tool_calls
+        from kitchen.train.tools import parse_tool_calls, strip_tool_calls
 
         text = self.parse_response(tokens)
         calls, error = parse_tool_calls(text)
-        message: dict[str, Any] = {"role": "assistant", "content": text}
+        message: dict[str, Any] = {"role": "assistant", "content": strip_tool_calls(text) if calls else text}
         if calls:
             message["tool_calls"] = [c.to_message() for c in calls]
         if error:
