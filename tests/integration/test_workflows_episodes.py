@@ -67,3 +67,22 @@ def test_calculator_env_runs_on_tiny_local_model(tmp_path: Path) -> None:
     assert r.code == 0, r
     row = steps_of(run_dir)[1]
     assert row["turns"] >= 1.0 and row["episode_tokens"] > 0
+
+
+def test_multi_turn_over_kitchen_serve_matches_local(tmp_path: Path) -> None:
+    """The same episodes through the tinker SDK against `kitchen serve`: equal rewards and losses."""
+    from kitchen.serve.testing import serve_subprocess
+
+    key = "tml-kitchen-test-secret-episodes"
+    local, remote = tmp_path / "local", tmp_path / "serve"
+    common = (*TALK, "model=tiny-llama", "max_steps=2", "groups_per_batch=2")
+    assert run_kitchen("run", *common, "adapters=local", f"run_dir={local}", env=SUPPORT).code == 0
+    with serve_subprocess(key, backend="local") as server:
+        r = run_kitchen("run", *common, "adapters=tinker", f"run_dir={remote}",
+                        env={**SUPPORT, "TINKER_BASE_URL": server.base_url, "TINKER_API_KEY": key})
+    assert r.code == 0, r
+    a, b = steps_of(local), steps_of(remote)
+    for step in (1, 2):
+        assert a[step]["turns"] == b[step]["turns"] == 3.0
+        assert a[step]["reward_mean"] == b[step]["reward_mean"]
+        assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-4, abs=1e-6)
