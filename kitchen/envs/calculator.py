@@ -100,3 +100,8 @@ class CalculatorEnv:
     def group_builders(self, seed: int, n: int) -> list[ToolTaskGroup]:
         rng = random.Random(f"calculator/train/{seed}")
         return [self._task(rng) for _ in range(n)]
+
+    def eval_group_builders(self, n: int, seed: int = 0) -> list[ToolTaskGroup]:
+        """Held-out tasks from their own seed stream (the space is large: an overlap with training is rare, not excluded)."""
+        rng = random.Random(f"calculator/eval/{seed}")
+        return [self._task(rng) for _ in range(n)]

@@ -317,22 +317,26 @@ def episode_keys(spec: Any) -> dict[str, Any]:
     return out
 
 
-def run_episodes(ctx: Context, completer: Any, renderer: Any, mine: list[int], salt: int = 0) -> tuple[int, list[_Episode]]:
-    """Run the episodes of the groups ``mine`` in lock step; returns how many turns ran, and the episodes.
+def run_episodes(ctx: Context, completer: Any, renderer: Any, mine: list[int], salt: int = 0,
+                 groups: Sequence[Group] | None = None, group_size: int | None = None) -> tuple[int, list[_Episode]]:
+    """Run the episodes of the groups ``mine`` (of ``groups``, default this step's) in lock step;
+    returns how many turns ran, and the episodes.
 
     Every active episode's completion of a turn is submitted before any is awaited. An
     env that raises (making envs, its first observation, a step) fails its episode with
     ``env_failure_reward``; a sampler that raises fails the stage, as a backend failure.
     """
-    spec, groups = ctx.spec, ctx.use(Rollouts).groups
+    spec = ctx.spec
+    groups = ctx.use(Rollouts).groups if groups is None else groups
+    size = spec.group_size if group_size is None else group_size
     limits = episode_keys(spec)
     episodes: list[_Episode] = []
     for g in mine:
         group = groups[g]
         try:
-            envs = list(group.builder.make_envs(spec.group_size, renderer))
+            envs = list(group.builder.make_envs(size, renderer))
         except Exception as exc:  # noqa: BLE001 - an env's failure is a metric and a reward, not a crash
-            broken = [_Episode(g, e, None) for e in range(spec.group_size)]
+            broken = [_Episode(g, e, None) for e in range(size)]
             for ep in broken:
                 ep.fail(f"make_envs: {_describe(exc)}")
             episodes += broken
@@ -461,3 +465,48 @@ def episode_step_metrics(rollouts: Rollouts) -> dict[str, float]:
     if trajectories and rollouts.seconds > 0:
         out["turns_per_s"] = rollouts.turns / rollouts.seconds
     return out
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def eval_items(env: Any, n: int, seed: int) -> list[Any]:
+    """Held-out items of ``env``: a single-turn env's ``eval_prompts``, a multi-turn one's
+    ``eval_group_builders`` (none when it has neither)."""
+    if hasattr(env, "eval_prompts"):
+        return list(env.eval_prompts(n, seed=seed))
+    if hasattr(env, "eval_group_builders"):
+        return list(env.eval_group_builders(n, seed=seed))
+    return []
+
+
+class EpisodeEval:
+    """Greedy episodes (temperature 0, one per held-out builder) of a multi-turn env:
+    ``eval_accuracy``, ``eval_reward`` and ``eval_turns``, and previews of the transcripts."""
+
+    shows_samples = True
+
+    def __init__(self, env: Any, builders: Sequence[Any]) -> None:
+        self.env, self.builders = env, list(builders)
+
+    def __call__(self, env: Any) -> Any:
+        from kitchen.evaluators import EvalResult, EvalSample
+        from kitchen.ports.completer import SamplingTokenCompleter
+
+        builders = self.builders if env.want_metrics else self.builders[: env.previews]
+        if not builders:
+            return EvalResult()
+        completer = SamplingTokenCompleter(env.sampler, SamplingParams(max_tokens=env.spec.max_tokens, temperature=0.0))
+        groups = [Group([{"role": "user", "content": str(getattr(b, "preview", ""))}], [], problem=b, builder=b) for b in builders]
+        _, episodes = run_episodes(env.ctx, completer, env.renderer, list(range(len(groups))), salt=7, groups=groups, group_size=1)
+        for g, group in enumerate(groups):
+            finish_group(group, [ep.trajectory for ep in episodes if ep.group == g], env.renderer,
+                         failure_reward=episode_keys(env.spec)["env_failure_reward"])
+        samples = [(group, s) for group in groups for s in group.samples]
+        metrics = {}
+        if env.want_metrics and samples:
+            metrics = {"eval_accuracy": sum(1.0 for _, s in samples if s.correct) / len(samples),
+                       "eval_reward": sum(s.reward for _, s in samples) / len(samples),
+                       "eval_turns": sum(s.trajectory.turns for _, s in samples) / len(samples)}
+        previews = [EvalSample(str(getattr(g.builder, "preview", "")), s.text, {"reward": s.reward}) for g, s in samples[: env.previews]]
+        return EvalResult(metrics, previews)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_completed, run_kitchen, steps_of
+from conftest import REPO, assert_completed, read_jsonl, run_kitchen, steps_of
 
 SUPPORT = {"PYTHONPATH": str(REPO / "tests" / "support")}
 FAST = ("eval_max_examples=4", "num_preview_samples=1", "telemetry=jsonl")
@@ -67,6 +67,8 @@ def test_calculator_env_runs_on_tiny_local_model(tmp_path: Path) -> None:
     assert r.code == 0, r
     row = steps_of(run_dir)[1]
     assert row["turns"] >= 1.0 and row["episode_tokens"] > 0
+    evals = [e for e in read_jsonl(run_dir / "metrics.jsonl") if e.get("split") == "test"]
+    assert [e["step"] for e in evals] == [0, 1] and all("eval_turns" in e for e in evals)  # greedy episodes
 
 
 def test_multi_turn_over_kitchen_serve_matches_local(tmp_path: Path) -> None:
