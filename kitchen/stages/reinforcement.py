@@ -27,11 +27,13 @@ from kitchen.errors import KitchenError
 from kitchen.evaluators import EnvAccuracy
 from kitchen.ports.types import Datum
 from kitchen.stages.rollouts import (
+    EpisodeEval,
     EpisodeRollout,
     Group,
     Rollouts,
     env_groups,
     episode_step_metrics,
+    eval_items,
     loss_fn_config_for,
     require_max_steps,
     sample_datums,
@@ -61,7 +63,7 @@ class RLSetup(Stage):
 
         spec, rl = ctx.spec, ctx.use(RLState)
         rl.env = build("envs", spec.env)
-        rl.eval_problems = rl.env.eval_prompts(spec.eval_max_examples, seed=spec.seed) if hasattr(rl.env, "eval_prompts") else []
+        rl.eval_problems = eval_items(rl.env, spec.eval_max_examples, spec.seed)  # prompts, or a multi-turn env's builders
         ctx.progress.total_steps = spec.max_steps
         ctx.emit(
             ev.RUN_INFO,
@@ -144,4 +146,6 @@ def emit_rollouts(ctx: Context, groups: list[Group], with_reward: bool = False) 
 
 def rl_evaluators(ctx: Context) -> list[Any]:
     rl = ctx.use(RLState)
-    return [EnvAccuracy(rl.env, rl.eval_problems)] if rl.eval_problems else []
+    if not rl.eval_problems:
+        return []
+    return [EnvAccuracy(rl.env, rl.eval_problems) if hasattr(rl.env, "eval_prompts") else EpisodeEval(rl.env, rl.eval_problems)]
