@@ -46,6 +46,8 @@ from typing import NamedTuple, Sequence
 
 from kitchen.ports.types import Datum
 
+PREFERENCE_LOSSES: tuple[str, ...] = ("dpo", "simpo", "orpo")  # the preference workflow's loss= choices
+
 
 def log_sigmoid(x: float) -> float:
     """Numerically stable ``log(sigmoid(x))``."""
