@@ -38,12 +38,12 @@ IMPLEMENTED = ("ClientHello", "EnvironmentGetOrCreate", "AppGetOrCreate", "Image
 
 
 def _make_cert(tmp: Path) -> tuple[Path, Path]:
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
@@ -188,7 +188,7 @@ class FakeModal(_Base):
         i = args.index("--host")
         args[i + 1] = "127.0.0.1"
         ready = self.tmp / f"{sid}.ready"
-        log = open(self.tmp / f"{sid}.log", "wb")  # noqa: SIM115 - closed with the process
+        log = open(self.tmp / f"{sid}.log", "wb")
         proc = subprocess.Popen([sys.executable, "-m", "kitchen.serve", *args, "--ready-file", str(ready)],
                                 env={**os.environ, **box["env"]}, stdout=log, stderr=subprocess.STDOUT)
         box.update(proc=proc, log=log)

@@ -61,7 +61,7 @@ class ModalTrainingClient(TinkerTrainingClient):
 
     def start_session(self, config: SessionConfig) -> dict[str, Any]:
         require_credentials()
-        self._key = self._key or secrets.token_urlsafe(32)
+        self._key = self._key or "tml-" + secrets.token_urlsafe(32)  # the SDK accepts tml- keys
         models = self.models or [config.base_model]
         if self.server is None:
             try:
