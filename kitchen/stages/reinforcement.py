@@ -171,9 +171,12 @@ def _is_default_shape(spec: Any, scale: float) -> bool:
 
 
 class RLStep(Stage):
-    """Advantages (advantage=; minus kl_coef * KL per token when kl_in=reward), scaled by the aggregation ->
-    forward_backward(importance_sampling | ppo) + optim_step; cispo, importance_level=sequence and
-    kl_in=loss take one forward first and train the exact gradient as cross_entropy weights."""
+    """forward_backward + optim_step on the group advantages (importance_sampling | ppo | cispo).
+
+    Advantages come from ``advantage=`` (minus kl_coef x KL per token when kl_in=reward), scaled
+    by the aggregation, and ride the backend's importance_sampling / ppo loss; cispo,
+    importance_level=sequence and kl_in=loss take one forward first and train the exact
+    gradient as cross_entropy weights (what forward_backward_custom does)."""
 
     def execute(self, ctx: Context) -> StepOutput:
         from kitchen.train.grpo import advantages as estimate
