@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.kitchen-installed
 
-.PHONY: setup cookbook qlora run test lint test-slow test-all bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory bench-scale bench-kills bench-tokenize bench-loss-chunks clean
+.PHONY: setup cookbook qlora run test lint test-slow test-all test-live bench bench-engine bench-local bench-pipeline bench-learning bench-serve-memory bench-scale bench-kills bench-tokenize bench-loss-chunks clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ $(QLORA_STAMP): $(STAMP)
 
 test-slow: setup cookbook qlora
 	$(PY) -m pytest -m slow -q
+
+# Two real steps on each paid service whose credentials are set (MODAL_TOKEN_ID/SECRET); the rest skip.
+test-live: setup
+	$(PY) -m pytest -m live -q -rs
 
 test-all: setup cookbook qlora
 	$(PY) -m pytest -q

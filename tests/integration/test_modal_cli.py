@@ -130,3 +130,20 @@ def test_unknown_gpu_is_exit_2_naming_it(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kitchen.cli", "validate", *TINY, "adapters=modal",
                            "adapters.training.gpu=H1000"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "H1000" in proc.stderr and "A100-80GB:2" in proc.stderr, proc.stderr
+
+
+def test_resume_after_the_container_is_gone_continues_from_the_volume(kitchen, tmp_path):
+    """The first container is terminated; a resume starts a new one on the same volume folder and goes on exactly."""
+    run_dir, ref = tmp_path / "r", tmp_path / "ref"
+    base = (*TINY[:4], "eval_every=0", "save_every=2", "num_preview_samples=0", "telemetry=jsonl", "lr_schedule=constant")
+    with fake_modal() as (fake, env):
+        assert kitchen("run", *base, *MODAL, "max_steps=2", f"run_dir={run_dir}", env=env, timeout=600).code == 0
+        r = kitchen("run", *base, *MODAL, "max_steps=4", f"run_dir={run_dir}", "resume=true", env=env, timeout=600)
+        assert r.code == 0, r
+        assert len(fake.terminated) == 2 and len(set(fake.terminated)) == 2  # two containers, both stopped
+        dirs = [list(req.definition.entrypoint_args) for req in fake.requests("SandboxCreate")]
+        assert {a[a.index("--state-dir") + 1] for a in dirs} == {"/state/r"}
+    assert kitchen("run", *base, "adapters=local", "max_steps=4", f"run_dir={ref}").code == 0
+    a, b = step_losses(run_dir), step_losses(ref)
+    for step in range(1, 5):
+        assert a[step] == pytest.approx(b[step], rel=1e-4, abs=1e-4), step

