@@ -126,13 +126,26 @@ class RunSpec(_Strict):
 
     # How a local backend runs the model (remote backends ignore these)
     micro_batch_size: int = Field(0, ge=0, description="datums per forward/backward pass (gradients accumulate); 0 = the whole batch in one pass")
-    max_tokens_per_micro_batch: int = Field(0, ge=0, description="token budget per forward/backward pass (padded rows x length, or packed tokens); 0 = none")
+    max_tokens_per_micro_batch: Optional[Union[Literal["auto"], int]] = Field(
+        "auto", description="token budget per forward/backward pass (padded rows x length, or packed tokens): auto (a "
+        "budget from the model's size and the free memory, printed and recorded in run.json), a number, or 0 / null "
+        "(the whole batch in one pass)")
     loss_chunk_tokens: Optional[int] = Field(
         LOSS_CHUNK_TOKENS, gt=0, description="local backend: tokens whose logits are computed at once for the loss (the "
         "logits are never held for a whole batch); null = one pass over full logits")
     activation_checkpointing: bool = Field(False, description="recompute each layer's activations in backward: less memory, more compute")
     padding_free: bool = Field(False, description="pack each micro-batch's sequences into one row (position ids restart, no cross-attention)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast over fp32 master weights: bf16 (CUDA, or a CPU with AVX512-BF16/AMX), fp16 with loss scaling (CUDA)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="local backend: how passes compute over fp32 master weights and optimizer state: auto (bf16 "
+        "autocast on a CPU with AVX512-BF16/AMX or a GPU with bf16, else fp32), fp32, bf16; mixed_precision=bf16|fp16 "
+        "wins when set")
+    force_precision: bool = Field(
+        False, description="allow precision=bf16 on hardware without native bf16 (emulated: several times slower), and "
+        "a resume whose precision differs from its checkpoint's (losses then continue only approximately)")
+    fused_loss: Literal["auto", "none", "liger", "cut_cross_entropy"] = Field(
+        "auto", description="local backend: the loss kernel: auto (a fused linear cross-entropy on CUDA when liger-kernel "
+        "or cut-cross-entropy is installed, else the chunked torch path), none (the torch path), liger, cut_cross_entropy")
     quantization: Optional[Literal["4bit", "8bit"]] = Field(None, description="QLoRA: LoRA on a bitsandbytes-quantized base model (CUDA only)")
     distributed: DistributedSpec = Field(
         default_factory=lambda: DistributedSpec().model_dump(), validate_default=True,
@@ -162,8 +175,31 @@ class RunSpec(_Strict):
     def _micro_batches_fit(self) -> "RunSpec":
         from kitchen.train.microbatch import MicroBatchOptions, check_options
 
-        check_options(MicroBatchOptions(self.micro_batch_size, self.max_tokens_per_micro_batch), getattr(self, "batch_size", None))
+        budget = self.max_tokens_per_micro_batch
+        check_options(MicroBatchOptions(self.micro_batch_size, budget if isinstance(budget, int) else 0),
+                      getattr(self, "batch_size", None))
         return self
+
+    @field_validator("max_tokens_per_micro_batch", mode="before")
+    @classmethod
+    def _token_budget(cls, value: Any) -> Any:
+        """auto, a whole number of tokens (0 = one pass) or null: one sentence for anything else."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return "auto"
+            if text in ("null", "none", "~"):
+                return None
+            if text.isdigit():
+                return int(text)
+        elif isinstance(value, float) and value.is_integer() and value >= 0:
+            return int(value)
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        raise ValueError("must be auto (the default: a token budget per pass from the model's size and the free "
+                         "memory), a whole number of tokens per pass, or 0 / null (the whole batch in one pass)")
 
     @field_validator("run_dir")
     @classmethod
@@ -321,7 +357,10 @@ def format_validation_error(exc: ValidationError, source: str, model: type[BaseM
         elif kind == "literal_error":
             problems.append(f"'{key}' = {err.get('input')!r} is not allowed; {err['msg'][0].lower()}{err['msg'][1:]}")
         else:
-            problems.append(f"'{key}' = {err.get('input')!r}: {err['msg'][0].lower()}{err['msg'][1:]}")
+            msg = err["msg"]
+            if kind == "value_error" and msg.startswith("Value error, "):  # a validator's own sentence
+                msg = msg[len("Value error, "):]
+            problems.append(f"'{key}' = {err.get('input')!r}: {msg[0].lower()}{msg[1:]}")
     head = f"Invalid run config ({source}): " if len(problems) == 1 else f"Invalid run config ({source}), {len(problems)} problems: "
     text = head + "; ".join(problems)
     return text if text.endswith((".", "?")) else text + "."

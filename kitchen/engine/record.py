@@ -19,6 +19,12 @@ class Stats(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
+#: the session facts run.json keeps under ``compute`` (what ``precision=auto``, ``max_tokens_per_micro_batch=auto``
+#: and ``fused_loss=auto`` chose, and why)
+COMPUTE_FACTS = ("device", "dtype", "precision", "compute_precision", "max_tokens_per_micro_batch", "micro_batch_budget",
+                 "micro_batch_size", "loss_chunk_tokens", "loss_chunking_off", "fused_loss", "fused_loss_note")
+
+
 @dataclass
 class RunRecord:
     """What one run reports about itself, filled in as the stages learn it."""
@@ -51,6 +57,9 @@ class RunRecord:
                           model_commit=self.model_commit)
         if self.pushed_to:
             fields["pushed_to"] = self.pushed_to
+        compute = {k: self.session[k] for k in COMPUTE_FACTS if k in self.session}
+        if compute:  # how the backend computed: precision, micro-batch budget, loss kernel (local backend)
+            fields["compute"] = compute
         return fields
 
 

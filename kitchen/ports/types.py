@@ -132,11 +132,14 @@ class SessionConfig:
     chat_template: str | None = None  # a Jinja file replacing the tokenizer's template
     # --- how a backend that runs the model itself scales a batch (remote backends ignore these)
     micro_batch_size: int = 0  # datums per forward/backward pass; 0 = the whole batch
-    max_tokens_per_micro_batch: int = 0  # token budget per pass; 0 = none
+    max_tokens_per_micro_batch: int | str | None = "auto"  # token budget per pass; auto = from the free memory; 0/None = none
     loss_chunk_tokens: int | None = LOSS_CHUNK_TOKENS  # logits computed this many tokens at a time; None = one pass
     activation_checkpointing: bool = False
     padding_free: bool = False  # pack a micro-batch's sequences into one row
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast over fp32 master weights)
+    precision: str = "auto"  # auto | fp32 | bf16: autocast over fp32 master weights (mixed_precision wins when set)
+    force_precision: bool = False  # bf16 without native hardware; a resume across precisions
+    fused_loss: str = "auto"  # auto | none | liger | cut_cross_entropy
     quantization: str | None = None  # None | 4bit | 8bit (QLoRA, CUDA only)
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)  # the backend refuses a kind it does not run
 

@@ -39,6 +39,7 @@ def session_config(spec) -> SessionConfig:
         loss_chunk_tokens=spec.loss_chunk_tokens,
         activation_checkpointing=spec.activation_checkpointing, padding_free=spec.padding_free,
         mixed_precision=spec.mixed_precision, quantization=spec.quantization, optimizer=spec.optimizer(),
+        precision=spec.precision, force_precision=spec.force_precision, fused_loss=spec.fused_loss,
     )
 
 
@@ -107,7 +108,8 @@ class OpenSession(Stage):
         session.tokenizer = client.get_tokenizer()
         session.renderer = make_renderer(ctx.spec, session.tokenizer)
         shown = ("model", "device", "dtype", "threads", "lora_rank", "trainable_params", "total_params", "load_seconds",
-                 "precision", "cpu_bf16", "micro_batch_size", "max_tokens_per_micro_batch", "loss_chunk_tokens",
+                 "precision", "cpu_bf16", "micro_batch_size", "max_tokens_per_micro_batch", "micro_batch_budget",
+                 "loss_chunk_tokens", "fused_loss",
                  "loss_chunking_off", "activation_checkpointing",
                  "padding_free", "quantization", "world_size", "parallel")
         summary = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items() if k in shown)
@@ -149,6 +151,11 @@ class Restore(Stage):
         note = getattr(ctx.training, "resume_note", None)  # the world size changed since the checkpoint
         if note:
             ctx.emit(ev.RUN_WARNING, message=note)
+        changed = getattr(ctx.training, "resume_facts", None)  # e.g. the auto micro-batch budget the checkpoint kept
+        if isinstance(changed, dict) and changed:
+            ctx.record.session = {**(ctx.record.session or {}), **changed}
+            if changed.get("micro_batch_budget"):
+                ctx.emit(ev.RUN_INFO, message=f"resume: micro_batch_budget={changed['micro_batch_budget']}")
         ctx.progress.step = record["step"]
         ctx.progress.last_checkpoint_step = record["step"]
         if record.get("evaluated") or _eval_logged_at(ctx, record["step"]):

@@ -76,7 +76,7 @@ def check_longest_fits(lengths: Sequence[int], max_tokens: int, where: str = "in
     ``validate`` calls this over the whole training set (``where``/``name`` then point at a
     file and row), a training step over its batch; both say the same thing.
     """
-    if not max_tokens or not lengths:
+    if not isinstance(max_tokens, int) or not max_tokens or not lengths:  # auto: the session picks one >= max_length
         return
     longest = max(lengths)
     if longest > max_tokens:

@@ -48,6 +48,25 @@ def preflight(session: Any, options: Any = None) -> None:
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         check_cuda_only_options(session.mixed_precision, session.quantization, device)
+    fused = str(getattr(session, "fused_loss", "auto") or "auto").lower()
+    precision = str(getattr(session, "precision", "auto") or "auto").lower()
+    if fused not in ("auto", "none") or (precision == "bf16" and not getattr(session, "force_precision", False)):
+        device = str(session.device or "auto").lower()
+        if device == "auto":  # torch is imported only for an explicit kernel or precision=bf16
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if fused not in ("auto", "none"):
+            from kitchen.adapters.local.loss_head import choose_fused
+
+            choose_fused(fused, device)
+        if precision == "bf16" and str(getattr(session, "mixed_precision", "no") or "no").lower() == "no" \
+                and str(getattr(session, "dtype", "auto") or "auto").lower() in ("auto", "float32", "fp32") and device == "cpu":
+            import torch
+
+            from kitchen.adapters.local.scale import Precision, resolve_precision
+
+            resolve_precision(Precision(device=device), precision, torch.float32, force=False)
     model = Path(str(session.base_model)).expanduser()
     if model.suffix == ".gguf" and model.is_file():
         from kitchen.adapters.local.models.gguf import check_gguf_magic

@@ -87,6 +87,7 @@ class LocalTrainingClient:
         self.dtype = None
         self.facts: dict[str, Any] = {}
         self.resume_note: str | None = None  # set by load_state when the world size changed
+        self.resume_facts: dict[str, Any] = {}  # set by load_state: session facts the checkpoint changed (auto budget)
         self._session: TrainSession | None = None  # the started session (start_session .. close)
         self._samplers: dict[str, LocalSamplingClient] = {}
 
@@ -185,7 +186,18 @@ class LocalTrainingClient:
         parallel = scale.wrap_parallel(model, plan, lora=trainable.lora, device=device)  # DDP (LoRA) / FSDP2 (full)
         # the trainable list is taken after wrapping: FSDP2 replaces parameters by DTensor shards
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        loss_head = plan_loss_head(model, check_chunk_tokens(config.loss_chunk_tokens), fsdp=parallel.fsdp, device=device)
+        loss_head = plan_loss_head(model, check_chunk_tokens(config.loss_chunk_tokens), fsdp=parallel.fsdp, device=device,
+                                   fused=getattr(config, "fused_loss", "auto"))
+        if plan.auto_budget:  # max_tokens_per_micro_batch=auto: from the loaded model and what is free now
+            import dataclasses
+
+            from kitchen.adapters.local import budget as auto_budget
+
+            full_ft = 0 if trainable.lora else sum(p.numel() for _, p in params)
+            chosen = auto_budget.choose(model, device=device, vocab=vocab_size, chunk_tokens=loss_head.chunk_tokens,
+                                        max_length=int(config.max_length), full_finetune_params=full_ft)
+            plan.micro = dataclasses.replace(plan.micro, max_tokens=chosen.tokens)
+            plan.budget_note = chosen.note()
         self._session = TrainSession(model=model, tokenizer=tokenizer, device=device, dtype=dtype, lora=trainable.lora,
                                      params=params, vocab_size=vocab_size, model_info=info, plan=plan, parallel=parallel,
                                      loss_head=loss_head)
@@ -204,7 +216,7 @@ class LocalTrainingClient:
             "device": device,
             "dtype": str(dtype).replace("torch.", ""),
             "threads": torch.get_num_threads() if device == "cpu" else None,
-            "cpu_bf16_autocast": self.cpu_bf16_autocast and device == "cpu",
+            "cpu_bf16_autocast": plan.precision.name == "bf16" and plan.precision.autocast_dtype is not None and device == "cpu",
             "lora_rank": int(lora.rank),
             "warnings": trainable.warnings,
             "trainable_params": int(n_trainable),
@@ -314,6 +326,9 @@ class LocalTrainingClient:
             "lora_rank": self.facts.get("lora_rank"),
             "trainable_params": self.facts.get("trainable_params"),
             "world_size": session.parallel.world_size,
+            "precision": session.precision.name,  # a resume in another precision is refused unless forced
+            "max_tokens_per_micro_batch": session.micro.max_tokens,
+            "auto_budget": session.plan.auto_budget,  # a resume reuses this budget: the same micro-batches
         }
         if not scale.writes_files():
             session.parallel.barrier()
@@ -331,7 +346,19 @@ class LocalTrainingClient:
         session = self.train_session()
         path = ref.path if isinstance(ref, CheckpointRef) else str(ref)
         state = ckpt.read_state(path, with_optimizer=with_optimizer)
+        saved_info = state["info"] or {}
+        scale.check_resume_precision(saved_info.get("precision"), session.precision.name,
+                                     force=bool(getattr(self.config, "force_precision", False)), path=path)
         ckpt.restore_weights(session, state["weights"], path)
+        saved_budget = saved_info.get("max_tokens_per_micro_batch")
+        if session.plan.auto_budget and saved_info.get("auto_budget") and saved_budget:
+            import dataclasses  # the same micro-batches as before the resume, so the same float rounding
+
+            session.plan.micro = dataclasses.replace(session.plan.micro, max_tokens=int(saved_budget))
+            session.plan.budget_note = f"auto: {int(saved_budget)} tokens per pass, as the checkpoint recorded"
+            self.facts.update(session.plan.facts())
+            self.resume_facts = {"max_tokens_per_micro_batch": int(saved_budget),
+                                 "micro_batch_budget": session.plan.budget_note}
         # --- say when the world size changed since the checkpoint
         self.resume_note = scale.world_size_note(state["info"].get("world_size"), session.parallel.world_size)
         if with_optimizer:

@@ -31,6 +31,7 @@ from kitchen.train.microbatch import MicroBatchOptions, check_options
 
 QUANTIZATIONS = ("4bit", "8bit")
 MIXED = ("no", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,15 +55,20 @@ def cpu_native_bf16() -> str | None:
 class Precision:
     """How a forward/backward pass computes: autocast and the fp16 loss scaler.
 
-    ``autocast_dtype`` comes from ``mixed_precision`` (bf16 | fp16 over fp32 master
-    weights); without it, ``cpu_bf16_autocast`` (the client's option) autocasts CPU
-    passes to bf16. ``scaler`` is the CUDA GradScaler of ``mixed_precision=fp16``.
+    ``autocast_dtype`` comes from ``precision`` (auto: bf16 where the hardware computes it
+    natively) or ``mixed_precision`` (bf16 | fp16), always over fp32 master weights and
+    optimizer state; ``cpu_bf16_autocast`` (the client's old option, now ``precision=bf16``)
+    also autocasts the samplers. ``scaler`` is the CUDA GradScaler of ``mixed_precision=fp16``.
+    ``name`` is what a pass computes in (fp32 | bf16 | fp16): a checkpoint records it and a
+    resume in another precision is refused unless forced.
     """
 
     device: str = "cpu"
     autocast_dtype: Any = None
     cpu_bf16_autocast: bool = False
     scaler: Any = None
+    name: str = "fp32"
+    reason: str = ""
 
     def autocast(self):
         """The autocast context of one pass (a null context when none applies)."""
@@ -94,6 +100,8 @@ class ScalePlan:
     notes: dict[str, Any] = field(default_factory=dict)
     precision: Precision = field(default_factory=Precision)
     dist: Any = None  # torch.distributed, its process group joined, when world_size > 1
+    auto_budget: bool = False  # max_tokens_per_micro_batch=auto: the client sets micro.max_tokens once the model loads
+    budget_note: str | None = None
 
     def facts(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -101,12 +109,18 @@ class ScalePlan:
             out["micro_batch_size"] = self.micro.micro_batch_size
         if self.micro.max_tokens:
             out["max_tokens_per_micro_batch"] = self.micro.max_tokens
+        if self.budget_note:
+            out["micro_batch_budget"] = self.budget_note
         if self.micro.padding_free:
             out["padding_free"] = True
         if self.activation_checkpointing:
             out["activation_checkpointing"] = True
-        if self.mixed_precision != "no":
-            out["precision"] = f"{self.mixed_precision} autocast, fp32 master weights"
+        prec = self.precision
+        if prec.autocast_dtype is not None:
+            out["precision"] = f"{prec.name} autocast, fp32 master weights" + (f" ({prec.reason})" if prec.reason else "")
+        else:
+            out["precision"] = prec.name + (f" ({prec.reason})" if prec.reason else "")
+        out["compute_precision"] = prec.name
         if self.quantization:
             out["quantization"] = self.quantization
         if self.world_size > 1:
@@ -141,16 +155,18 @@ def plan_session(config: Any, device: str, dtype: Any, *, threads: int | None = 
     """
     import torch
 
+    from kitchen.adapters.local.budget import explicit_tokens, is_auto
     from kitchen.runs import distributed
 
     micro = MicroBatchOptions(
         micro_batch_size=int(config.micro_batch_size or 0),
-        max_tokens=int(config.max_tokens_per_micro_batch or 0),
+        max_tokens=explicit_tokens(config.max_tokens_per_micro_batch),
         padding_free=bool(config.padding_free),
     )
     check_options(micro)
     plan = ScalePlan(micro=micro, activation_checkpointing=bool(config.activation_checkpointing),
-                     precision=Precision(device=device, cpu_bf16_autocast=bool(cpu_bf16_autocast)))
+                     precision=Precision(device=device, cpu_bf16_autocast=bool(cpu_bf16_autocast)),
+                     auto_budget=is_auto(config.max_tokens_per_micro_batch))
     mixed = str(config.mixed_precision or "no").lower()
     if mixed not in MIXED:
         raise ConfigError(f"mixed_precision={mixed!r} is not allowed: use no, bf16 or fp16.")
@@ -170,11 +186,18 @@ def plan_session(config: Any, device: str, dtype: Any, *, threads: int | None = 
     plan.mixed_precision = mixed
     if mixed == "bf16":
         plan.precision.autocast_dtype = torch.bfloat16
+        plan.precision.name, plan.precision.reason = "bf16", "mixed_precision=bf16"
         if not on_cuda:
             plan.notes["cpu_bf16"] = cpu_native_bf16()
     elif mixed == "fp16":
         plan.precision.autocast_dtype = torch.float16
         plan.precision.scaler = torch.amp.GradScaler("cuda")
+        plan.precision.name, plan.precision.reason = "fp16", "mixed_precision=fp16"
+    else:
+        resolve_precision(plan.precision, getattr(config, "precision", "auto"), dtype,
+                          force=bool(getattr(config, "force_precision", False)), legacy_cpu_bf16=bool(cpu_bf16_autocast))
+        if plan.precision.name == "bf16" and not on_cuda and cpu_native_bf16():
+            plan.notes["cpu_bf16"] = cpu_native_bf16()
     quant = config.quantization
     if quant:
         quant = str(quant).lower()
@@ -201,6 +224,65 @@ def plan_session(config: Any, device: str, dtype: Any, *, threads: int | None = 
     if plan.notes.get("cpu_bf16") is None:
         plan.notes.pop("cpu_bf16", None)
     return plan
+
+
+def bf16_hardware(device: str) -> str | None:
+    """What computes bf16 natively here (a CPU flag, or "cuda"), or None."""
+    if device.startswith("cuda"):
+        import torch
+
+        return "cuda bf16" if torch.cuda.is_bf16_supported() else None
+    return cpu_native_bf16()
+
+
+def resolve_precision(prec: Precision, asked: Any, dtype: Any, *, force: bool = False,
+                      legacy_cpu_bf16: bool = False) -> Precision:
+    """Fill ``prec`` (autocast dtype, name, reason) from ``precision=auto|fp32|bf16``; ConfigError when impossible."""
+    import torch
+
+    device = prec.device
+    name = str(asked or "auto").strip().lower()
+    if name not in PRECISIONS:
+        raise ConfigError(f"precision={asked!r} is not allowed: use auto (bf16 autocast where the CPU or GPU computes "
+                          "bf16 natively, else fp32), fp32 or bf16.")
+    if legacy_cpu_bf16 and name == "auto" and device == "cpu":
+        name = "bf16"  # adapters.training.cpu_bf16_autocast=true, the old switch, is precision=bf16
+    if dtype != torch.float32:  # bf16 weights (dtype=bfloat16, or auto on CUDA): no autocast on top
+        if name == "fp32":
+            raise ConfigError(f"precision=fp32 computes over fp32 weights, but dtype={str(dtype).replace('torch.', '')}. "
+                              "Use dtype=float32 (or dtype=auto on the CPU) with precision=fp32.")
+        prec.name, prec.reason = "bf16", "bf16 weights (dtype)"
+        return prec
+    hardware = bf16_hardware(device)
+    if name == "fp32":
+        prec.name, prec.reason = "fp32", "precision=fp32"
+        return prec
+    if name == "auto":
+        if hardware is None:
+            where = "GPU" if device.startswith("cuda") else "CPU (no avx512_bf16 or amx_bf16 flag)"
+            prec.name, prec.reason = "fp32", f"auto: this {where} computes bf16 only by emulation"
+            return prec
+        prec.name, prec.reason = "bf16", f"auto: {hardware}"
+    else:  # bf16
+        if hardware is None and not force:
+            where = "GPU has no bf16" if device.startswith("cuda") else                 "CPU reports no native bf16 (neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo)"
+            raise ConfigError(
+                f"precision=bf16: this {where}, so torch would emulate bf16, which typically runs several times slower "
+                "than fp32 and saves no memory (master weights and optimizer state stay fp32). Use precision=auto or "
+                "fp32, or pass force_precision=true to run emulated bf16 anyway.")
+        prec.name, prec.reason = "bf16", f"precision=bf16 ({hardware or 'emulated: force_precision=true'})"
+    prec.autocast_dtype = torch.bfloat16
+    return prec
+
+
+def check_resume_precision(saved: Any, now: str, *, force: bool, path: str) -> None:
+    """A resume continues bit for bit only in the precision its checkpoint trained in."""
+    if not saved or saved == now or force:
+        return
+    raise ConfigError(
+        f"Cannot resume from {path} in {now}: its checkpoint trained in {saved}, and a change of precision makes the "
+        f"losses continue only approximately, not bit for bit. Resume with precision={saved}, or pass "
+        f"force_precision=true to continue in {now} anyway.")
 
 
 def prepare_model(model: Any, plan: ScalePlan, device: str) -> Any:

@@ -38,6 +38,9 @@ def rl_batch(n=6, seed=1) -> list[Datum]:
 
 
 def client(rank=4, **scale) -> LocalTrainingClient:
+    # precision=fp32: each option must give the single-pass step within fp32 tolerance; under bf16 autocast
+    # (precision=auto on a CPU with native bf16) a pass's numbers depend on its shape (bf16 rounding)
+    scale.setdefault("precision", "fp32")
     c = LocalTrainingClient(threads=1)
     c.start_session(SessionConfig(base_model="tiny-llama", lora=LoraConfig(rank=rank), device="cpu", **scale))
     return c
