@@ -380,12 +380,23 @@ def export(
     step: Optional[int] = typer.Option(None, "--step", help="Export this checkpoint instead of final/."),
     merge: bool = typer.Option(False, "--merge", help="Merged transformers weights instead of a PEFT adapter."),
     push: Optional[str] = typer.Option(None, "--push", help="Also upload the exported dir to this hub repo (org/name)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="adapter (default), merged, or gguf (one file at --out, for llama.cpp/Ollama)."),
+    gguf: bool = typer.Option(False, "--gguf", help="Same as --format gguf: base + merged LoRA, tokenizer and chat template in one file, and an Ollama Modelfile beside it."),
+    quant: str = typer.Option("f16", "--quant", help="GGUF tensor type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1."),
 ) -> None:
-    """Write a run's weights as a PEFT adapter dir or a merged transformers dir (with a model card)."""
+    """Write a run's weights as a PEFT adapter dir, a merged transformers dir (with a model card) or a GGUF file."""
     from kitchen.outputs.export import export as export_run
 
-    where = export_run(run_dir, out, step=step, merge=merge, push=push)
-    _stderr().print(f"exported {'merged weights' if merge else 'the adapter'} to {where}" + (f" and pushed to {push}" if push else ""))
+    if gguf:
+        if fmt and fmt.strip().lower() != "gguf":
+            from kitchen.errors import ConfigError
+
+            raise ConfigError(f"--gguf and --format {fmt} ask for two formats; pass one of them.")
+        fmt = "gguf"
+    where = export_run(run_dir, out, step=step, merge=merge, push=push, fmt=fmt, quant=quant)
+    what = "a GGUF file" if (fmt or "").lower() == "gguf" else ("merged weights" if merge or (fmt or "").lower() == "merged" else "the adapter")
+    extra = f" (Ollama: {where}.Modelfile)" if what == "a GGUF file" else ""
+    _stderr().print(f"exported {what} to {where}{extra}" + (f" and pushed to {push}" if push else ""))
 
 
 def _importable_from_cwd() -> None:

@@ -21,8 +21,34 @@ def _check_out(out: Path) -> None:
         raise KitchenError(f"--out {out} already exists and is not an empty directory; pick a new path (nothing was written).")
 
 
+def _base_gguf(rw) -> Path | None:
+    """The GGUF file the run's base model came from (SmolLM2's embedded one, a ``.gguf`` path), if any."""
+    from kitchen.adapters.local.models.resolve import resolve_model
+
+    try:
+        res = resolve_model(str(rw.spec.get("model", "")))
+    except KitchenError:
+        return None
+    return Path(res.path) if res.kind in ("smollm2", "gguf") and res.path else None
+
+
 def export(run_dir: str | Path, out: str | Path, *, step: int | None = None, merge: bool = False,
-           push: str | None = None) -> Path:
+           push: str | None = None, fmt: str | None = None, quant: str = "f16") -> Path:
+    """``fmt``: adapter (default) | merged (same as ``merge=True``) | gguf (one file at ``out``)."""
+    fmt = (fmt or ("merged" if merge else "adapter")).strip().lower()
+    if fmt not in ("adapter", "merged", "gguf"):
+        from kitchen.errors import ConfigError
+
+        raise ConfigError(f"--format {fmt!r} is not an export format; use adapter, merged or gguf.")
+    if fmt == "gguf":
+        from kitchen.outputs.gguf_export import check_quant
+
+        quant = check_quant(quant)
+        if push:
+            from kitchen.errors import ConfigError
+
+            raise ConfigError("--push uploads an exported directory; it does not apply to --format gguf.")
+    merge = fmt != "adapter"
     from kitchen.io.atomic import atomic_publish_dir
     from kitchen.outputs.model_card import write_cards
     from kitchen.outputs.run_weights import find_checkpoint, metrics_at, open_checkpoint, open_run, require_local
@@ -32,7 +58,11 @@ def export(run_dir: str | Path, out: str | Path, *, step: int | None = None, mer
     if step is not None:
         find_checkpoint(rw, step)
     out = Path(out).expanduser()
-    _check_out(out)
+    if fmt == "gguf":
+        if out.exists():
+            raise KitchenError(f"--out {out} already exists; pick a new file path for the GGUF (nothing was written).")
+    else:
+        _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
@@ -51,6 +81,8 @@ def export(run_dir: str | Path, out: str | Path, *, step: int | None = None, mer
                 source = Path(client.save_weights(str(work / "weights")))
             finally:
                 client.close()
+        if fmt == "gguf":
+            return _publish_gguf(rw, source, out, work, quant)
         if merge:
             shutil.rmtree(source / "adapter", ignore_errors=True)
             picked = source
@@ -75,4 +107,27 @@ def export(run_dir: str | Path, out: str | Path, *, step: int | None = None, mer
         from kitchen.outputs.publish import push as push_dir
 
         push_dir(str(out), push)
+    return out
+
+
+def _publish_gguf(rw, source: Path, out: Path, work: Path, quant: str) -> Path:
+    """Write ``out`` (GGUF) and ``out``.Modelfile next to it, each renamed into place."""
+    import os
+
+    from kitchen.outputs.gguf_export import modelfile_text, write_gguf
+
+    tmp = work / out.name
+    write_gguf(source, tmp, quant=quant, base_gguf=_base_gguf(rw), name=f"kitchen {rw.run_dir.name}")
+    template = None
+    cfg = source / "tokenizer_config.json"
+    if cfg.is_file():
+        import json
+
+        template = json.loads(cfg.read_text()).get("chat_template")
+    if template is None and (source / "chat_template.jinja").is_file():
+        template = (source / "chat_template.jinja").read_text()
+    modelfile = out.with_name(out.name + ".Modelfile")
+    (work / "Modelfile").write_text(modelfile_text(out.name, template))
+    os.replace(tmp, out)
+    os.replace(work / "Modelfile", modelfile)
     return out
