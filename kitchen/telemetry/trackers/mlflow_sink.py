@@ -4,7 +4,8 @@ The tracking store is MLflow's own choice: ``MLFLOW_TRACKING_URI`` (or ``trackin
 so ``sqlite:///mlflow.db``, a file store or a tracking server all work. The run is created
 when the sink is built (so its id is in run.json from the first moment; a resumed run
 reopens the same MLflow run), everything else is written by a background thread in
-batches with ``MlflowClient.log_batch``. Tags: recipe, workflow, backend, model, git_sha.
+batches with ``MlflowClient.log_batch``. Tags: recipe, workflow, backend, model, git_sha. The experiment: ``experiment=``, else
+``MLFLOW_EXPERIMENT_ID`` / ``MLFLOW_EXPERIMENT_NAME``, else ``kitchen``.
 At the end ``config.yaml`` and ``run.json`` are logged as artifacts and the run is ended
 with FINISHED / FAILED / KILLED. The tracking URI is never written anywhere by kitchen
 (it may carry credentials).
@@ -12,6 +13,7 @@ with FINISHED / FAILED / KILLED. The tracking URI is never written anywhere by k
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -38,9 +40,15 @@ class MlflowSink(BackgroundSink):
 
         self.run = run
         self.client = MlflowClient(tracking_uri=tracking_uri)  # None: MLFLOW_TRACKING_URI, then MLflow's default
-        name = experiment or "kitchen"
-        exp = self.client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(name, artifact_location=artifact_location)
+        # MLflow's own variables when the config names no experiment: MLFLOW_EXPERIMENT_ID (which must
+        # exist), then MLFLOW_EXPERIMENT_NAME (created when missing), then "kitchen"
+        exp_id = None if experiment else os.environ.get("MLFLOW_EXPERIMENT_ID")
+        if exp_id:
+            self.client.get_experiment(exp_id)  # raises, naming the id, when the store has no such experiment
+        else:
+            name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "kitchen"
+            exp = self.client.get_experiment_by_name(name)
+            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(name, artifact_location=artifact_location)
         previous = run.recall("mlflow") or {}
         self.run_id = previous.get("run_id") if isinstance(previous, dict) else None
         if self.run_id:

@@ -52,10 +52,15 @@ class WandbSink(BackgroundSink):
         previous = run.recall("wandb") or {}
         previous = previous if isinstance(previous, dict) else {}
         self.id = previous.get("id") or _new_id()
-        self.name = previous.get("name") or name or Path(run.run_dir).name
-        self.project = project or previous.get("project") or os.environ.get("WANDB_PROJECT") or "crucible-kitchen"
-        self.entity, self.mode, self.group = entity, mode, group
-        self.tags = list(tags or []) + [f"{k}:{v}" for k, v in run.tags().items() if k != "git_sha"]
+        # W&B's own variables fill what the config leaves unset (WANDB_ENTITY and WANDB_MODE are read
+        # by wandb.init itself when entity/mode are None); a resumed run keeps its first name and project
+        env = os.environ
+        self.name = previous.get("name") or name or env.get("WANDB_NAME") or Path(run.run_dir).name
+        self.project = project or previous.get("project") or env.get("WANDB_PROJECT") or "crucible-kitchen"
+        self.entity, self.mode, self.group = entity, mode, group or env.get("WANDB_RUN_GROUP")
+        self.job_type = env.get("WANDB_JOB_TYPE") or "train"
+        env_tags = [t.strip() for t in env.get("WANDB_TAGS", "").split(",") if t.strip()]
+        self.tags = list(tags or []) + env_tags + [f"{k}:{v}" for k, v in run.tags().items() if k != "git_sha"]
         run.remember("wandb", {"id": self.id, "name": self.name, "project": self.project})
         self.wb: Any = None
         self._samples: list[list[Any]] = []
@@ -73,7 +78,7 @@ class WandbSink(BackgroundSink):
             config["git_sha"] = self.run.git_sha
         self.wb = wandb.init(
             project=self.project, entity=self.entity, name=self.name, id=self.id, resume="allow", group=self.group,
-            dir=str(wandb_dir), config=config, tags=self.tags, mode=self.mode, job_type="train",
+            dir=str(wandb_dir), config=config, tags=self.tags, mode=self.mode, job_type=self.job_type,
             settings=wandb.Settings(console="off", silent=True, x_disable_meta=True, disable_git=True,
                                     save_code=False, x_disable_stats=True),
         )

@@ -88,18 +88,33 @@ def test_wandb_offline_run_has_config_steps_evals_samples_and_weights(tracked):
     assert refs and all(ref.startswith((run_dir / "final").resolve().as_uri()) for ref in refs)
 
 
-def test_wandb_dir_decides_where_the_wandb_files_go(tmp_path):
-    """W&B's convention: with WANDB_DIR set, the offline run is written there, not in the run dir."""
+def test_the_trackers_own_variables_decide_where_and_what(tmp_path):
+    """W&B's and MLflow's conventions: WANDB_DIR decides where the offline run is written (not the
+    run dir), WANDB_PROJECT / NAME / RUN_GROUP / TAGS / JOB_TYPE what it is called, and
+    MLFLOW_EXPERIMENT_NAME which experiment the MLflow run joins; each read back by its own library."""
+    from mlflow.tracking import MlflowClient
+
     run_dir, wandb_dir = tmp_path / "run", tmp_path / "elsewhere"
-    env = {**tracker_env(tmp_path), "WANDB_DIR": str(wandb_dir)}
+    env = {**tracker_env(tmp_path), "WANDB_DIR": str(wandb_dir), "WANDB_PROJECT": "pasta", "WANDB_NAME": "salted",
+           "WANDB_RUN_GROUP": "ablation-3", "WANDB_TAGS": "night,cpu", "WANDB_JOB_TYPE": "sft",
+           "MLFLOW_EXPERIMENT_NAME": "team-pasta"}
     r = run_kitchen("run", "recipe=sl_basic", "adapters=noop", "max_steps=3", f"run_dir={run_dir}",
-                    "telemetry.sinks=[jsonl,wandb]", cwd=tmp_path, env=env)
+                    "telemetry.sinks=[jsonl,wandb,mlflow]", cwd=tmp_path, env=env)
     assert r.code == 0, r
-    wb = json.loads((run_dir / "run.json").read_text())["trackers"]["wandb"]
+    info = json.loads((run_dir / "run.json").read_text())
+    wb = info["trackers"]["wandb"]
+    assert (wb["project"], wb["name"]) == ("pasta", "salted")
     runs = list((wandb_dir / "wandb").glob(f"offline-run-*-{wb['id']}"))
     assert len(runs) == 1 and not (run_dir / "wandb").exists(), list(wandb_dir.rglob("*"))[:10]
-    steps = [rec for rec in wandb_records(runs[0]) if "train/loss" in json.dumps(rec)]
+    recs = wandb_records(runs[0])
+    run = next(rec["run"] for rec in recs if rec["type"] == "run")
+    assert run["project"] == "pasta" and run["display_name"] == "salted" and run["run_group"] == "ablation-3"
+    assert run["job_type"] == "sft" and {"night", "cpu", "recipe:sl_basic"} <= set(run.get("tags", []))
+    steps = [rec for rec in recs if "train/loss" in json.dumps(rec)]
     assert steps, "the run's steps are in the W&B run under WANDB_DIR"
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    ml = client.get_run(info["trackers"]["mlflow"]["run_id"])
+    assert client.get_experiment(ml.info.experiment_id).name == "team-pasta"
 
 
 def test_tensorboard_scalars_evals_text_and_hparams(tracked):
