@@ -22,7 +22,7 @@ awaited, so a remote backend has every group of a lane in flight at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kitchen.engine.context import Context
 from kitchen.engine.pipeline import StepOutput
@@ -43,8 +43,10 @@ from kitchen.stages.rollouts import (
     sample_datums,
 )
 from kitchen.telemetry import events as ev
-from kitchen.train.losses import CLIP_HIGH, CLIP_LOW
 from kitchen.train.messages import last_user_text
+
+if TYPE_CHECKING:  # typed keys of the workflow's config (advantage, aggregation...), no import at run time
+    from kitchen.workflows.reinforcement import ReinforcementConfig
 
 
 @dataclass
@@ -128,10 +130,10 @@ class DynamicSampling(Stage):
     prompts until groups_per_batch groups remain (at most dynamic_sampling_max_rounds extra rounds).
     Round k's prompts and sampler seeds are functions of (seed, step, k) alone, so resume stays exact."""
 
-    def execute(self, ctx: Context) -> None:
+    def execute(self, ctx: Context[ReinforcementConfig]) -> None:
         spec, rl, rollouts = ctx.spec, ctx.use(RLState), ctx.use(Rollouts)
         rl.sampled_groups, rl.refill_rounds = list(rollouts.groups), 0
-        if not getattr(spec, "dynamic_sampling", False):
+        if not spec.dynamic_sampling:
             return
         kept = [g for g in rollouts.groups if not _tied(g)]
         while len(kept) < spec.groups_per_batch and rl.refill_rounds < spec.dynamic_sampling_max_rounds:
@@ -158,16 +160,16 @@ def _response_length(sample: Sample) -> int:
     return max(len(t.action) for t in traj.transitions)
 
 
-def uses_custom_objective(spec: Any) -> bool:
+def uses_custom_objective(spec: ReinforcementConfig) -> bool:
     """True when the loss needs the policy's logprobs at the current weights (one forward, then the
     exact gradient as cross_entropy weights): cispo, GSPO's sequence ratio, the KL in the loss."""
-    return (spec.loss_fn == "cispo" or getattr(spec, "importance_level", "token") == "sequence"
-            or (spec.kl_coef > 0 and getattr(spec, "kl_in", "reward") == "loss"))
+    return (spec.loss_fn == "cispo" or spec.importance_level == "sequence"
+            or (spec.kl_coef > 0 and spec.kl_in == "loss"))
 
 
-def _is_default_shape(spec: Any, scale: float) -> bool:
+def _is_default_shape(spec: ReinforcementConfig, scale: float) -> bool:
     """The advantages are today's (k1 KL folded into the reward, a token-sum): sample_datums as it is."""
-    return scale == 1.0 and getattr(spec, "kl_estimator", "k1") == "k1" and getattr(spec, "kl_in", "reward") == "reward"
+    return scale == 1.0 and spec.kl_estimator == "k1" and spec.kl_in == "reward"
 
 
 class RLStep(Stage):
@@ -178,29 +180,29 @@ class RLStep(Stage):
     importance_level=sequence and kl_in=loss take one forward first and train the exact
     gradient as cross_entropy weights (what forward_backward_custom does)."""
 
-    def execute(self, ctx: Context) -> StepOutput:
+    def execute(self, ctx: Context[ReinforcementConfig]) -> StepOutput:
         from kitchen.train.grpo import advantages as estimate
         from kitchen.train.grpo import aggregation_scales, kl_reward_advantages, overlong_penalty
         from kitchen.train.rl import approx_kl, ppo_loss_fn_config, rl_step_metrics
 
         spec, rl = ctx.spec, ctx.use(RLState)
         groups = ctx.use(Rollouts).groups
-        overlong = getattr(spec, "overlong", "none")
+        overlong = spec.overlong
         rewards = [[s.reward for s in g.samples] for g in groups]
         penalties: list[list[float]] = []
         if overlong == "soft_punish":
             penalties = [[overlong_penalty(_response_length(s), spec.max_tokens, spec.overlong_buffer, spec.overlong_penalty)
                           for s in g.samples] for g in groups]
             rewards = [[r + p for r, p in zip(rs, ps)] for rs, ps in zip(rewards, penalties)]
-        advantages = estimate(rewards, getattr(spec, "advantage", "group_mean"), [[len(s.tokens) for s in g.samples] for g in groups])
+        advantages = estimate(rewards, spec.advantage, [[len(s.tokens) for s in g.samples] for g in groups])
         sampled_groups = rl.sampled_groups or groups  # this step's own prompts, before dynamic sampling
         if not any(s.tokens for g in sampled_groups for s in g.samples):
             raise KitchenError(f"Step {ctx.step + 1}: every rollout came back empty (0 sampled tokens); check max_tokens and the stop sequences.")
         trainable = [(g, s, a) for g, advs in zip(groups, advantages) for s, a in zip(g.samples, advs)
                      if s.tokens and not (overlong == "filter" and _truncated(s))]
-        scales = aggregation_scales([len(s.tokens) for _, s, _ in trainable], getattr(spec, "aggregation", "token_sum"))
+        scales = aggregation_scales([len(s.tokens) for _, s, _ in trainable], spec.aggregation)
         custom = uses_custom_objective(spec)
-        kl_in_reward = spec.kl_coef > 0 and getattr(spec, "kl_in", "reward") == "reward"
+        kl_in_reward = spec.kl_coef > 0 and spec.kl_in == "reward"
         datums: list[Datum] = []
         rows: list[tuple[Sample, list[Datum], float]] = []
         for (group, sample, adv), scale in zip(trainable, scales):
@@ -226,7 +228,7 @@ class RLStep(Stage):
         with_ref = [s for s in samples if s.ref_logprobs is not None] if spec.kl_coef > 0 else []
         if with_ref:
             metrics["kl_ref"] = approx_kl([x for s in with_ref for x in s.logprobs], [x for s in with_ref for x in s.ref_logprobs])  # type: ignore[union-attr]
-        if getattr(spec, "dynamic_sampling", False):
+        if spec.dynamic_sampling:
             metrics["dynamic_sampling_rounds"] = float(rl.refill_rounds)
             metrics["groups_trained"] = float(len(groups))
         if overlong == "filter":
@@ -240,7 +242,7 @@ class RLStep(Stage):
             metrics.update(extra)
             loss_fn, drop = "cross_entropy", SURROGATE_METRICS
         elif spec.loss_fn == "ppo":
-            config = ppo_loss_fn_config(getattr(spec, "clip_low", CLIP_LOW), getattr(spec, "clip_high", CLIP_HIGH))
+            config = ppo_loss_fn_config(spec.clip_low, spec.clip_high)
         metrics["num_datums"] = float(len(datums))
         metrics.update(episode_step_metrics(ctx.use(Rollouts)))  # turns, episode_tokens, turns_per_s, env/...
         first = ("reward_mean", "accuracy", "entropy", "kl_ref", "sampled_tokens")  # the console shows the first few
