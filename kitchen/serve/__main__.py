@@ -34,6 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--read-timeout-s", type=float, default=d.read_timeout_s, help="time allowed to send a request body (408 beyond)")
     p.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s, help="idle keep-alive connections are closed after this")
     p.add_argument("--header-timeout-s", type=float, default=d.header_timeout_s, help="a connection must send its request head (line and headers) within this, else it is closed")
+    p.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="open connections in total; at the limit the oldest idle connection without the API key is closed "
+                        "to make room (default %(default)s)")
+    p.add_argument("--max-connections-per-client", type=int, default=d.max_connections_per_client,
+                   help="open connections per client address, same rule (default %(default)s)")
+    p.add_argument("--max-headers", type=int, default=d.max_headers, help="header lines per request (431 beyond; default %(default)s)")
+    p.add_argument("--max-header-kb", type=float, default=d.max_header_kb,
+                   help="size of a request head, request line and headers (431 beyond; default %(default)s)")
     args = p.parse_args(argv)
     from kitchen.errors import KitchenError
 
@@ -42,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                         api_key_env=args.api_key_env, log_level=args.log_level, max_loaded_samplers=args.max_loaded_samplers,
                         max_body_mb=args.max_body_mb, max_decompression_ratio=args.max_decompression_ratio, workers=args.workers,
                         read_timeout_s=args.read_timeout_s, idle_timeout_s=args.idle_timeout_s,
-                        header_timeout_s=args.header_timeout_s)
+                        header_timeout_s=args.header_timeout_s, max_connections=args.max_connections,
+                        max_connections_per_client=args.max_connections_per_client, max_headers=args.max_headers,
+                        max_header_kb=args.max_header_kb)
     try:
         opts.validate()
         from kitchen.serve import run_server

@@ -136,8 +136,12 @@ def _presented_key(request: Request) -> str | None:
     return auth[7:].strip() if auth.lower().startswith("bearer ") else None
 
 
-def build_asgi(app: Any, limits: Limits, metrics: Any) -> Starlette:
-    """The ASGI application for a :class:`kitchen.serve.app.TinkerApp`."""
+def build_asgi(app: Any, limits: Limits, metrics: Any, connections: Any = None) -> Starlette:
+    """The ASGI application for a :class:`kitchen.serve.app.TinkerApp`.
+
+    ``connections`` (a :class:`~kitchen.serve.connection_guard.ConnectionTable`) is told
+    which connections presented the right key, so they are never closed to make room.
+    """
     work = anyio.CapacityLimiter(limits.workers)
     polls = anyio.CapacityLimiter(max(64, 8 * limits.workers))
 
@@ -171,6 +175,8 @@ def build_asgi(app: Any, limits: Limits, metrics: Any) -> Starlette:
             target = await anyio.to_thread.run_sync(app.external.file_for, path, dict(request.query_params), limiter=work)
             return FileResponse(target, media_type="application/octet-stream")
         app.check_key(_presented_key(request))  # before any byte of the body
+        if connections is not None and request.client:
+            connections.authenticated((request.client.host, request.client.port))
         if path.rstrip("/") == "/metrics":
             request.state.endpoint = "metrics"
             body, ctype = metrics.render()

@@ -47,6 +47,10 @@ class ServeOptions:
     read_timeout_s: float = 60.0
     idle_timeout_s: float = 30.0
     header_timeout_s: float = 10.0
+    max_connections: int = 1024
+    max_connections_per_client: int = 256
+    max_headers: int = 100
+    max_header_kb: float = 64.0
 
     def validate(self) -> "ServeOptions":
         """Raise :class:`ServeOptionError` naming the first bad option; return self."""
@@ -66,12 +70,15 @@ class ServeOptions:
             raise ServeOptionError(f"--latency-ms must be >= 0, got {self.latency_ms:g}.")
         if self.stall_s is not None and self.stall_s < 0:
             raise ServeOptionError(f"--stall-s must be >= 0, got {self.stall_s:g}.")
-        for name, value in (("--max-loaded-samplers", self.max_loaded_samplers), ("--workers", self.workers)):
+        for name, value in (("--max-loaded-samplers", self.max_loaded_samplers), ("--workers", self.workers),
+                            ("--max-connections", self.max_connections),
+                            ("--max-connections-per-client", self.max_connections_per_client),
+                            ("--max-headers", self.max_headers)):
             if int(value) < 1:
                 raise ServeOptionError(f"{name} must be at least 1, got {value}.")
         for name, value in (("--max-body-mb", self.max_body_mb), ("--max-decompression-ratio", self.max_decompression_ratio),
                             ("--read-timeout-s", self.read_timeout_s), ("--idle-timeout-s", self.idle_timeout_s),
-                            ("--header-timeout-s", self.header_timeout_s)):
+                            ("--header-timeout-s", self.header_timeout_s), ("--max-header-kb", self.max_header_kb)):
             if not value > 0:
                 raise ServeOptionError(f"{name} must be > 0, got {value:g}.")
         try:

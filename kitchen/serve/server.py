@@ -19,7 +19,7 @@ def run_server(opts: Any) -> int:
     import uvicorn
 
     from kitchen.serve.app import build_app
-    from kitchen.serve.connection_guard import head_deadline_protocol
+    from kitchen.serve.connection_guard import ConnectionTable, fit_to_file_limit, guarded_protocol
     from kitchen.serve.http import Limits, build_asgi
     from kitchen.serve.metrics import ServeMetrics, state_gauges
     from kitchen.serve.model_names import check_models
@@ -31,12 +31,19 @@ def run_server(opts: Any) -> int:
     app = build_app(opts)
     limits = Limits(max_body_bytes=int(opts.max_body_mb * 1024 * 1024), max_decompression_ratio=opts.max_decompression_ratio,
                     read_timeout_s=opts.read_timeout_s, workers=opts.workers)
-    asgi = build_asgi(app, limits, ServeMetrics(state_gauges(app.state)))
+    # Connection limits live in the protocol (kitchen.serve.connection_guard), where a
+    # connection without the key can be closed to make room for one with it; uvicorn's
+    # own limit_concurrency counted every open socket, idle and 401-ed ones included, and
+    # answered everyone 503 past it. Work is bounded by the worker pools in http.py.
+    connections = ConnectionTable(fit_to_file_limit(opts.max_connections), opts.max_connections_per_client)
+    protocol = guarded_protocol(opts.header_timeout_s, max_head_bytes=int(opts.max_header_kb * 1024),
+                                max_headers=opts.max_headers, connections=connections)
+    asgi = build_asgi(app, limits, ServeMetrics(state_gauges(app.state)), connections=connections)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}"
     config = uvicorn.Config(asgi, log_config=None, access_log=False, timeout_keep_alive=int(max(1, opts.idle_timeout_s)),
-                            limit_concurrency=max(64, 16 * opts.workers), timeout_graceful_shutdown=30,
-                            lifespan="off", server_header=False, http=head_deadline_protocol(opts.header_timeout_s))
+                            limit_concurrency=None, timeout_graceful_shutdown=30,
+                            lifespan="off", server_header=False, http=protocol)
     server = uvicorn.Server(config)
     # uvicorn re-raises a captured SIGTERM/SIGINT after its graceful shutdown; with these
     # handlers that re-raise is harmless, so we get to drain and exit 0.
