@@ -256,6 +256,11 @@ def serve(
     read_timeout_s: float = typer.Option(60.0, help="Time allowed to send a request body (408 beyond)."),
     idle_timeout_s: float = typer.Option(30.0, help="Idle keep-alive connections are closed after this."),
     header_timeout_s: float = typer.Option(10.0, help="A connection must send its request head within this, else it is closed (slow-header guard)."),
+    max_connections: int = typer.Option(1024, help="Open connections in total; at the limit the oldest idle one without the API key is closed to make room."),
+    max_connections_per_client: int = typer.Option(256, help="Open connections per client address, same rule."),
+    max_headers: int = typer.Option(100, help="Header lines per request (431 beyond)."),
+    max_header_kb: float = typer.Option(64.0, help="Size of a request head: request line and headers (431 beyond)."),
+    precision: str = typer.Option("fp32", help="Local backend: fp32, bf16 or auto, for clients that send none (kitchen's adapter sends its run's)."),
 ) -> None:
     """Serve the Tinker REST API on this machine, backed by a kitchen backend.
 
@@ -272,7 +277,9 @@ def serve(
                         log_level=log_level, max_loaded_samplers=max_loaded_samplers, max_body_mb=max_body_mb,
                         max_decompression_ratio=max_decompression_ratio, workers=workers,
                         read_timeout_s=read_timeout_s, idle_timeout_s=idle_timeout_s,
-                        header_timeout_s=header_timeout_s).validate()
+                        header_timeout_s=header_timeout_s, max_connections=max_connections,
+                        max_connections_per_client=max_connections_per_client, max_headers=max_headers,
+                        max_header_kb=max_header_kb, precision=precision).validate()
     from kitchen.serve import run_server
 
     raise typer.Exit(run_server(opts))

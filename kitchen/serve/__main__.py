@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-headers", type=int, default=d.max_headers, help="header lines per request (431 beyond; default %(default)s)")
     p.add_argument("--max-header-kb", type=float, default=d.max_header_kb,
                    help="size of a request head, request line and headers (431 beyond; default %(default)s)")
+    p.add_argument("--precision", default=d.precision,
+                   help="local backend: fp32 (default), bf16 or auto, for clients that do not send their own (kitchen's adapter does)")
     args = p.parse_args(argv)
     from kitchen.errors import KitchenError
 
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                         read_timeout_s=args.read_timeout_s, idle_timeout_s=args.idle_timeout_s,
                         header_timeout_s=args.header_timeout_s, max_connections=args.max_connections,
                         max_connections_per_client=args.max_connections_per_client, max_headers=args.max_headers,
-                        max_header_kb=args.max_header_kb)
+                        max_header_kb=args.max_header_kb, precision=args.precision)
     try:
         opts.validate()
         from kitchen.serve import run_server

@@ -102,5 +102,5 @@ def build_app(opts: Any, api_key: str | None = None) -> TinkerApp:
     plan = FaultPlan.parse(opts.faults if opts.faults is not None else os.environ.get("KITCHEN_SERVE_FAULTS"))
     stall_s = opts.stall_s if opts.stall_s is not None else float(os.environ.get("KITCHEN_SERVE_STALL_S", "30"))
     state = ServerState(backend=opts.backend, latency_ms=opts.latency_ms, state_dir=opts.state_dir,
-                        max_loaded_samplers=opts.max_loaded_samplers)
+                        max_loaded_samplers=opts.max_loaded_samplers, precision=opts.precision)
     return TinkerApp(state, key, plan, stall_s=stall_s, models=opts.models)

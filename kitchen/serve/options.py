@@ -21,6 +21,7 @@ from kitchen.errors import KitchenError
 
 BACKENDS = ("local", "noop")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+PRECISIONS = ("fp32", "bf16", "auto")  # the local backend's precision= choices
 
 
 class ServeOptionError(KitchenError):
@@ -51,6 +52,10 @@ class ServeOptions:
     max_connections_per_client: int = 256
     max_headers: int = 100
     max_header_kb: float = 64.0
+    # how the local backend computes for a client that does not say (kitchen's own tinker adapter
+    # sends its run's precision): fp32, so a plain Tinker SDK client gets the same numbers on any
+    # CPU and LoRA sessions share the base weights without per-session bf16 copies
+    precision: str = "fp32"
 
     def validate(self) -> "ServeOptions":
         """Raise :class:`ServeOptionError` naming the first bad option; return self."""
@@ -70,6 +75,11 @@ class ServeOptions:
             raise ServeOptionError(f"--latency-ms must be >= 0, got {self.latency_ms:g}.")
         if self.stall_s is not None and self.stall_s < 0:
             raise ServeOptionError(f"--stall-s must be >= 0, got {self.stall_s:g}.")
+        if str(self.precision).lower() not in PRECISIONS:
+            raise ServeOptionError(f"--precision {self.precision!r} is not allowed; use fp32 (the default), bf16 or auto "
+                                   "(bf16 autocast where the CPU or GPU computes bf16 natively); a kitchen client's own "
+                                   "precision= wins for its sessions.")
+        self.precision = str(self.precision).lower()
         for name, value in (("--max-loaded-samplers", self.max_loaded_samplers), ("--workers", self.workers),
                             ("--max-connections", self.max_connections),
                             ("--max-connections-per-client", self.max_connections_per_client),

@@ -165,7 +165,7 @@ class SnapshotStore:
         lora = LoraConfig(**{k: v for k, v in meta["lora"].items() if k in LoraConfig.__dataclass_fields__})
         client = self._make_client(self.backend)
         extra = meta.get("extra") or {}
-        kw = {k: str(extra[k]) for k in ("dtype", "device") if extra.get(k)}
+        kw = {k: str(extra[k]) for k in ("dtype", "device", "precision") if extra.get(k)}
         with START_LOCK:  # start_session reseeds the global RNG (see kitchen.serve.backends)
             client.start_session(SessionConfig(base_model=meta["base_model"], lora=lora, seed=int(meta.get("seed", 0)), **kw))
         with self._lock:

@@ -38,10 +38,11 @@ class SamplerRecord:
 
 class ServerState:
     def __init__(self, *, backend: str = "noop", latency_ms: float = 0.0, state_dir: str | os.PathLike[str] | None = None,
-                 max_loaded_samplers: int = 4) -> None:
+                 max_loaded_samplers: int = 4, precision: str = "fp32") -> None:
         import tempfile
 
         self.backend = backend
+        self.precision = precision  # the local backend's, for sessions whose client sends none
         self.latency_s = max(0.0, latency_ms) / 1000.0
         self.root = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="kitchen-serve-"))
         self.root.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ class ModelWorker:
 
     def session_config(self) -> SessionConfig:
         kw: dict[str, Any] = {}
-        for key in ("dtype", "device"):
+        for key in ("dtype", "device", "precision"):
             if self.extra.get(key):
                 kw[key] = str(self.extra[key])
         if self.extra.get("max_length"):

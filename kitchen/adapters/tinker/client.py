@@ -336,7 +336,7 @@ class TinkerTrainingClient:
     def _metadata(self, config: SessionConfig) -> dict[str, str]:
         lora = config.lora
         return session_metadata({"max_length": config.max_length, "dtype": config.dtype, "device": config.device,
-                                 "lora_alpha": lora.alpha, "lora_dropout": lora.dropout})
+                                 "precision": config.precision, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout})
 
     # ---- port ------------------------------------------------------------------------
     def start_session(self, config: SessionConfig) -> dict[str, Any]:

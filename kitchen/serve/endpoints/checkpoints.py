@@ -81,6 +81,8 @@ class CheckpointEndpoints:
             model_id = f"{req.session_id}:train:{req.model_seq_id}"
             lora = LoraConfig(**{k: v for k, v in meta["lora"].items() if k in LoraConfig.__dataclass_fields__})
             extra = {**meta.get("extra", {}), **session_settings(req.user_metadata)}
+            if extra.get("precision") in (None, "", "None"):  # metadata written before precision was recorded
+                extra["precision"] = state.precision
             base = ctx.served_name(req.base_model or meta["base_model"])
             worker = ModelWorker(model_id, base, lora, int(meta.get("seed", 0)), state.backend, state.ckpt_root(), extra)
             state.add_model(worker, user_metadata=req.user_metadata)

@@ -55,6 +55,8 @@ class SessionEndpoints:
             raise RequestError(400, f"LoRA rank must be positive (0 = full fine-tuning, local backend only), got {lc.rank}")
         base_model = ctx.served_name(req.base_model)
         extra = session_settings(req.user_metadata)
+        if extra.get("precision") in (None, "", "None"):
+            extra["precision"] = ctx.state.precision
         lora_kw: dict[str, Any] = dict(rank=lc.rank, train_mlp=lc.train_mlp, train_attn=lc.train_attn, train_unembed=lc.train_unembed)
         try:
             if extra.get("lora_alpha") not in (None, "", "None"):
