@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import pytest
-
-from conftest import REPO, read_jsonl, step_losses
+from conftest import read_jsonl
 from run_control import assert_same_run, start, wait_for_checkpoint
 
 TINY = ("recipe=sl_basic", "adapters=local", "model=tiny-llama", "batch_size=4", "~test_dataset", "num_preview_samples=0",
