@@ -151,13 +151,21 @@ def _one_pass(pass_model: Any, kwargs: dict[str, Any], targets: Any, autocast: A
 
 
 def final_hidden(pass_model: Any, model: Any, kwargs: dict[str, Any]) -> Any:
-    """The decoder's last hidden states ([B, T, H], after its final norm), with no logits computed."""
+    """The decoder's last hidden states ([B, T, H], after its final norm), with no logits computed.
+
+    The hook keeps only this thread's forward: rollout lanes score on one shared sampler
+    model from several threads at once, and a module's hooks fire for every thread's pass.
+    """
+    import threading
+
     import torch
 
     kept: dict[str, Any] = {}
+    me = threading.get_ident()
 
     def keep(_module: Any, _inputs: Any, output: Any) -> None:
-        kept["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        if threading.get_ident() == me:
+            kept["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
     handle = model.get_decoder().register_forward_hook(keep)
     try:
