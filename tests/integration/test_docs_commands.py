@@ -100,6 +100,10 @@ ADAPT: dict[str, str] = {
 SKIP: dict[str, str] = {
     "kitchen run model=Qwen/Qwen2.5-0.5B-Instruct model_revision=main": "downloads a 0.5B model (tests/unit/adapters/local/test_hub_models.py loads one from a populated cache)",
     "kitchen --install-completion": "edits your shell's rc file",
+    "kitchen validate recipe=sl_basic adapters=modal adapters.training.gpu=A100-80GB":
+        "needs a Modal token (tests/integration/test_modal_cli.py validates and runs adapters=modal against a loopback Modal control plane)",
+    "kitchen run recipe=sl_basic adapters=modal adapters.training.gpu=H100 max_steps=100":
+        "starts a paid Modal GPU (tests/integration/test_modal_cli.py trains through a loopback Modal control plane; make test-live on Modal)",
     "kitchen export runs/try1 --out final-adapter --push me/my-adapter": "uploads to the Hugging Face Hub (tests/unit/outputs/test_use_outputs.py pushes to a fake hub)",
     "kitchen run dataset=org/name dataset_subset=sharegpt test_dataset=org/name test_dataset_subset=sharegpt":
         "downloads from the hub (tests/integration/test_data_sources.py runs this shape against a hub cache it writes)",
