@@ -173,3 +173,30 @@ def test_sampler_logprobs_are_the_same_chunked():
     assert [len(s) for s in got] == [6, 2, 1] and got[2] == [None] and got[0][0] is None
     for a, b in zip(got, one):
         assert a[1:] == pytest.approx(b[1:], abs=1e-5)
+
+
+def test_a_pass_keeps_its_own_hidden_states_when_another_thread_runs_the_same_model():
+    """Rollout lanes and kitchen serve's LoRA sessions run one decoder from several threads; a module's
+    hooks fire for every thread's pass, so another thread's forward, finishing after this pass's own
+    decoder output (here: started from a hook on the whole model), must not replace what it keeps."""
+    import threading
+
+    from kitchen.adapters.local.loss_head import final_hidden
+    from kitchen.adapters.local.tiny import build_tiny_model, build_tiny_tokenizer
+
+    model = build_tiny_model(len(build_tiny_tokenizer())).eval()
+    main = threading.get_ident()
+
+    def other_thread_pass(_module, _inputs, _output):
+        if threading.get_ident() == main:
+            t = threading.Thread(target=lambda: model(input_ids=torch.ones(1, 9, dtype=torch.long)))
+            t.start()
+            t.join()
+
+    handle = model.register_forward_hook(other_thread_pass)  # after the decoder's hooks: its output is kept already
+    try:
+        with torch.no_grad():
+            hidden = final_hidden(model, model, {"input_ids": torch.ones(2, 5, dtype=torch.long), "use_cache": False})
+    finally:
+        handle.remove()
+    assert tuple(hidden.shape[:2]) == (2, 5)
