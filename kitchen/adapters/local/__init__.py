@@ -39,28 +39,25 @@ def preflight(session: Any, options: Any = None) -> None:
     from pathlib import Path
 
     check_threads((options or {}).get("threads"))
-    if str(getattr(session, "mixed_precision", "no") or "no").lower() == "fp16" or getattr(session, "quantization", None):
-        from kitchen.adapters.local.scale import check_cuda_only_options
-
-        device = str(session.device or "auto").lower()
-        if device == "auto":  # torch is imported only for these CUDA-only options
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        check_cuda_only_options(session.mixed_precision, session.quantization, device)
     fused = str(getattr(session, "fused_loss", "auto") or "auto").lower()
     precision = str(getattr(session, "precision", "auto") or "auto").lower()
-    if fused not in ("auto", "none") or (precision == "bf16" and not getattr(session, "force_precision", False)):
+    cuda_only = str(getattr(session, "mixed_precision", "no") or "no").lower() == "fp16" or getattr(session, "quantization", None)
+    explicit_bf16 = precision == "bf16" and not getattr(session, "force_precision", False)
+    if cuda_only or fused not in ("auto", "none") or explicit_bf16:  # else torch is not imported
         device = str(session.device or "auto").lower()
-        if device == "auto":  # torch is imported only for an explicit kernel or precision=bf16
+        if device == "auto":  # torch is imported only for CUDA-only options, an explicit kernel or precision=bf16
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if cuda_only:
+            from kitchen.adapters.local.scale import check_cuda_only_options
+
+            check_cuda_only_options(session.mixed_precision, session.quantization, device)
         if fused not in ("auto", "none"):
             from kitchen.adapters.local.loss_head import choose_fused
 
             choose_fused(fused, device)
-        if precision == "bf16" and str(getattr(session, "mixed_precision", "no") or "no").lower() == "no" \
+        if explicit_bf16 and str(getattr(session, "mixed_precision", "no") or "no").lower() == "no" \
                 and str(getattr(session, "dtype", "auto") or "auto").lower() in ("auto", "float32", "fp32") and device == "cpu":
             import torch
 

@@ -187,7 +187,7 @@ class LocalTrainingClient:
         # the trainable list is taken after wrapping: FSDP2 replaces parameters by DTensor shards
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         loss_head = plan_loss_head(model, check_chunk_tokens(config.loss_chunk_tokens), fsdp=parallel.fsdp, device=device,
-                                   fused=getattr(config, "fused_loss", "auto"))
+                                   fused=config.fused_loss)
         if plan.auto_budget:  # max_tokens_per_micro_batch=auto: from the loaded model and what is free now
             import dataclasses
 
@@ -348,7 +348,7 @@ class LocalTrainingClient:
         state = ckpt.read_state(path, with_optimizer=with_optimizer)
         saved_info = state["info"] or {}
         scale.check_resume_precision(saved_info.get("precision"), session.precision.name,
-                                     force=bool(getattr(self.config, "force_precision", False)), path=path)
+                                     force=bool(self.config.force_precision), path=path)
         ckpt.restore_weights(session, state["weights"], path)
         saved_budget = saved_info.get("max_tokens_per_micro_batch")
         if session.plan.auto_budget and saved_info.get("auto_budget") and saved_budget:

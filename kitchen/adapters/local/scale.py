@@ -194,8 +194,8 @@ def plan_session(config: Any, device: str, dtype: Any, *, threads: int | None = 
         plan.precision.scaler = torch.amp.GradScaler("cuda")
         plan.precision.name, plan.precision.reason = "fp16", "mixed_precision=fp16"
     else:
-        resolve_precision(plan.precision, getattr(config, "precision", "auto"), dtype,
-                          force=bool(getattr(config, "force_precision", False)), legacy_cpu_bf16=bool(cpu_bf16_autocast))
+        resolve_precision(plan.precision, config.precision, dtype, force=bool(config.force_precision),
+                          legacy_cpu_bf16=bool(cpu_bf16_autocast))
         if plan.precision.name == "bf16" and not on_cuda and cpu_native_bf16():
             plan.notes["cpu_bf16"] = cpu_native_bf16()
     quant = config.quantization
@@ -265,7 +265,8 @@ def resolve_precision(prec: Precision, asked: Any, dtype: Any, *, force: bool = 
         prec.name, prec.reason = "bf16", f"auto: {hardware}"
     else:  # bf16
         if hardware is None and not force:
-            where = "GPU has no bf16" if device.startswith("cuda") else                 "CPU reports no native bf16 (neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo)"
+            where = ("GPU has no bf16" if device.startswith("cuda")
+                     else "CPU reports no native bf16 (neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo)")
             raise ConfigError(
                 f"precision=bf16: this {where}, so torch would emulate bf16, which typically runs several times slower "
                 "than fp32 and saves no memory (master weights and optimizer state stay fp32). Use precision=auto or "
