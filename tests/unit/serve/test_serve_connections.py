@@ -265,6 +265,15 @@ def test_connection_options_are_checked():
         assert proc.returncode == 2 and flag in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_a_bad_precision_is_exit_2_naming_what_is_allowed():
+    """--precision is checked before the server starts, through `kitchen serve` as a user types it."""
+    env = {**os.environ, "KITCHEN_SERVE_API_KEY": KEY}
+    proc = subprocess.run([sys.executable, "-m", "kitchen.cli", "serve", "--precision", "fp8", "--backend", "noop",
+                           "--port", "0"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and "--precision 'fp8'" in proc.stderr and "fp32" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 class _Proto:
     def __init__(self, host: str, port: int, busy: bool = False) -> None:
         self.client = (host, port)
