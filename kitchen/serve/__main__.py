@@ -44,6 +44,26 @@ def main(argv: list[str] | None = None) -> int:
                    help="size of a request head, request line and headers (431 beyond; default %(default)s)")
     p.add_argument("--precision", default=d.precision,
                    help="local backend: fp32 (default), bf16 or auto, for clients that do not send their own (kitchen's adapter does)")
+    p.add_argument("--max-sample-tokens-per-request", type=int, default=d.max_sample_tokens_per_request,
+                   help="num_samples x (prompt + max_tokens) one asample may ask for (400 beyond; default %(default)s)")
+    p.add_argument("--max-sample-tokens-in-flight", type=int, default=d.max_sample_tokens_in_flight,
+                   help="the same count over all queued and running samples (429 beyond; default %(default)s)")
+    p.add_argument("--result-ttl-s", type=float, default=d.result_ttl_s,
+                   help="a finished result nobody retrieves is dropped after this (retrieved ones after 10 s; default %(default)s)")
+    p.add_argument("--max-user-metadata-kb", type=float, default=d.max_user_metadata_kb,
+                   help="size of a request's user_metadata as JSON (400 beyond; default %(default)s)")
+    p.add_argument("--max-json-body-mb", type=float, default=d.max_json_body_mb,
+                   help="largest JSON request body, after decompression (413 beyond; protobuf bodies use --max-body-mb; "
+                        "default %(default)s)")
+    p.add_argument("--max-models-per-session", type=int, default=d.max_models_per_session,
+                   help="training models one session may create (400 beyond; default %(default)s)")
+    p.add_argument("--max-models", type=int, default=d.max_models,
+                   help="training models in memory on the server (429 beyond; default %(default)s)")
+    p.add_argument("--shutdown-timeout-s", type=float, default=d.shutdown_timeout_s,
+                   help="on SIGTERM, how long running work may take before the server exits anyway (default %(default)s)")
+    p.add_argument("--public-url", default=None,
+                   help="http(s)://HOST[:PORT] that signed download URLs name (default: the bind address; never the "
+                        "request's Host header)")
     args = p.parse_args(argv)
     from kitchen.errors import KitchenError
 
@@ -54,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
                         read_timeout_s=args.read_timeout_s, idle_timeout_s=args.idle_timeout_s,
                         header_timeout_s=args.header_timeout_s, max_connections=args.max_connections,
                         max_connections_per_client=args.max_connections_per_client, max_headers=args.max_headers,
-                        max_header_kb=args.max_header_kb, precision=args.precision)
+                        max_header_kb=args.max_header_kb, precision=args.precision,
+                        max_sample_tokens_per_request=args.max_sample_tokens_per_request,
+                        max_sample_tokens_in_flight=args.max_sample_tokens_in_flight, result_ttl_s=args.result_ttl_s,
+                        max_user_metadata_kb=args.max_user_metadata_kb, max_json_body_mb=args.max_json_body_mb,
+                        max_models_per_session=args.max_models_per_session, max_models=args.max_models,
+                        shutdown_timeout_s=args.shutdown_timeout_s, public_url=args.public_url)
     try:
         opts.validate()
         from kitchen.serve import run_server

@@ -101,6 +101,11 @@ def build_app(opts: Any, api_key: str | None = None) -> TinkerApp:
         print("kitchen serve: warning: the Tinker SDK only sends keys that start with 'tml-'", file=sys.stderr, flush=True)
     plan = FaultPlan.parse(opts.faults if opts.faults is not None else os.environ.get("KITCHEN_SERVE_FAULTS"))
     stall_s = opts.stall_s if opts.stall_s is not None else float(os.environ.get("KITCHEN_SERVE_STALL_S", "30"))
+    from kitchen.serve.state import WorkLimits
+
+    limits = WorkLimits(max_sample_tokens_per_request=opts.max_sample_tokens_per_request,
+                        max_sample_tokens_in_flight=opts.max_sample_tokens_in_flight, result_ttl_s=opts.result_ttl_s,
+                        max_models_per_session=opts.max_models_per_session, max_models=opts.max_models)
     state = ServerState(backend=opts.backend, latency_ms=opts.latency_ms, state_dir=opts.state_dir,
-                        max_loaded_samplers=opts.max_loaded_samplers, precision=opts.precision)
+                        max_loaded_samplers=opts.max_loaded_samplers, precision=opts.precision, limits=limits)
     return TinkerApp(state, key, plan, stall_s=stall_s, models=opts.models)

@@ -13,10 +13,11 @@ import re
 class RequestError(Exception):
     """Answered as an HTTP error with a JSON message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers  # e.g. Retry-After on a 429
 
 
 def safe_name(name: str) -> str:

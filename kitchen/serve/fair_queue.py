@@ -48,6 +48,13 @@ class FairQueue(Generic[T]):
                 del self._queues[client]
             return item
 
+    def drain(self) -> list[T]:
+        """Take every queued item at once (oldest turn first); the queue stays open."""
+        with self._cond:
+            items = [item for q in self._queues.values() for item in q]
+            self._queues.clear()
+            return items
+
     def close(self) -> None:
         """No more puts; ``get`` drains what is queued, then returns None."""
         with self._cond:

@@ -36,7 +36,7 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
@@ -50,8 +50,14 @@ PROTO = "application/x-protobuf"
 LONG_POLL_ENDPOINTS = {"retrieve_future"}
 
 
+OFF_LOOP_BYTES = 64 * 1024  # bodies larger than this are decompressed and parsed on a worker thread
+
+
 class Limits:
-    def __init__(self, *, max_body_bytes: int, max_decompression_ratio: float, read_timeout_s: float, workers: int) -> None:
+    def __init__(self, *, max_body_bytes: int, max_decompression_ratio: float, read_timeout_s: float, workers: int,
+                 max_json_bytes: int = 16 << 20, max_user_metadata_bytes: int = 64 << 10) -> None:
+        self.max_json_bytes = int(max_json_bytes)
+        self.max_user_metadata_bytes = int(max_user_metadata_bytes)
         self.max_body_bytes = int(max_body_bytes)
         self.max_decompression_ratio = float(max_decompression_ratio)
         self.read_timeout_s = float(read_timeout_s)
@@ -115,17 +121,47 @@ def _decompress(raw: bytes, encoding: str, limits: Limits) -> bytes:
     return out
 
 
-def _parse_body(raw: bytes, content_type: str) -> Any:
+def _parse_body(raw: bytes, content_type: str, limits: Limits) -> Any:
+    """The body as the endpoint gets it: protobuf bytes as they are, JSON parsed, with the
+    JSON size limit and the ``user_metadata`` size limit (it is copied into run.json and
+    answered back on every listing, so a 200 MB one used to cost that on every call)."""
     if PROTO in content_type.lower():
         return raw
     if not raw:
         return {}
+    if len(raw) > limits.max_json_bytes:
+        raise RequestError(413, f"JSON request body of {len(raw)} bytes exceeds the server's limit of {limits.max_json_bytes} "
+                                "bytes (kitchen serve --max-json-body-mb)")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except RecursionError:
         raise RequestError(400, "request body is JSON nested too deeply") from None
     except ValueError as exc:
         raise RequestError(400, f"request body is not valid JSON: {exc}") from None
+    md = body.get("user_metadata") if isinstance(body, dict) else None
+    if md:
+        size = len(json.dumps(md))
+        if size > limits.max_user_metadata_bytes:
+            raise RequestError(400, f"user_metadata is {size} bytes as JSON, over the server's limit of "
+                                    f"{limits.max_user_metadata_bytes} bytes (kitchen serve --max-user-metadata-kb)")
+    return body
+
+
+def _decode_body(raw: bytes, encoding: str, content_type: str, limits: Limits) -> Any:
+    return _parse_body(_decompress(raw, encoding, limits), content_type, limits)
+
+
+def _client(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "-"
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (``\x1b``, ``\x00``, ...), for a log line:
+    a request path is the client's, and a raw ESC sequence in it would drive the terminal
+    of whoever reads the log (or forge a line with a newline)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _presented_key(request: Request) -> str | None:
@@ -158,7 +194,13 @@ def build_asgi(app: Any, limits: Limits, metrics: Any, connections: Any = None) 
         except RequestError as exc:
             endpoint = getattr(request.state, "endpoint", endpoint)
             status = exc.status
-            return _json_error(exc.status, exc.message)
+            return _json_error(exc.status, exc.message, exc.headers)
+        except ClientDisconnect:
+            # the client went away while sending its body: nobody to answer, nothing broken
+            endpoint = getattr(request.state, "endpoint", endpoint)
+            status = 499
+            log.info("client %s disconnected while sending %s %s", _client(request), method, _printable(path))
+            return Response(b"", status_code=400)
         except Exception as exc:  # noqa: BLE001 - a kitchen bug: the client gets a message, the log the traceback
             endpoint = getattr(request.state, "endpoint", endpoint)
             log.error("internal error on %s %s: %s\n%s", method, path, exc, traceback.format_exc())
@@ -166,8 +208,8 @@ def build_asgi(app: Any, limits: Limits, metrics: Any, connections: Any = None) 
         finally:
             elapsed = time.perf_counter() - t0
             metrics.observe(endpoint, status, elapsed)
-            client = f"{request.client.host}:{request.client.port}" if request.client else "-"
-            access_log.info('%s "%s %s" %d %.1fms', client, method, path, status, elapsed * 1000)
+            access_log.info('%s "%s %s" %d %.1fms', _client(request), _printable(method), _printable(path), status,
+                            elapsed * 1000)
 
     async def _dispatch(request: Request, method: str, path: str) -> Response:
         if method == "GET" and path.startswith(FILES_PREFIX):  # a signed URL is its own authorisation
@@ -184,8 +226,11 @@ def build_asgi(app: Any, limits: Limits, metrics: Any, connections: Any = None) 
         handler, endpoint = app.route(method, path, dict(request.query_params), base_url=str(request.base_url))
         request.state.endpoint = endpoint
         raw = await _read_body(request, limits)
-        raw = _decompress(raw, request.headers.get("content-encoding", ""), limits)
-        body = _parse_body(raw, request.headers.get("content-type", ""))
+        encoding, ctype = request.headers.get("content-encoding", ""), request.headers.get("content-type", "")
+        if len(raw) > OFF_LOOP_BYTES:  # a big body would hold every other connection while it is parsed
+            body = await anyio.to_thread.run_sync(_decode_body, raw, encoding, ctype, limits, limiter=work)
+        else:
+            body = _decode_body(raw, encoding, ctype, limits)
         rule = app.faults.take(endpoint) if app.faults else None
         if rule is not None:
             if rule.kind == "stall":

@@ -42,6 +42,13 @@ def state_gauges(state: Any) -> dict[str, tuple[str, Callable[[], float]]]:
         "kitchen_serve_loaded_samplers": ("Sampler weight sets loaded in memory (bounded by --max-loaded-samplers).",
                                           lambda: float(state.snapshots.loaded_count())),
         "kitchen_serve_pending_futures": ("Futures not yet finished.", lambda: float(state.pending_futures())),
+        "kitchen_serve_retained_results": ("Finished results held for retrieve_future (dropped 10 s after retrieval, "
+                                           "or after --result-ttl-s).", lambda: float(state.futures.retained()[0])),
+        "kitchen_serve_retained_result_bytes": ("Bytes of the finished results held for retrieve_future.",
+                                                lambda: float(state.futures.retained()[1])),
+        "kitchen_serve_sample_tokens_in_flight": ("num_samples x (prompt + max_tokens) over queued and running samples "
+                                                  "(bounded by --max-sample-tokens-in-flight).",
+                                                  lambda: float(state.sample_budget.used)),
         "kitchen_serve_weight_bytes": ("Bytes of model weights in memory (training models and samplers); a base model "
                                        "shared by LoRA sessions counts once.", lambda: float(state.weight_bytes())),
     }

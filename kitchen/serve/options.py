@@ -52,6 +52,16 @@ class ServeOptions:
     max_connections_per_client: int = 256
     max_headers: int = 100
     max_header_kb: float = 64.0
+    # bounded work per request (issue 23; see kitchen.serve.sample_budget, futures, http)
+    max_sample_tokens_per_request: int = 262_144
+    max_sample_tokens_in_flight: int = 1_048_576
+    result_ttl_s: float = 600.0
+    max_user_metadata_kb: float = 64.0
+    max_json_body_mb: float = 16.0
+    max_models_per_session: int = 64
+    max_models: int = 256
+    shutdown_timeout_s: float = 30.0
+    public_url: str | None = None  # the host signed download URLs name; default: the bind address
     # how the local backend computes for a client that does not say (kitchen's own tinker adapter
     # sends its run's precision): fp32, so a plain Tinker SDK client gets the same numbers on any
     # CPU and LoRA sessions share the base weights without per-session bf16 copies
@@ -83,14 +93,25 @@ class ServeOptions:
         for name, value in (("--max-loaded-samplers", self.max_loaded_samplers), ("--workers", self.workers),
                             ("--max-connections", self.max_connections),
                             ("--max-connections-per-client", self.max_connections_per_client),
-                            ("--max-headers", self.max_headers)):
+                            ("--max-headers", self.max_headers),
+                            ("--max-sample-tokens-per-request", self.max_sample_tokens_per_request),
+                            ("--max-sample-tokens-in-flight", self.max_sample_tokens_in_flight),
+                            ("--max-models-per-session", self.max_models_per_session), ("--max-models", self.max_models)):
             if int(value) < 1:
                 raise ServeOptionError(f"{name} must be at least 1, got {value}.")
         for name, value in (("--max-body-mb", self.max_body_mb), ("--max-decompression-ratio", self.max_decompression_ratio),
                             ("--read-timeout-s", self.read_timeout_s), ("--idle-timeout-s", self.idle_timeout_s),
-                            ("--header-timeout-s", self.header_timeout_s), ("--max-header-kb", self.max_header_kb)):
-            if not value > 0:
-                raise ServeOptionError(f"{name} must be > 0, got {value:g}.")
+                            ("--header-timeout-s", self.header_timeout_s), ("--max-header-kb", self.max_header_kb),
+                            ("--result-ttl-s", self.result_ttl_s), ("--max-user-metadata-kb", self.max_user_metadata_kb),
+                            ("--max-json-body-mb", self.max_json_body_mb), ("--shutdown-timeout-s", self.shutdown_timeout_s)):
+            if not (value > 0 and value != float("inf")):
+                raise ServeOptionError(f"{name} must be a finite number > 0, got {value:g}.")
+        if self.max_sample_tokens_in_flight < self.max_sample_tokens_per_request:
+            raise ServeOptionError(f"--max-sample-tokens-in-flight ({self.max_sample_tokens_in_flight}) is below "
+                                   f"--max-sample-tokens-per-request ({self.max_sample_tokens_per_request}): a request "
+                                   "the per-request limit allows could never run; raise the first or lower the second.")
+        if self.public_url is not None:
+            self.public_url = check_public_url(self.public_url)
         try:
             FaultPlan.parse(self.faults if self.faults is not None else os.environ.get("KITCHEN_SERVE_FAULTS"))
         except FaultSpecError as exc:
@@ -112,7 +133,9 @@ class ServeOptions:
         if path.exists() and not path.is_dir():
             raise ServeOptionError(f"--state-dir {path} exists and is not a folder; point it at a folder kitchen serve may write.")
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            from kitchen.serve.private_files import make_private_dir
+
+            make_private_dir(path)  # 0700: it will hold the URL-signing secret and checkpoints
             fd, probe = tempfile.mkstemp(prefix=".kitchen-write-test-", dir=path)
             os.close(fd)
             os.unlink(probe)
@@ -144,6 +167,23 @@ class ServeOptions:
             raise ServeOptionError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}.") from None
         sock.setblocking(False)
         return sock
+
+
+def check_public_url(url: str) -> str:
+    """``--public-url`` without a trailing slash, or a ServeOptionError: http(s)://host[:port][/prefix], nothing else."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(str(url).strip())
+    ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ServeOptionError(f"--public-url {url!r} is not a URL kitchen serve can put in download links; use "
+                               "http(s)://HOST[:PORT][/PREFIX] as clients reach this server (e.g. behind a reverse proxy), "
+                               "without a query string.")
+    return str(url).strip().rstrip("/")
 
 
 def configure_logging(level: str) -> None:

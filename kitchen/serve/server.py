@@ -30,7 +30,9 @@ def run_server(opts: Any) -> int:
     sock = opts.bind()
     app = build_app(opts)
     limits = Limits(max_body_bytes=int(opts.max_body_mb * 1024 * 1024), max_decompression_ratio=opts.max_decompression_ratio,
-                    read_timeout_s=opts.read_timeout_s, workers=opts.workers)
+                    read_timeout_s=opts.read_timeout_s, workers=opts.workers,
+                    max_json_bytes=int(opts.max_json_body_mb * 1024 * 1024),
+                    max_user_metadata_bytes=int(opts.max_user_metadata_kb * 1024))
     # Connection limits live in the protocol (kitchen.serve.connection_guard), where a
     # connection without the key can be closed to make room for one with it; uvicorn's
     # own limit_concurrency counted every open socket, idle and 401-ed ones included, and

@@ -23,10 +23,23 @@ from kitchen.io.atomic import atomic_write_json
 from kitchen.serve.backends import make_backend
 from kitchen.serve.errors import RequestError, check_checkpoint_name, safe_name
 from kitchen.serve.futures import FutureRecord, FutureTable
+from kitchen.serve.private_files import make_private_dir
+from kitchen.serve.sample_budget import SampleBudget
 from kitchen.serve.snapshots import SAMPLER_PATH, SnapshotStore
 from kitchen.serve.workers import ModelWorker, SamplingWorker, start_base_sampler
 
 log = logging.getLogger("kitchen.serve")
+
+
+@dataclass(frozen=True)
+class WorkLimits:
+    """The bounds on work the state enforces (flags of the same names; see options.py)."""
+
+    max_sample_tokens_per_request: int = 262_144
+    max_sample_tokens_in_flight: int = 1_048_576
+    result_ttl_s: float = 600.0
+    max_models_per_session: int = 64
+    max_models: int = 256
 
 
 @dataclass
@@ -38,27 +51,34 @@ class SamplerRecord:
 
 class ServerState:
     def __init__(self, *, backend: str = "noop", latency_ms: float = 0.0, state_dir: str | os.PathLike[str] | None = None,
-                 max_loaded_samplers: int = 4, precision: str = "fp32") -> None:
+                 max_loaded_samplers: int = 4, precision: str = "fp32", limits: WorkLimits | None = None) -> None:
         import tempfile
+
+        self.limits = limits or WorkLimits()
 
         self.backend = backend
         self.precision = precision  # the local backend's, for sessions whose client sends none
         self.latency_s = max(0.0, latency_ms) / 1000.0
         self.root = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="kitchen-serve-"))
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.root)
         self.lock = threading.RLock()
         self.sessions: dict[str, dict[str, Any]] = {}
         self.models: dict[str, ModelWorker] = {}
         self.unloaded: dict[str, str] = {}  # model id -> the finished session it belonged to
-        self.futures = FutureTable()
+        self.futures = FutureTable(result_ttl_s=self.limits.result_ttl_s)
+        self.sample_budget = SampleBudget(self.limits.max_sample_tokens_per_request, self.limits.max_sample_tokens_in_flight)
+        self.stopping = False
         self.samplers: dict[str, SamplerRecord] = {}
         self.snapshots = SnapshotStore(self.root, backend, max_loaded_samplers, make_backend)
         self.base_samplers: dict[str, Any] = {}
         self.sampling = SamplingWorker()
 
     # ---- futures -------------------------------------------------------------------
-    def new_future(self, model_id: str | None) -> FutureRecord:
-        return self.futures.new(model_id)
+    def new_future(self, model_id: str | None, cancellable: bool = True) -> FutureRecord:
+        if self.stopping:
+            raise RequestError(503, "kitchen serve is shutting down and takes no new work; retry against a running server",
+                               {"Retry-After": "5"})
+        return self.futures.new(model_id, cancellable=cancellable)
 
     def wait_future(self, request_id: str) -> FutureRecord | None:
         return self.futures.wait(request_id)
@@ -114,10 +134,22 @@ class ServerState:
         return [w.model_id for w in gone]
 
     def add_model(self, worker: ModelWorker, user_metadata: dict[str, Any] | None = None) -> None:
+        """Admit a model: the duplicate check and the model caps first, then its thread starts."""
+        session = worker.model_id.split(":", 1)[0]
         with self.lock:
             if worker.model_id in self.models:
                 raise RequestError(409, f"model {worker.model_id!r} already exists")
+            if len(self.models) >= self.limits.max_models:
+                raise RequestError(429, f"this server holds {len(self.models)} training models, its limit "
+                                        "(kitchen serve --max-models); finish a session (ServiceClient.close) to free one",
+                                   {"Retry-After": "30"})
+            prefix = session + ":"
+            mine = sum(1 for mid in self.models if mid.startswith(prefix))
+            if mine >= self.limits.max_models_per_session:
+                raise RequestError(400, f"session {session} already has {mine} training models, the limit per session "
+                                        "(kitchen serve --max-models-per-session); use a new ServiceClient for more")
             self.models[worker.model_id] = worker
+            worker.launch()
         now = time.time()
         self._write_run(worker.model_id, {
             "training_run_id": worker.model_id, "base_model": worker.base_model, "lora": asdict(worker.lora),
@@ -235,18 +267,27 @@ class ServerState:
             self.base_samplers[base_model] = sampler
         return sampler
 
-    def shutdown(self, drain_s: float = 0.0) -> None:
-        """Stop the workers after the work already queued (waiting up to ``drain_s``).
+    def shutdown(self, drain_s: float = 0.0, cancel_queued: bool = False) -> bool:
+        """Stop the workers: no new work, then wait up to ``drain_s`` for what runs; True
+        when every worker thread ended in time.
 
-        Everything a client was told exists is already on disk (checkpoints, sampler
-        weights, run.json are written before their futures finish); draining lets an
-        in-flight save complete instead of being cut off.
+        ``cancel_queued`` finishes queued-but-not-started work with a shutdown error
+        instead of running it (SIGTERM: the bound is --shutdown-timeout-s, and a queue of
+        samples could take hours). Everything a client was told exists is already on disk
+        (checkpoints, sampler weights, run.json are written before their futures finish);
+        waiting lets an in-flight save complete instead of being cut off.
         """
+        self.stopping = True
         with self.lock:
             workers = list(self.models.values())
         for w in workers:
             w.stop()
         self.sampling.close()
+        if cancel_queued:
+            dropped = sum(w.cancel_queued() for w in workers) + self.sampling.cancel_queued()
+            if dropped:
+                log.info("shutdown: %d queued request(s) cancelled", dropped)
         deadline = time.monotonic() + drain_s
         for t in [*workers, self.sampling]:
             t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in [*workers, self.sampling])

@@ -34,6 +34,21 @@ def _fail(rec: FutureRecord, exc: Exception, user_errors: tuple[type[BaseExcepti
     return category
 
 
+SHUTTING_DOWN = "kitchen serve is shutting down; this request was queued and did not run (retry against a running server)"
+
+
+def _cancel_all(jobs: list[Job]) -> int:
+    """Mark queued jobs cancelled and finish their futures: their work then skips itself."""
+    for rec, fn in jobs:
+        rec.cancelled = True
+        rec.finish(latency_s=0.0, error=SHUTTING_DOWN, category="server")
+        try:
+            fn()  # a cancelled job only releases what it holds (see ServeContext._finisher)
+        except Exception:  # noqa: BLE001 - nothing to report for a job that will not run
+            pass
+    return len(jobs)
+
+
 class ModelWorker:
     """One served model: its kitchen TrainingClient and the thread that runs its requests in order."""
 
@@ -50,8 +65,14 @@ class ModelWorker:
         self.tokenizer_id: str | None = None
         self.ckpt_dir = ckpt_root / safe_name(model_id)
         self._queue: "queue.Queue[Job | None]" = queue.Queue()
+        # Not started here: the state starts it (:meth:`launch`) once the model passed the
+        # duplicate check and the model caps, so a refused create_model leaves no thread.
         self._thread = threading.Thread(target=self._run, name=f"model-{model_id}", daemon=True)
-        self._thread.start()
+
+    def launch(self) -> None:
+        """Start the model's thread (once; the state calls it when the model is admitted)."""
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
 
     def session_config(self) -> SessionConfig:
         kw: dict[str, Any] = {}
@@ -78,7 +99,27 @@ class ModelWorker:
         self._queue.put(None)
 
     def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def cancel_queued(self) -> int:
+        """Finish every job still queued with a shutdown error (the server is stopping); how many."""
+        return _cancel_all(self._queue_items())
+
+    def _queue_items(self) -> list[Job]:
+        items: list[Job] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                items.append(item)
+        self._queue.put(None)  # the stop marker drained with them
+        return items
 
     def _run(self) -> None:
         while True:
@@ -111,6 +152,13 @@ class SamplingWorker:
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def cancel_queued(self) -> int:
+        """Finish every queued sample with a shutdown error (the server is stopping); how many."""
+        return _cancel_all(self._queue.drain())
 
     def _run(self) -> None:
         while True:

@@ -100,7 +100,7 @@ class CheckpointEndpoints:
             worker.steps = ref.step
             return {"path": req.path, "model_id": worker.model_id, "type": "load_weights"}
 
-        return ctx.on_model(worker, work)
+        return ctx.on_model(worker, work, cancellable=not creating)
 
     def weights_info(self, call: Call) -> dict:
         body = call.body

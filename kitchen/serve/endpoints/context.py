@@ -59,28 +59,54 @@ class ServeContext:
         self._tok_lock = threading.Lock()
 
     # ---- queued work -------------------------------------------------------------------
-    def _finisher(self, rec: FutureRecord, work: Callable[[], Result]) -> Callable[[], None]:
+    def _finisher(self, rec: FutureRecord, work: Callable[[], Result],
+                  release: Callable[[], None] | None = None) -> Callable[[], None]:
+        """The job a worker runs: skipped when its future was cancelled while queued;
+        ``release`` (the sampling budget's tokens) runs however it ends."""
         latency_s = self.state.latency_s
 
         def run() -> None:
-            out = work()
-            if isinstance(out, (bytes, bytearray)):
-                rec.finish(latency_s=latency_s, payload=bytes(out))
-            else:
-                rec.finish(latency_s=latency_s, json_body=out)
+            try:
+                if rec.cancelled:
+                    return
+                out = work()
+                if isinstance(out, (bytes, bytearray)):
+                    rec.finish(latency_s=latency_s, payload=bytes(out))
+                else:
+                    rec.finish(latency_s=latency_s, json_body=out)
+            finally:
+                if release is not None:
+                    release()
 
         return run
 
-    def on_model(self, worker: ModelWorker, work: Callable[[], Result]) -> dict[str, Any]:
-        """Queue ``work`` on the model's thread (in arrival order); answer with its future."""
-        rec = self.state.new_future(worker.model_id)
+    def on_model(self, worker: ModelWorker, work: Callable[[], Result], cancellable: bool = True) -> dict[str, Any]:
+        """Queue ``work`` on the model's thread (in arrival order); answer with its future.
+
+        ``cancellable=False`` for the work a model cannot do without (its creation, a load
+        that creates it): cancelling those would leave a model with no backend behind.
+        """
+        rec = self.state.new_future(worker.model_id, cancellable=cancellable)
         worker.submit(rec, self._finisher(rec, work))
         return untyped(rec)
 
-    def on_sampler(self, work: Callable[[], Result], client: str) -> FutureRecord:
-        """Queue ``work`` on the sampling thread, in ``client``'s turn; its future."""
+    def on_sampler(self, work: Callable[[], Result], client: str, cost: int = 0) -> FutureRecord:
+        """Queue ``work`` on the sampling thread, in ``client``'s turn; its future. ``cost``
+        tokens were reserved from the sampling budget and are released when it ends."""
         rec = self.state.new_future(None)
-        self.state.submit_sample(rec, self._finisher(rec, work), client=client)
+        budget = self.state.sample_budget
+        released = threading.Event()
+
+        def release() -> None:
+            if cost and not released.is_set():
+                released.set()
+                budget.release(cost)
+
+        try:
+            self.state.submit_sample(rec, self._finisher(rec, work, release), client=client)
+        except BaseException:
+            release()
+            raise
         return rec
 
     # ---- models ------------------------------------------------------------------------

@@ -112,7 +112,8 @@ class SamplingEndpoints:
             plp = client.compute_logprobs(tokens).result() if want_prompt_lp else None
             return wire.sample_result_to_proto(result, plp)
 
-        rec = self.ctx.on_sampler(work, client=(req.sampling_session_id or "").split(":", 1)[0])
+        cost = state.sample_budget.reserve(n, len(tokens), max_tokens)  # 400 / 429 before anything is queued
+        rec = self.ctx.on_sampler(work, client=(req.sampling_session_id or "").split(":", 1)[0], cost=cost)
         out = untyped(rec)
         out["sample_sequence_ids"] = [f"{rec.request_id}-{i}" for i in range(n)]
         return out

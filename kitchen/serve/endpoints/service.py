@@ -7,6 +7,7 @@ from typing import Any
 from tinker import types as tt
 
 from kitchen.serve.endpoints.context import PROTO, ServeContext, parse
+from kitchen.serve.errors import RequestError
 from kitchen.serve.routes import Call, Router
 
 UNSUPPORTED = {
@@ -36,9 +37,11 @@ class ServiceEndpoints:
         r.add("GET", "healthz", self.healthz)
         r.add("GET", "get_server_capabilities", self.capabilities)
         r.add("POST", "client/config", self.client_config)
-        r.add("POST", "client/dynamic_config", lambda _c: {"refresh_interval_sec": 3600})
+        # sample_cancel_enabled: an SDK that abandons a sampling future sends cancel_future,
+        # which takes the queued sample off the sampling thread's queue
+        r.add("POST", "client/dynamic_config", lambda _c: {"refresh_interval_sec": 3600, "sample_cancel_enabled": True})
         r.add("POST", "telemetry", lambda _c: {"status": "accepted"})
-        r.add("POST", "cancel_future", lambda _c: {})
+        r.add("POST", "cancel_future", self.cancel_future)
         r.add("POST", "retrieve_future", self.retrieve_future)
 
     def healthz(self, _call: Call) -> dict:
@@ -58,6 +61,18 @@ class ServiceEndpoints:
             "sample_join_sampling_session": False,
             "custom_loss_server_side": False,
         }
+
+    def cancel_future(self, call: Call) -> dict:
+        """Cancel a queued request: its worker skips it, and retrieving it answers a 'cancelled' error.
+
+        Work already running finishes and its result is dropped (the backends' loops have
+        no cancellation point); creating or loading a model cannot be cancelled.
+        """
+        body = call.body
+        rid = body.get("request_id") if isinstance(body, dict) else None
+        if not isinstance(rid, str) or not rid:
+            raise RequestError(400, 'cancel_future needs {"request_id": "..."}')
+        return {"cancelled": self.ctx.state.futures.cancel(rid)}
 
     def retrieve_future(self, call: Call) -> Any:
         req = parse(tt.FutureRetrieveRequest, call.body)

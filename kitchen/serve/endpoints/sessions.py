@@ -76,7 +76,7 @@ class SessionEndpoints:
             ctx.start_worker(worker)
             return {"model_id": model_id, "type": "create_model"}
 
-        return ctx.on_model(worker, work)
+        return ctx.on_model(worker, work, cancellable=False)
 
     def get_info(self, call: Call) -> dict:
         req = parse(tt.GetInfoRequest, call.body)
