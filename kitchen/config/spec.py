@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Any, Callable, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from kitchen.errors import ConfigError, did_you_mean
 from kitchen.ports.types import ADAM_EPS, LOSS_CHUNK_TOKENS, OptimizerSpec
 from kitchen.train.formats import CANONICAL_FIELDS
 from kitchen.train.train_on_what import TrainOnWhatName as TrainOnWhat  # the one definition of its values
+
+KEYED_ERROR = "kitchen_keyed"  # a validator's own sentence that already names its key (dataset[1].weight)
 
 
 class _Strict(BaseModel):
@@ -233,7 +236,13 @@ class RunSpec(_Strict):
 class DatasetKeys(_Strict):
     """Workflows that read a dataset."""
 
-    dataset: Optional[str] = Field(None, description="training data: a JSONL/JSON/CSV/Parquet file or a cached hub dataset")
+    dataset: Optional[Union[str, list[dict[str, Any]]]] = Field(
+        None, description="training data: a JSONL/JSON/CSV/Parquet file or a cached hub dataset, or a mixture: a list of "
+        "{path, weight, split, subset, format, columns} sources (docs/data.md, Mixing datasets)")
+    dataset_mix: Optional[str] = Field(
+        None, description="how a dataset list is mixed: concat (every row once; the default without weights) | "
+        "interleave_under (sample by weight until the first source runs out) | interleave_over (until the last runs "
+        "out, oversampling the small ones; the default with weights)")
     test_dataset: Optional[str] = Field(None, description="held-out data for evaluation")
     dataset_format: str = Field(
         "auto", description="row format: auto (detect from the first row) | messages | sharegpt | alpaca | "
@@ -255,6 +264,33 @@ class DatasetKeys(_Strict):
     dataset_shuffle_buffer: int = Field(
         1000, gt=0, description="with dataset_streaming: rows in the seeded shuffle buffer (shards are shuffled too)")
 
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_sources(cls, value: Any) -> Any:
+        """The list form: each source checked key by key (kitchen.data.mixture), one sentence naming the key."""
+        if isinstance(value, (list, tuple)):
+            from kitchen.data.mixture import MixtureKeyError, parse_sources
+
+            try:
+                return parse_sources(list(value))
+            except MixtureKeyError as exc:
+                raise PydanticCustomError(KEYED_ERROR, str(exc), {"key": exc.key}) from None
+        return value
+
+    @model_validator(mode="after")
+    def _mix_strategy(self) -> "DatasetKeys":
+        from kitchen.data.mixture import STRATEGIES, MixtureKeyError, strategy_of
+
+        if isinstance(self.dataset, list):
+            try:
+                strategy_of(self.dataset, self.dataset_mix, self.dataset_streaming)
+            except MixtureKeyError as exc:
+                raise PydanticCustomError(KEYED_ERROR, str(exc), {"key": exc.key}) from None
+        elif self.dataset_mix is not None and self.dataset_mix not in STRATEGIES:
+            raise PydanticCustomError(KEYED_ERROR, f"dataset_mix = {self.dataset_mix!r} is not allowed; use one of "
+                                      f"{', '.join(STRATEGIES)}.", {"key": "dataset_mix"})
+        return self
+
 
 class ChatDataKeys(DatasetKeys):
     """Workflows that train on rendered chat rows."""
@@ -271,7 +307,9 @@ def train_on_what_of(spec: object) -> TrainOnWhat:
 
 
 def dataset_reading(spec: DatasetKeys) -> tuple[str, dict[str, str]]:
-    """How the rows are read: the format (``auto`` detects it) and the columns renamed to it."""
+    """How the rows are read: the format (``auto`` detects it) and the columns renamed to it.
+
+    For a mixture these are the defaults of every source that sets no ``format`` / ``columns`` of its own."""
     return spec.dataset_format or "auto", {k: v for k, v in (spec.dataset_columns or {}).items() if v}
 
 
@@ -345,7 +383,9 @@ def format_validation_error(exc: ValidationError, source: str, model: type[BaseM
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc)
         kind = err["type"]
-        if kind == "extra_forbidden":
+        if kind == KEYED_ERROR:
+            problems.append(err["msg"])
+        elif kind == "extra_forbidden":
             other = elsewhere(key) if elsewhere and len(loc) == 1 else None
             if other:
                 problems.append(other)
