@@ -32,6 +32,9 @@ class LoadedSplit:
     extra: dict[str, Any] = field(default_factory=dict)  # everything else that changes the rows
 
     def label(self) -> str:
+        mixture = self.extra.get("mixture")
+        if mixture:  # a dataset list: each source's own format
+            return f"mixture ({self.extra['strategy']}) of " + " + ".join(m["format"] for m in mixture)
         return self.format.label() if self.format else "none"
 
 
@@ -139,9 +142,15 @@ def load_training_rows(spec: Any, store: Any, kind: str | None = None) -> Loaded
             "is also set. Use one of them (pass ~test_dataset to drop the recipe's test set)."
         )
     fmt, columns = dataset_reading(spec)
-    train = load_split(store, spec.dataset, kind=kind, split=spec.dataset_split, subset=spec.dataset_subset,
-                       fmt=fmt, columns=columns, prefer=("train",))
-    if fraction:
+    if isinstance(spec.dataset, list):
+        train, carved = load_mixture(spec, store, kind, fraction)
+    else:
+        train = load_split(store, spec.dataset, kind=kind, split=spec.dataset_split, subset=spec.dataset_subset,
+                           fmt=fmt, columns=columns, prefer=("train",))
+        carved = None
+    if carved is not None:
+        test = carved
+    elif fraction:
         train, test = carve_test(train, fraction, spec.seed)
     elif spec.test_dataset:
         test = load_split(store, spec.test_dataset, kind=kind, split=spec.test_dataset_split,
@@ -152,4 +161,91 @@ def load_training_rows(spec: Any, store: Any, kind: str | None = None) -> Loaded
     return LoadedData(train, test)
 
 
-__all__ = ["LoadedData", "LoadedSplit", "carve_test", "data_kind", "load_split", "load_training_rows"]
+KIND_NOUN = {"sft": "chat (supervised) rows", "preference": "preference rows (prompt, chosen, rejected)"}
+
+
+def load_sources(spec: Any, store: Any, kind: str) -> list[LoadedSplit]:
+    """Every source of a dataset list, each with its own split, subset, format detection and columns.
+
+    A source whose rows are of the other kind (preference rows in a supervised mixture, or
+    the reverse) is one DataError naming it and a source of the run's kind, with both formats.
+    """
+    fmt, columns = dataset_reading(spec)
+    parts: list[LoadedSplit | None] = []
+    failures: dict[int, DataError] = {}
+    for i, src in enumerate(spec.dataset):
+        try:
+            parts.append(load_split(store, src["path"], kind=kind, split=src["split"] or spec.dataset_split,
+                                    subset=src["subset"] or spec.dataset_subset, fmt=src["format"] or fmt,
+                                    columns=src["columns"] or columns, prefer=("train",)))
+        except DataError as exc:
+            parts.append(None)
+            failures[i] = exc
+    for i, exc in failures.items():
+        other = "sft" if kind == "preference" else "preference"
+        src = spec.dataset[i]
+        try:
+            theirs = load_split(store, src["path"], kind=other, split=src["split"] or spec.dataset_split,
+                                subset=src["subset"] or spec.dataset_subset, fmt="auto",
+                                columns=src["columns"] or columns, prefer=("train",))
+        except (DataError, ConfigError):
+            raise exc from None  # not the other kind either: the source's own message
+        ours = next(((k, p) for k, p in enumerate(parts) if p is not None), None)
+        against = (f"dataset[{ours[0]}] ({ours[1].source}) holds {KIND_NOUN[kind]}, format {ours[1].label()}"
+                   if ours else f"the {spec.workflow.name} workflow reads {KIND_NOUN[kind]}")
+        raise DataError(
+            f"The dataset list mixes incompatible rows: dataset[{i}] ({src['path']}) holds {KIND_NOUN[other]}, format "
+            f"{theirs.label()}, while {against}. One mixture trains one workflow, so every source must hold "
+            f"{KIND_NOUN[kind]}: remove dataset[{i}]"
+            + (" (preference rows train with recipe=dpo_basic)." if other == "preference" else
+               " (a preference mixture needs chosen/rejected pairs in every source).")
+        ) from None
+    return [p for p in parts if p is not None]
+
+
+def _combined_fingerprint(parts: Sequence[LoadedSplit], info: dict[str, Any]) -> str | None:
+    import hashlib
+    import json
+
+    if any(p.fingerprint is None for p in parts):
+        return None
+    body = json.dumps({"parts": [[p.fingerprint, p.extra] for p in parts], **info}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def load_mixture(spec: Any, store: Any, kind: str, fraction: float = 0.0) -> tuple[LoadedSplit, LoadedSplit | None]:
+    """The train rows of a dataset list, mixed as :mod:`kitchen.data.mixture` decides; and, with
+    ``test_split_fraction``, the test rows carved off each source by the same fraction (so the
+    test set holds each source in proportion to its size, and no test row is ever trained on)."""
+    from kitchen.data.mixture import MixedRows, mixture_order, probabilities, source_label, strategy_of
+
+    sources = spec.dataset
+    strategy = strategy_of(sources, spec.dataset_mix, bool(getattr(spec, "dataset_streaming", False)))
+    parts = load_sources(spec, store, kind)
+    tests = None
+    if fraction:
+        carved = [carve_test(p, fraction, spec.seed) for p in parts]
+        parts, tests = [c[0] for c in carved], [c[1] for c in carved]
+    probs = probabilities(sources)
+    src, row = mixture_order([len(p.rows) for p in parts], probs, strategy, spec.seed)
+    rows = MixedRows([p.rows for p in parts], src, row)
+    counts = rows.counts()
+    mixture = [{"path": p.source, "weight": s["weight"], "probability": round(q, 6), "rows": len(p.rows),
+                "drawn": c, "format": p.label()} for p, s, q, c in zip(parts, sources, probs, counts)]
+    info = {"strategy": strategy, "seed": spec.seed, "mixture": mixture}
+    if fraction:
+        info.update(test_split_fraction=fraction)
+    label = source_label(sources)
+    train = LoadedSplit(rows, label, parts[0].format, _combined_fingerprint(parts, info), info)
+    if tests is None:
+        return train, None
+    t_src, t_row = mixture_order([len(t.rows) for t in tests], probs, "concat", spec.seed)
+    t_info = {**info, "part": "test", "carved_from_train": True, "mixture": [
+        {**m, "rows": len(t.rows), "drawn": len(t.rows)} for m, t in zip(mixture, tests)]}
+    test = LoadedSplit(MixedRows([t.rows for t in tests], t_src, t_row), label, parts[0].format,
+                       _combined_fingerprint(tests, t_info), t_info)
+    return train, test
+
+
+__all__ = ["LoadedData", "LoadedSplit", "carve_test", "data_kind", "load_mixture", "load_sources", "load_split",
+           "load_training_rows"]

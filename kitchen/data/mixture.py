@@ -276,5 +276,10 @@ def source_label(sources: Sequence[dict[str, Any]]) -> str:
                       for s in sources)
 
 
-__all__ = ["DEFAULT_WEIGHTED", "STRATEGIES", "SOURCE_KEYS", "MixedRows", "MixtureKeyError", "interleave_streams",
+def dataset_label(value: Any) -> str:
+    """``dataset`` for messages: the string as given, or a list's :func:`source_label`."""
+    return source_label(value) if isinstance(value, list) else str(value)
+
+
+__all__ = ["DEFAULT_WEIGHTED", "dataset_label", "STRATEGIES", "SOURCE_KEYS", "MixedRows", "MixtureKeyError", "interleave_streams",
            "mixture_order", "parse_sources", "probabilities", "source_label", "strategy_of"]

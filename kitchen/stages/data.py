@@ -122,7 +122,9 @@ def tokenize_splits(ctx: Context, cached: Callable[..., Any], noun: str) -> None
 
 
 def _nothing_to_train(spec: Any, noun: str) -> DataError:
-    return DataError(f"No trainable {noun} in {spec.dataset}: every row was empty after rendering with max_length={spec.max_length}.")
+    from kitchen.data.mixture import dataset_label
+
+    return DataError(f"No trainable {noun} in {dataset_label(spec.dataset)}: every row was empty after rendering with max_length={spec.max_length}.")
 
 
 def sequence_lengths(items: list[Any]) -> list[int]:

@@ -111,7 +111,9 @@ class DistillSetup(Stage):
         spec, data, session, state = ctx.spec, ctx.use(ChatData), ctx.use(Session), ctx.use(DistillState)
         train_prompts = [p for p in (prompt_part(r["messages"]) for r in data.train_rows if r.get("messages")) if p]
         if not train_prompts:
-            raise DataError(f"{spec.dataset}: no prompts to distill on (rows need 'messages' with at least one user turn).")
+            from kitchen.data.mixture import dataset_label
+
+            raise DataError(f"{dataset_label(spec.dataset)}: no prompts to distill on (rows need 'messages' with at least one user turn).")
         test_prompts = [p for p in (prompt_part(r["messages"]) for r in data.test_rows if r.get("messages")) if p]
         state.prompts = train_prompts
         state.eval_prompts = test_prompts[: spec.eval_max_examples]
