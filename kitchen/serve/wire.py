@@ -58,16 +58,44 @@ def _tensor_to_list(t: "pb.Tensor", name: str, expected: int) -> list[Any]:
         dense = np.zeros(rows * cols, dtype=np_dtype)  # == expected values: bounded by the token count
         row_of = np.repeat(np.arange(rows, dtype=np.int64), np.diff(crow))
         dense[row_of * cols + col] = values
+        _check_values(name, dense)
         return dense.tolist()
     if len(t.dense) % itemsize:
         raise WireError(f"loss_fn_inputs[{name!r}]: {len(t.dense)} bytes is not a whole number of {np.dtype(np_dtype).name} values")
     arr = np.frombuffer(t.dense, dtype=np_dtype)
     if len(arr) != expected:
         raise WireError(f"loss_fn_inputs[{name!r}] has {len(arr)} entries but model_input has {expected} tokens")
+    _check_values(name, arr)
     return arr.tolist()
 
 
-def datums_from_proto(msg: "pb.ForwardBackwardRequest") -> list[Datum]:
+def _check_values(name: str, arr: "np.ndarray") -> None:
+    """NaN/inf anywhere (a NaN loss weight poisons the gradient, then the weights) and
+    fractional target tokens (a float32 target_tokens of 1.5 names no token) are 400s."""
+    if arr.dtype.kind != "f" or not len(arr):
+        return
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = arr[~finite][0]
+        raise WireError(f"loss_fn_inputs[{name!r}] holds {bad!r}; values must be finite numbers")
+    if name == "target_tokens" and not np.all(arr == np.round(arr)):
+        bad = arr[arr != np.round(arr)][0]
+        raise WireError(f"loss_fn_inputs['target_tokens'] holds {float(bad)!r}; token ids are whole numbers (send int64)")
+
+
+def _check_ids(what: str, arr: "np.ndarray", vocab_size: int | None) -> None:
+    if not len(arr):
+        return
+    lo, hi = arr.min(), arr.max()
+    if lo < 0:
+        raise WireError(f"{what} has token id {int(lo)}; token ids are >= 0")
+    if vocab_size is not None and hi >= vocab_size:
+        raise WireError(f"{what} has token id {int(hi)}, outside this model's vocabulary of {vocab_size} "
+                        f"(ids 0-{vocab_size - 1})")
+
+
+def datums_from_proto(msg: "pb.ForwardBackwardRequest", vocab_size: int | None = None) -> list[Datum]:
+    """The request's datums, every value checked (token ids within ``vocab_size`` when known)."""
     out: list[Datum] = []
     for i, d in enumerate(msg.data):
         tokens: list[int] = []
@@ -77,13 +105,16 @@ def datums_from_proto(msg: "pb.ForwardBackwardRequest") -> list[Datum]:
             raw = chunk.encoded_text.tokens
             if len(raw) % 4:
                 raise WireError(f"datum {i}: encoded_text.tokens is {len(raw)} bytes, not a whole number of int32 tokens")
-            tokens.extend(np.frombuffer(raw, dtype=np.int32).tolist())
+            ids = np.frombuffer(raw, dtype=np.int32)
+            _check_ids(f"datum {i}: model_input", ids, vocab_size)
+            tokens.extend(ids.tolist())
         try:
             inputs = {name: _tensor_to_list(t, name, len(tokens)) for name, t in d.loss_fn_inputs.items()}
         except WireError as exc:
             raise WireError(f"datum {i}: {exc}") from None
         if "target_tokens" not in inputs:
             raise WireError(f"datum {i}: loss_fn_inputs needs 'target_tokens'")
+        _check_ids(f"datum {i}: loss_fn_inputs['target_tokens']", np.asarray(inputs["target_tokens"]), vocab_size)
         out.append(Datum(model_input=tokens, loss_fn_inputs=inputs))
     if not out:
         raise WireError("forward_backward needs at least one datum")
@@ -95,6 +126,9 @@ def loss_config_from_proto(msg: "pb.ForwardBackwardRequest") -> dict[str, float]
     for k, v in msg.loss_fn_config_v2.items():
         if v.WhichOneof("value") == "number":
             cfg[k] = float(v.number)
+    for k, v in cfg.items():
+        if not math.isfinite(v):
+            raise WireError(f"loss_fn_config[{k!r}] is {v!r}; values must be finite numbers")
     return cfg
 
 

@@ -57,6 +57,7 @@ class ServeContext:
         self.external = external
         self.models = models  # canonical name -> advertised name
         self._tok_lock = threading.Lock()
+        self._vocab: dict[str, int] = {}  # base model -> rows of its input embedding, once a model of it loaded
 
     # ---- queued work -------------------------------------------------------------------
     def _finisher(self, rec: FutureRecord, work: Callable[[], Result],
@@ -117,6 +118,28 @@ class ServeContext:
         """Start the model's backend session (on its own thread) and publish its tokenizer."""
         worker.start()
         worker.tokenizer_id = self._tokenizer_id(worker)
+        self.learn_vocab(worker.base_model, worker.client)
+
+    def learn_vocab(self, base_model: str, client: Any) -> None:
+        """Remember ``base_model``'s vocabulary size from a loaded client (its input embedding's rows)."""
+        if base_model in self._vocab:
+            return
+        size = getattr(getattr(client, "session", None), "vocab_size", None)
+        if size is None:
+            model = getattr(client, "model", None)
+            emb = model.get_input_embeddings() if model is not None and hasattr(model, "get_input_embeddings") else None
+            size = int(emb.weight.shape[0]) if emb is not None else None
+        if size is not None:
+            self._vocab[base_model] = int(size)
+
+    def vocab_size(self, base_model: str) -> int | None:
+        """The token ids ``base_model`` takes (0 .. n-1), or None before any model of it loaded
+        (then only negative ids are refused at the wire, and the backend checks the rest)."""
+        if self.state.backend == "noop":
+            from kitchen.adapters.noop.training import ByteTokenizer
+
+            return ByteTokenizer.vocab_size
+        return self._vocab.get(base_model)
 
     def _tokenizer_id(self, worker: ModelWorker) -> str:
         """Where the SDK's get_tokenizer() finds the tokenizer.

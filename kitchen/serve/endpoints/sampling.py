@@ -12,6 +12,7 @@ from kitchen.serve.endpoints.context import ServeContext, parse, untyped
 from kitchen.serve.errors import RequestError, check_checkpoint_name
 from kitchen.serve.routes import Call, Router
 from kitchen.serve.state import SamplerRecord
+from kitchen.serve.value_checks import check_sampling, check_token_ids
 
 
 class SamplingEndpoints:
@@ -101,13 +102,18 @@ class SamplingEndpoints:
         max_tokens = sp.max_tokens if sp.max_tokens is not None else 64
         if max_tokens < 0 or max_tokens > 65536:
             raise RequestError(400, f"max_tokens must be 0-65536, got {max_tokens}")
+        check_sampling(sp.temperature, sp.top_p, sp.top_k)
+        base = record.base_model or (state.snapshots.meta(record.model_path) or {}).get("base_model", "")
+        check_token_ids("prompt", tokens, self.ctx.vocab_size(base))
         params = SamplingParams(max_tokens=max_tokens, temperature=sp.temperature,
                                 top_p=sp.top_p, top_k=sp.top_k, stop=stop_t, seed=sp.seed)
         n = req.num_samples
         want_prompt_lp = bool(req.prompt_logprobs)
+        ctx = self.ctx
 
         def work() -> bytes:
             client = state.snapshots.get(record.model_path) if record.model_path else state.base_sampler(record.base_model)
+            ctx.learn_vocab(base, client)  # later prompts of this base are range-checked at the wire
             result = client.sample(tokens, n, params).result()
             plp = client.compute_logprobs(tokens).result() if want_prompt_lp else None
             return wire.sample_result_to_proto(result, plp)

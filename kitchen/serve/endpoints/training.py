@@ -11,6 +11,7 @@ from kitchen.serve import wire
 from kitchen.serve.endpoints.context import PROTO, ServeContext, parse
 from kitchen.serve.errors import RequestError
 from kitchen.serve.routes import Call, Router
+from kitchen.serve.value_checks import check_adam
 
 
 class TrainingEndpoints:
@@ -34,10 +35,10 @@ class TrainingEndpoints:
         if msg.loss_fn not in LOSS_FNS:
             raise RequestError(400, f"unsupported loss_fn {msg.loss_fn!r}; kitchen serve supports {', '.join(LOSS_FNS)}")
         try:
-            data = wire.datums_from_proto(msg)
+            data = wire.datums_from_proto(msg, self.ctx.vocab_size(worker.base_model))
+            config = wire.loss_config_from_proto(msg)
         except wire.WireError as exc:
             raise RequestError(400, str(exc)) from None
-        config = wire.loss_config_from_proto(msg)
         loss_fn, forward_only = msg.loss_fn, msg.forward_only
 
         def work() -> bytes:
@@ -55,6 +56,7 @@ class TrainingEndpoints:
         p = req.optim_params
         if not isinstance(p, tt.AdamParams):
             raise RequestError(400, "kitchen serve supports the AdamW optimizer only")
+        check_adam(p.learning_rate, p.beta1, p.beta2, p.eps, p.weight_decay, p.grad_clip_norm)
         params = AdamParams(learning_rate=p.learning_rate, beta1=p.beta1, beta2=p.beta2, eps=p.eps,
                             weight_decay=p.weight_decay, grad_clip_norm=p.grad_clip_norm)
 
