@@ -116,7 +116,7 @@ def inspect_data(spec: Any, *, examples: int = 3, color: str = "auto", console=N
         from kitchen.data.stream import CHECKED_ROWS, load_test_split, open_train_stream
 
         stream = open_train_stream(spec, store, kind)
-        loaded = LoadedData(LoadedSplit(stream.first_rows, spec.dataset, stream.format, None,
+        loaded = LoadedData(LoadedSplit(stream.first_rows, stream.source, stream.format, None,
                                         {"streaming": True, "first_rows": CHECKED_ROWS}), load_test_split(spec, store, kind))
         console.print(stream.summary(loaded.test) + f"; the train rows below are its first {len(stream.first_rows)} "
                       "(in file order)")

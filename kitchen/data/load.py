@@ -164,6 +164,20 @@ def load_training_rows(spec: Any, store: Any, kind: str | None = None) -> Loaded
 KIND_NOUN = {"sft": "chat (supervised) rows", "preference": "preference rows (prompt, chosen, rejected)"}
 
 
+def mixed_kinds_error(spec: Any, kind: str, i: int, their_format: str, ours: tuple[int, str, str] | None) -> DataError:
+    """dataset[i] holds rows of the other kind than the run's (``ours``: a source of the run's kind, if any)."""
+    other = "sft" if kind == "preference" else "preference"
+    against = (f"dataset[{ours[0]}] ({ours[1]}) holds {KIND_NOUN[kind]}, format {ours[2]}"
+               if ours else f"the {spec.workflow.name} workflow reads {KIND_NOUN[kind]}")
+    return DataError(
+        f"The dataset list mixes incompatible rows: dataset[{i}] ({spec.dataset[i]['path']}) holds {KIND_NOUN[other]}, "
+        f"format {their_format}, while {against}. One mixture trains one workflow, so every source must hold "
+        f"{KIND_NOUN[kind]}: remove dataset[{i}]"
+        + (" (preference rows train with recipe=dpo_basic)." if other == "preference" else
+           " (a preference mixture needs chosen/rejected pairs in every source).")
+    )
+
+
 def load_sources(spec: Any, store: Any, kind: str) -> list[LoadedSplit]:
     """Every source of a dataset list, each with its own split, subset, format detection and columns.
 
@@ -190,16 +204,8 @@ def load_sources(spec: Any, store: Any, kind: str) -> list[LoadedSplit]:
                                 columns=src["columns"] or columns, prefer=("train",))
         except (DataError, ConfigError):
             raise exc from None  # not the other kind either: the source's own message
-        ours = next(((k, p) for k, p in enumerate(parts) if p is not None), None)
-        against = (f"dataset[{ours[0]}] ({ours[1].source}) holds {KIND_NOUN[kind]}, format {ours[1].label()}"
-                   if ours else f"the {spec.workflow.name} workflow reads {KIND_NOUN[kind]}")
-        raise DataError(
-            f"The dataset list mixes incompatible rows: dataset[{i}] ({src['path']}) holds {KIND_NOUN[other]}, format "
-            f"{theirs.label()}, while {against}. One mixture trains one workflow, so every source must hold "
-            f"{KIND_NOUN[kind]}: remove dataset[{i}]"
-            + (" (preference rows train with recipe=dpo_basic)." if other == "preference" else
-               " (a preference mixture needs chosen/rejected pairs in every source).")
-        ) from None
+        ours = next(((k, p.source, p.label()) for k, p in enumerate(parts) if p is not None), None)
+        raise mixed_kinds_error(spec, kind, i, theirs.label(), ours)
     return [p for p in parts if p is not None]
 
 
@@ -247,5 +253,5 @@ def load_mixture(spec: Any, store: Any, kind: str, fraction: float = 0.0) -> tup
     return train, test
 
 
-__all__ = ["LoadedData", "LoadedSplit", "carve_test", "data_kind", "load_mixture", "load_sources", "load_split",
+__all__ = ["LoadedData", "LoadedSplit", "carve_test", "data_kind", "load_mixture", "load_sources", "mixed_kinds_error", "load_split",
            "load_training_rows"]

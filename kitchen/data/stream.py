@@ -129,28 +129,103 @@ def _translated(rows: Iterator[Any], source: str) -> Iterator[Any]:
         yield row
 
 
-def open_train_stream(spec: Any, store: Any, kind: str = "sft") -> TrainStream:
-    """Open the train split as a stream, detect its format from the first row and check the first rows."""
+def _open_one(spec: Any, store: Any, kind: str, source: str, split: str | None, subset: str | None, fmt: str,
+              columns: dict[str, str]) -> TrainStream:
+    """One source opened as a stream, its format detected from its first row and its first rows checked."""
     from kitchen.adapters.hf_datasets.streaming import ROW_ORIGIN, known_num_rows, row_origin
     from kitchen.data.checks import check_rows
 
+    dataset = store.stream(source, split=split, subset=subset, prefer=("train",))
+    first = list(itertools.islice(_translated(iter(dataset), source), CHECKED_ROWS))
+    if not first:
+        raise DataError(f"The dataset {source} is empty: it has no rows. Add at least one example.")
+    origins = [row_origin(row) for row in first]  # the format is detected from the row as written
+    choice = choose_format(source, first[0], fmt, kind, columns)
+    rows = [_normalised({**row, ROW_ORIGIN: origin} if origin else row, choice, source, kind, f"row {i}")
+            for i, (row, origin) in enumerate(zip(first, origins))]
+    check_rows(rows, "preference" if kind == "preference" else "chat", source, train_on_what_of(spec))
+    return TrainStream(dataset, source, choice, kind, spec.seed, spec.dataset_shuffle_buffer, rows,
+                       known_num_rows(dataset))
+
+
+def open_train_stream(spec: Any, store: Any, kind: str = "sft") -> Any:
+    """Open the train split as a stream, detect its format from the first row and check the first rows
+    (a :class:`MixedStream` for a dataset list)."""
     if not spec.dataset:
         raise ConfigError(f"Recipe '{spec.recipe}' needs a dataset: pass dataset=PATH or a hub dataset name.")
     if not callable(getattr(store, "stream", None)):
         raise ConfigError(f"dataset_streaming=true: the dataset store of adapters={spec.adapters.name} "
                           f"({type(store).__name__}) cannot stream (it has no stream() method). Set dataset_streaming=false.")
-    dataset = store.stream(spec.dataset, split=spec.dataset_split, subset=spec.dataset_subset, prefer=("train",))
-    first = list(itertools.islice(_translated(iter(dataset), spec.dataset), CHECKED_ROWS))
-    if not first:
-        raise DataError(f"The dataset {spec.dataset} is empty: it has no rows. Add at least one example.")
     fmt, columns = dataset_reading(spec)
-    origins = [row_origin(row) for row in first]  # the format is detected from the row as written
-    choice = choose_format(spec.dataset, first[0], fmt, kind, columns)
-    rows = [_normalised({**row, ROW_ORIGIN: origin} if origin else row, choice, spec.dataset, kind, f"row {i}")
-            for i, (row, origin) in enumerate(zip(first, origins))]
-    check_rows(rows, "preference" if kind == "preference" else "chat", spec.dataset, train_on_what_of(spec))
-    return TrainStream(dataset, spec.dataset, choice, kind, spec.seed, spec.dataset_shuffle_buffer, rows,
-                       known_num_rows(dataset))
+    if isinstance(spec.dataset, list):
+        return _open_mixture(spec, store, kind, fmt, columns)
+    return _open_one(spec, store, kind, spec.dataset, spec.dataset_split, spec.dataset_subset, fmt, columns)
+
+
+@dataclass
+class MixedStream:
+    """A streamed dataset list: each source its own :class:`TrainStream` (format, shuffle), rows
+    drawn from them by weight with :func:`kitchen.data.mixture.interleave_streams`, seeded by
+    (seed, epoch), so the StreamPlan's row-count resume holds as for one stream."""
+
+    parts: list[TrainStream]
+    probabilities: list[float]
+    strategy: str
+    seed: int
+    source: str
+    first_rows: list[dict[str, Any]] = field(default_factory=list)
+    num_rows: int | None = None
+
+    @property
+    def format(self) -> FormatChoice:
+        return self.parts[0].format
+
+    def rows_for_epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        from kitchen.data.mixture import interleave_streams
+
+        return interleave_streams([p.rows_for_epoch for p in self.parts], self.probabilities, self.strategy,
+                                  self.seed, epoch)
+
+    def shares(self) -> str:
+        return ", ".join(f"{p.source} {q:.0%} ({p.format.label()})" for p, q in zip(self.parts, self.probabilities))
+
+    def summary(self, test: Any = None) -> str:
+        text = (f"dataset: train streamed from a mixture ({self.strategy}, seed {self.seed}) of {self.shares()}; "
+                f"shuffle buffer {self.parts[0].buffer_size} per source")
+        if test is not None and test.rows:
+            text += f"; {len(test.rows)} test rows, format {test.label()}"
+        else:
+            text += "; no test rows"
+        return text
+
+
+def _open_mixture(spec: Any, store: Any, kind: str, fmt: str, columns: dict[str, str]) -> MixedStream:
+    from kitchen.data.load import mixed_kinds_error
+    from kitchen.data.mixture import probabilities, source_label, strategy_of
+
+    strategy = strategy_of(spec.dataset, spec.dataset_mix, streaming=True)
+    parts: list[TrainStream | None] = []
+    failures: dict[int, DataError] = {}
+    for i, src in enumerate(spec.dataset):
+        args = (src["path"], src["split"] or spec.dataset_split, src["subset"] or spec.dataset_subset)
+        try:
+            parts.append(_open_one(spec, store, kind, *args, src["format"] or fmt, src["columns"] or columns))
+        except DataError as exc:
+            parts.append(None)
+            failures[i] = exc
+    for i, exc in failures.items():
+        src = spec.dataset[i]
+        try:
+            theirs = _open_one(spec, store, "sft" if kind == "preference" else "preference", src["path"],
+                               src["split"] or spec.dataset_split, src["subset"] or spec.dataset_subset, "auto",
+                               src["columns"] or columns)
+        except (DataError, ConfigError):
+            raise exc from None
+        ours = next(((k, p.source, p.format.label()) for k, p in enumerate(parts) if p is not None), None)
+        raise mixed_kinds_error(spec, kind, i, theirs.format.label(), ours)
+    ok = [p for p in parts if p is not None]
+    first = [row for p in ok for row in p.first_rows]
+    return MixedStream(ok, probabilities(spec.dataset), strategy, spec.seed, source_label(spec.dataset), first)
 
 
 def load_test_split(spec: Any, store: Any, kind: str = "sft") -> Any:
@@ -164,4 +239,4 @@ def load_test_split(spec: Any, store: Any, kind: str = "sft") -> Any:
                       fmt=fmt, columns=columns, prefer=("test", "validation", "valid", "eval", "train"))
 
 
-__all__ = ["CHECKED_ROWS", "TrainStream", "check_streaming_spec", "load_test_split", "open_train_stream"]
+__all__ = ["CHECKED_ROWS", "MixedStream", "TrainStream", "check_streaming_spec", "load_test_split", "open_train_stream"]

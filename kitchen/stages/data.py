@@ -77,7 +77,7 @@ class LoadDataset(Stage):
         data.stream = open_train_stream(spec, ctx.adapters.dataset_store, kind)
         test = load_test_split(spec, ctx.adapters.dataset_store, kind)
         check_rows(test.rows, self.kind, str(test.source), train_on_what_of(spec))
-        train = LoadedSplit([], spec.dataset, data.stream.format, None, {"streaming": True})
+        train = LoadedSplit([], data.stream.source, data.stream.format, None, {"streaming": True})
         data.loaded = LoadedData(train, test)
         data.train_rows, data.test_rows = data.stream.first_rows, test.rows
 
@@ -187,7 +187,7 @@ class PlanBatches(Stage):
             from kitchen.train.stream_batches import StreamPlan
 
             data.plan = StreamPlan(data.stream.rows_for_epoch, ctx.use(Session).renderer, spec.batch_size, spec.max_steps,
-                                   str(spec.dataset))
+                                   str(data.stream.source))
             ctx.record.data_stats["train"] = data.plan.stats  # counts the rows as they are tokenized
             ctx.progress.total_steps = data.plan.total_steps
             return
