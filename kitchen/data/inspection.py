@@ -90,6 +90,34 @@ def _full(datum) -> tuple[list[int], list[float]]:
     return list(datum.model_input) + [targets[-1]], [0.0] + list(datum.loss_fn_inputs["weights"])
 
 
+def _print_sources(console: Any, loaded: Any, stream: Any) -> None:
+    """A dataset list's share per source: its rows, its weight and the fraction of the mixture it makes."""
+    from rich.table import Table
+
+    from kitchen.io.secrets import redact_url
+
+    mixture = loaded.train.extra.get("mixture")
+    parts = getattr(stream, "parts", None)
+    if not mixture and not parts:
+        return
+    if parts:  # streamed: no row counts, the fraction is the sampling probability
+        title = f"sources (streamed, {stream.strategy}; fraction = sampling probability)"
+        mixture = [{"path": p.source, "format": p.format.label(), "rows": p.num_rows, "weight": w.get("weight"),
+                    "probability": q, "drawn": None} for p, w, q in zip(parts, stream.sources, stream.probabilities)]
+    else:
+        title = f"sources ({loaded.train.extra['strategy']}, seed {loaded.train.extra['seed']})"
+    total = sum(m["drawn"] or 0 for m in mixture)
+    table = Table(title=title, title_justify="left")
+    for col in ("source", "format", "rows", "weight", "in mixture", "fraction"):
+        table.add_column(col, justify="left" if col in ("source", "format") else "right")
+    for m in mixture:
+        weight = "-" if m["weight"] is None else f"{m['weight']:g}"
+        fraction = m["drawn"] / total if m["drawn"] is not None and total else m["probability"]
+        table.add_row(redact_url(str(m["path"])), m["format"], "?" if m["rows"] is None else str(m["rows"]), weight,
+                      "-" if m["drawn"] is None else str(m["drawn"]), f"{fraction:.1%}")
+    console.print(table)
+
+
 def inspect_data(spec: Any, *, examples: int = 3, color: str = "auto", console=None) -> None:
     """Print the inspect view for ``spec`` (the composed run spec)."""
     from rich.console import Console
@@ -150,6 +178,7 @@ def inspect_data(spec: Any, *, examples: int = 3, color: str = "auto", console=N
                       str(_sequence_tokens(data, kind == "preference")), str(stats.trained_tokens), dist)
         shown[split] = data
     console.print(table)
+    _print_sources(console, loaded, stream if spec.dataset_streaming else None)
     for split in ("train", "test"):  # where each split comes from (a dataset= override drops the recipe's test set)
         console.print(f"{split} source: {_source_of(getattr(loaded, split), split)}", soft_wrap=True)
     train = shown.get("train") or []

@@ -174,6 +174,7 @@ class MixedStream:
     seed: int
     source: str
     first_rows: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)  # the dataset list's entries (weights, for inspect)
     num_rows: int | None = None
 
     @property
@@ -225,7 +226,8 @@ def _open_mixture(spec: Any, store: Any, kind: str, fmt: str, columns: dict[str,
         raise mixed_kinds_error(spec, kind, i, theirs.format.label(), ours)
     ok = [p for p in parts if p is not None]
     first = [row for p in ok for row in p.first_rows]
-    return MixedStream(ok, probabilities(spec.dataset), strategy, spec.seed, source_label(spec.dataset), first)
+    return MixedStream(ok, probabilities(spec.dataset), strategy, spec.seed, source_label(spec.dataset), first,
+                       list(spec.dataset))
 
 
 def load_test_split(spec: Any, store: Any, kind: str = "sft") -> Any:
