@@ -30,6 +30,7 @@ from kitchen.serve.errors import RequestError
 from kitchen.serve.external import ExternalWeights
 from kitchen.serve.faults import FaultPlan
 from kitchen.serve.model_names import served_models
+from kitchen.serve.private_files import API_KEY_FILE, signing_secret, write_private
 from kitchen.serve.routes import Call
 from kitchen.serve.state import ServerState
 
@@ -46,7 +47,7 @@ class TinkerApp:
         self.faults = faults
         self.stall_s = stall_s
         self.models = served_models(state.backend, models)
-        self.external = ExternalWeights(state.root, self._api_key)
+        self.external = ExternalWeights(state.root, signing_secret(state.root))
         self.context = ServeContext(state, self.external, self.models)
         self.router = build_router(self.context)
 
@@ -68,6 +69,7 @@ class TinkerApp:
         """
         handler, endpoint, params = self.router.resolve(method, path)
         q = query or {}
+        base_url = self.context.public_url or base_url  # the server's, never the request's Host header
 
         def call(body: Any) -> Any:
             return handler(Call(body=body, query=q, params=params, base_url=base_url, method=method))
@@ -90,14 +92,7 @@ def resolve_api_key(api_key: str | None = None, env_var: str | None = None) -> t
 def build_app(opts: Any, api_key: str | None = None) -> TinkerApp:
     """The application for validated :class:`~kitchen.serve.options.ServeOptions`."""
     key, generated = resolve_api_key(api_key, opts.api_key_env)
-    if generated:
-        print(
-            "kitchen serve: no API key in KITCHEN_SERVE_API_KEY or TINKER_API_KEY; generated one for this run:\n"
-            f"  export TINKER_API_KEY={key}",
-            file=sys.stderr,
-            flush=True,
-        )
-    elif not key.startswith(("tml-", "eyJ")):
+    if not generated and not key.startswith(("tml-", "eyJ")):
         print("kitchen serve: warning: the Tinker SDK only sends keys that start with 'tml-'", file=sys.stderr, flush=True)
     plan = FaultPlan.parse(opts.faults if opts.faults is not None else os.environ.get("KITCHEN_SERVE_FAULTS"))
     stall_s = opts.stall_s if opts.stall_s is not None else float(os.environ.get("KITCHEN_SERVE_STALL_S", "30"))
@@ -108,4 +103,11 @@ def build_app(opts: Any, api_key: str | None = None) -> TinkerApp:
                         max_models_per_session=opts.max_models_per_session, max_models=opts.max_models)
     state = ServerState(backend=opts.backend, latency_ms=opts.latency_ms, state_dir=opts.state_dir,
                         max_loaded_samplers=opts.max_loaded_samplers, precision=opts.precision, limits=limits)
+    if generated:
+        # to a 0600 file, not the log: logs are collected, shipped and read by others
+        key_file = state.root / API_KEY_FILE
+        write_private(key_file, (key + "\n").encode())
+        print(f"kitchen serve: no API key in KITCHEN_SERVE_API_KEY or TINKER_API_KEY; generated one for this run and "
+              f"wrote it to {key_file} (readable by this user only):\n  export TINKER_API_KEY=$(cat {key_file})",
+              file=sys.stderr, flush=True)
     return TinkerApp(state, key, plan, stall_s=stall_s, models=opts.models)

@@ -13,10 +13,14 @@ A client downloads trained weights the way the Tinker SDK 0.38 and tinker-cookbo
    training checkpoint.
 2. ``RestClient.get_external_weights_urls(path)`` returns one URL per file.
 3. The client fetches each URL with plain ``urllib``: no API key header. So a URL
-   carries its own authorisation, an HMAC over (run, name, file, expiry) keyed by a
-   secret derived from the server's API key. It is valid until it expires, names one
-   file, and is not the key; the access log records the path and never the query
-   string that holds the signature.
+   carries its own authorisation, an HMAC over (run, name, file, expiry, the export's
+   id and content hash) keyed by a random secret of the state dir
+   (:func:`kitchen.serve.private_files.signing_secret`; it used to be derived from the
+   API key). It is valid until it expires, names one file of one export (re-saving
+   under the same name makes a new export, and old URLs stop working), and reveals
+   nothing about the key; the host it names is ``--public-url`` (default the bind
+   address), never the request's ``Host`` header, which a client sets. The access log
+   records the path and never the query string that holds the signature.
 
 Exports live under ``--state-dir`` (``runs/<run>/external_weights/<name>/`` with a
 ``<name>.kitchen.json`` beside it), honour their TTL (expired ones are removed when next
@@ -30,6 +34,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -48,6 +53,18 @@ URL_LIFETIME_S = 3600
 MAX_TTL_S = 10 * 365 * 24 * 3600
 AGE_SUFFIX = ".age"
 _SIGNING_CONTEXT = b"kitchen serve: external weights download URLs"
+
+
+def _content_hash(folder: Path, files: list[str]) -> str:
+    """sha256 over the export's files (names and contents), to bind its URLs to what they download."""
+    h = hashlib.sha256()
+    for rel in files:
+        h.update(rel.encode() + b"\0")
+        with open(folder / rel, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def _iso(ts: float) -> str:
@@ -93,9 +110,9 @@ def age_recipients(recipients: list[str]) -> list[Any]:
 class ExternalWeights:
     """Exports on disk plus the signing of their download URLs."""
 
-    def __init__(self, root: Path, api_key: bytes) -> None:
+    def __init__(self, root: Path, secret: bytes) -> None:
         self.root = root
-        self._signing_key = hmac.new(api_key, _SIGNING_CONTEXT, hashlib.sha256).digest()
+        self._signing_key = hmac.new(secret, _SIGNING_CONTEXT, hashlib.sha256).digest()
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:  # never show the signing key
@@ -162,6 +179,7 @@ class ExternalWeights:
                 "expires_at": None if ttl_s is None else now + ttl_s, "encrypted": bool(recipients), "files": files,
                 "size_bytes": sum((picked / rel).stat().st_size for rel in files),
                 "format": "peft_adapter" if picked == adapter else "weights_dir",
+                "export_id": secrets.token_hex(8), "content_sha256": _content_hash(picked, files),
             }
             with self._lock:
                 target = self.folder(worker.model_id, name)
@@ -197,8 +215,9 @@ class ExternalWeights:
             atomic_write_json(self._meta_file(run_id, name), meta)
 
     # ---- signed download URLs ------------------------------------------------------------
-    def _signature(self, run_id: str, name: str, rel: str, expires: int) -> str:
-        msg = "\n".join((run_id, name, rel, str(expires))).encode()
+    def _signature(self, run_id: str, name: str, rel: str, expires: int, meta: dict[str, Any]) -> str:
+        binding = (str(meta.get("export_id", "")), str(meta.get("content_sha256", "")))
+        msg = "\n".join((run_id, name, rel, str(expires), *binding)).encode()
         return hmac.new(self._signing_key, msg, hashlib.sha256).hexdigest()
 
     def urls(self, run_id: str, name: str, base_url: str) -> dict[str, Any]:
@@ -208,7 +227,7 @@ class ExternalWeights:
         if meta.get("expires_at") is not None:
             expires = min(expires, int(float(meta["expires_at"])))
         root = base_url.rstrip("/") + FILES_PREFIX + quote(run_id, safe=":") + "/" + quote(name) + "/"
-        urls = {rel: f"{root}{quote(rel)}?expires={expires}&signature={self._signature(run_id, name, rel, expires)}"
+        urls = {rel: f"{root}{quote(rel)}?expires={expires}&signature={self._signature(run_id, name, rel, expires, meta)}"
                 for rel in meta["files"]}
         return {"urls": urls, "expires": _iso(expires)}
 
@@ -223,12 +242,12 @@ class ExternalWeights:
         except ValueError:
             raise RequestError(403, "download URL is not signed; get one from get_external_weights_urls") from None
         given = query.get("signature", "")
-        if not hmac.compare_digest(given.encode(), self._signature(run_id, name, rel, expires).encode()):
-            raise RequestError(403, "download URL signature does not match (altered, or signed by another server or key); "
-                                    "get fresh URLs with get_external_weights_urls")
+        meta = self.require(run_id, name)
+        if not hmac.compare_digest(given.encode(), self._signature(run_id, name, rel, expires, meta).encode()):
+            raise RequestError(403, "download URL signature does not match (altered, signed by another server, or for an "
+                                    "export since re-saved or deleted); get fresh URLs with get_external_weights_urls")
         if time.time() >= expires:
             raise RequestError(403, "download URL has expired; get fresh URLs with get_external_weights_urls")
-        meta = self.require(run_id, name)
         if rel not in meta.get("files", []):
             raise RequestError(404, f"{rel!r} is not a file of tinker://{run_id}/external_weights/{name}")
         return self.folder(run_id, name) / rel

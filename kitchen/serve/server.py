@@ -42,7 +42,8 @@ def run_server(opts: Any) -> int:
                                 max_headers=opts.max_headers, connections=connections)
     asgi = build_asgi(app, limits, ServeMetrics(state_gauges(app.state)), connections=connections)
     host, port = sock.getsockname()[:2]
-    url = f"http://{host}:{port}"
+    url = f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
+    app.context.public_url = opts.public_url or url
     config = uvicorn.Config(asgi, log_config=None, access_log=False, timeout_keep_alive=int(max(1, opts.idle_timeout_s)),
                             limit_concurrency=None, timeout_graceful_shutdown=30,
                             lifespan="off", server_header=False, http=protocol)

@@ -57,6 +57,9 @@ class ServeContext:
         self.external = external
         self.models = models  # canonical name -> advertised name
         self._tok_lock = threading.Lock()
+        # the address signed download URLs name (--public-url, else the bind address; set by
+        # the server once it is bound); None only for an app served without run_server
+        self.public_url: str | None = None
         self._vocab: dict[str, int] = {}  # base model -> rows of its input embedding, once a model of it loaded
 
     # ---- queued work -------------------------------------------------------------------
