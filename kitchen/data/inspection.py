@@ -108,8 +108,9 @@ def _print_sources(console: Any, loaded: Any, stream: Any) -> None:
         title = f"sources ({loaded.train.extra['strategy']}, seed {loaded.train.extra['seed']})"
     total = sum(m["drawn"] or 0 for m in mixture)
     table = Table(title=title, title_justify="left")
-    for col in ("source", "format", "rows", "weight", "in mixture", "fraction"):
-        table.add_column(col, justify="left" if col in ("source", "format") else "right")
+    table.add_column("source", overflow="fold")  # a long path folds instead of losing its file name
+    for col in ("format", "rows", "weight", "in mixture", "fraction"):
+        table.add_column(col, justify="left" if col == "format" else "right")
     for m in mixture:
         weight = "-" if m["weight"] is None else f"{m['weight']:g}"
         fraction = m["drawn"] / total if m["drawn"] is not None and total else m["probability"]

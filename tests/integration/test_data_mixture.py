@@ -34,14 +34,17 @@ def test_mixture_with_per_source_columns_trains_and_inspect_shows_the_shares(kit
     assert "format mixture (interleave_over) of messages (detected) + sharegpt (dataset_format, conversations<-dialog)" in line
     assert "test rows (test_split_fraction=0.25" in line
     assert info["data_stats"]["test_data_stats"]["examples"] == 3 + 2  # a quarter of each source: 12 -> 3, 6 -> 2 (rounded)
-    config = json.loads((tmp_path / "r" / "run.json").read_text())["config"]
+    import yaml
+
+    config = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert config["dataset"][1]["columns"] == {"conversations": "dialog"} and config["dataset"][0]["weight"] == 0.7
 
     r = kitchen("data", "inspect", *TINY, mix, "-n", "0", "--color", "never")
     assert r.code == 0, r
     assert "sources (interleave_over, seed 0)" in r.out and "weight" in r.out and "fraction" in r.out
-    rows = [ln for ln in r.out.splitlines() if "a.jsonl" in ln and "│" in ln]
-    assert rows and "0.7" in rows[0] and "12" in rows[0] and "%" in rows[0], r.out
+    (row,) = [ln for ln in r.out.splitlines() if "messages (detected)" in ln and "│" in ln]
+    cells = [c.strip() for c in row.split("│")]
+    assert cells[3:6] == ["12", "0.7", cells[5]] and int(cells[5]) >= 12 and cells[6].endswith("%"), r.out
 
 
 def test_mixture_killed_and_resumed_equals_uninterrupted(kitchen, tmp_path):
