@@ -1,10 +1,24 @@
-"""The ``kitchen serve`` process: uvicorn's configuration, signal handling, start-up and drain."""
+"""The ``kitchen serve`` process: uvicorn's configuration, signal handling, start-up and drain.
+
+Shutdown (SIGTERM or SIGINT) is bounded by ``--shutdown-timeout-s``, counted from the
+signal: new work is refused at once (503), uvicorn stops accepting connections and
+finishes the HTTP requests in progress, queued work is cancelled (its futures answer a
+shutdown error), and running work gets what is left of the bound. Everything a client
+was told exists is on disk before its future finishes, so there is nothing else to
+persist. If a worker is still inside the model when the bound passes (a long sample:
+the backends' loops have no cancellation point), the process exits 0 with
+``os._exit`` after flushing its logs: letting the interpreter finalize under a thread
+that is running torch code is what aborted with "terminate called without an active
+exception" (exit -6).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from kitchen.io.atomic import atomic_write_json
@@ -45,9 +59,18 @@ def run_server(opts: Any) -> int:
     url = f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
     app.context.public_url = opts.public_url or url
     config = uvicorn.Config(asgi, log_config=None, access_log=False, timeout_keep_alive=int(max(1, opts.idle_timeout_s)),
-                            limit_concurrency=None, timeout_graceful_shutdown=30,
+                            limit_concurrency=None, timeout_graceful_shutdown=max(1, int(opts.shutdown_timeout_s)),
                             lifespan="off", server_header=False, http=protocol)
-    server = uvicorn.Server(config)
+    signalled: list[float] = []
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not signalled:
+                signalled.append(time.monotonic())
+                app.state.stopping = True  # no new work from here on (503)
+            super().handle_exit(sig, frame)
+
+    server = _Server(config)
     # uvicorn re-raises a captured SIGTERM/SIGINT after its graceful shutdown; with these
     # handlers that re-raise is harmless, so we get to drain and exit 0.
     stopped: list[int] = []
@@ -61,7 +84,16 @@ def run_server(opts: Any) -> int:
     try:
         server.run(sockets=[sock])
     finally:
-        print("kitchen serve: stopping; finishing queued work", file=sys.stderr, flush=True)
-        app.state.shutdown(drain_s=60.0)
+        start = signalled[0] if signalled else time.monotonic()
+        left = max(0.0, start + opts.shutdown_timeout_s - time.monotonic())
+        print(f"kitchen serve: stopping; cancelling queued work, {left:.1f}s left for running work "
+              "(--shutdown-timeout-s)", file=sys.stderr, flush=True)
+        clean = app.state.shutdown(drain_s=left, cancel_queued=True)
+        if not clean:
+            print(f"kitchen serve: stopped with work still running after --shutdown-timeout-s "
+                  f"{opts.shutdown_timeout_s:g}; exiting without waiting for it", file=sys.stderr, flush=True)
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(0)
         print("kitchen serve: stopped", file=sys.stderr, flush=True)
     return 0

@@ -286,7 +286,7 @@ class ServerState:
         if cancel_queued:
             dropped = sum(w.cancel_queued() for w in workers) + self.sampling.cancel_queued()
             if dropped:
-                log.info("shutdown: %d queued request(s) cancelled", dropped)
+                log.warning("shutdown: %d queued request(s) cancelled", dropped)
         deadline = time.monotonic() + drain_s
         for t in [*workers, self.sampling]:
             t.join(max(0.0, deadline - time.monotonic()))
