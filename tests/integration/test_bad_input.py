@@ -341,3 +341,46 @@ def test_bad_input_catalog(tmp_path, capsys):
             if not ok:
                 print(f"  FAIL {klass}/{name}: {why}")
     assert all(ok for _, _, ok, _ in results), [(k, n, why) for k, n, ok, why in results if not ok]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "extra", "needles"),
+    [
+        ("[{path:a.jsonl,weight:0.7},{path:b.jsonl,weight:0}]", [], ["dataset[1].weight = 0", "finite number > 0"]),
+        ("[{path:a.jsonl,weight:-1}]", [], ["dataset[0].weight = -1", "> 0"]),
+        ("[{path:a.jsonl,weight:lots}]", [], ["dataset[0].weight = 'lots' is not a number"]),
+        ("[{path:a.jsonl,wieght:1}]", [], ["dataset[0].wieght is not a source key", "Did you mean 'weight'?",
+                                          "path:", "split:", "columns:"]),
+        ("[]", [], ["dataset = [] is an empty list", "{path: FILE, weight: W}"]),
+        ("[a.jsonl,b.jsonl]", ["dataset_mix=zip"], ["dataset_mix = 'zip' is not allowed",
+                                                    "concat, interleave_under, interleave_over"]),
+        ("[{path:a.jsonl,weight:1},{path:b.jsonl,weight:2}]", ["dataset_mix=concat"],
+         ["dataset_mix=concat", "weights", "interleave_under"]),
+    ],
+)
+def test_dataset_list_mistakes_name_the_key(kitchen, tmp_path, dataset, extra, needles):
+    """A bad dataset list is one paragraph naming dataset[i].key, in run and validate alike."""
+    for command in ("validate", "run"):
+        r = kitchen(command, *NOOP, f"dataset={dataset}", *extra, f"run_dir={tmp_path / 'x'}")
+        assert_user_error(r, *needles)
+        assert len(r.err.strip().splitlines()) == 1, r
+    assert not (tmp_path / "x" / "run.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["loss=simpo", "dpo_loss=ipo"], ["dpo_loss=ipo has no effect with loss=simpo", "loss=dpo"]),
+        (["simpo_gamma=1.0"], ["simpo_gamma=1.0 has no effect with loss=dpo", "loss=simpo"]),
+        (["loss=orpo", "dpo_beta=0.3"], ["dpo_beta=0.3 has no effect with loss=orpo", "loss=dpo or loss=simpo"]),
+        (["dpo_loss=hinge", "label_smoothing=0.1"], ["label_smoothing=0.1 has no effect with dpo_loss=hinge", "robust"]),
+        (["label_smoothing=0.5"], ["label_smoothing", "less than 0.5"]),
+        (["dpo_loss=nope"], ["dpo_loss", "'sigmoid', 'ipo', 'hinge' or 'robust'"]),
+        (["loss=kto"], ["'loss' = 'kto'", "'dpo', 'simpo' or 'orpo'"]),
+    ],
+)
+def test_preference_family_keys_that_do_not_apply(kitchen, tmp_path, overrides, needles):
+    r = kitchen("run", *NOOP, "recipe=dpo_basic", *overrides, f"run_dir={tmp_path / 'x'}")
+    assert_user_error(r, *needles)
+    assert len(r.err.strip().splitlines()) == 1  # one paragraph
+    assert not (tmp_path / "x" / "run.json").exists()
