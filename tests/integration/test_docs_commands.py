@@ -81,6 +81,11 @@ ADAPT: dict[str, str] = {
         f"kitchen run dataset=data/saved dataset_split=sft_train test_dataset=data/saved test_dataset_split=sft_eval {TINY} max_steps=2",
     "kitchen run dataset=data/all.jsonl ~test_dataset test_split_fraction=0.05":
         f"kitchen run dataset=data/all.jsonl ~test_dataset test_split_fraction=0.05 {TINY} max_steps=2",
+    # data.md, Mixing datasets (the list override holds braces: not f-strings)
+    "kitchen data inspect 'dataset=[{path:data/train.jsonl,weight:0.7},{path:data/dialogs.jsonl,weight:0.3,columns:{messages:dialog}}]' -n 1 --color never":
+        "kitchen data inspect 'dataset=[{path:data/train.jsonl,weight:0.7},{path:data/dialogs.jsonl,weight:0.3,columns:{messages:dialog}}]' -n 1 --color never " + TINY,
+    "kitchen run 'dataset=[{path:data/train.jsonl,weight:0.7},{path:data/dialogs.jsonl,weight:0.3,columns:{messages:dialog}}]' max_steps=20 run_dir=runs/mix1":
+        "kitchen run 'dataset=[{path:data/train.jsonl,weight:0.7},{path:data/dialogs.jsonl,weight:0.3,columns:{messages:dialog}}]' max_steps=2 run_dir=runs/mix1 " + TINY,
     "kitchen run recipe=sl_basic dataset_streaming=true run_dir=runs/stream1":
         f"kitchen run recipe=sl_basic dataset_streaming=true run_dir=runs/stream1 {TINY} max_steps=4",
     "kitchen data inspect recipe=sl_basic dataset_streaming=true -n 1": f"kitchen data inspect recipe=sl_basic dataset_streaming=true -n 1 {TINY}",
