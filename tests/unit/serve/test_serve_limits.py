@@ -168,3 +168,39 @@ def test_cancel_takes_queued_samples_off_the_queue_and_releases_their_budget(tmp
     assert state.sample_budget.used == 0
     assert state.futures.cancel(busy.request_id) is False  # already finished
     state.shutdown(drain_s=5)
+
+
+def test_the_in_flight_budget_is_a_429_until_work_finishes():
+    from kitchen.serve.errors import RequestError
+    from kitchen.serve.sample_budget import SampleBudget
+
+    budget = SampleBudget(per_request=1000, in_flight=2500)
+    held = [budget.reserve(10, 0, 100), budget.reserve(10, 0, 100)]
+    with pytest.raises(RequestError) as err:
+        budget.reserve(10, 0, 100)
+    assert err.value.status == 429 and "--max-sample-tokens-in-flight" in err.value.message
+    budget.release(held.pop())
+    assert budget.reserve(10, 0, 100) == 1000
+
+
+def test_the_sdk_sees_the_limits_as_bad_requests(limited, monkeypatch, tmp_path):
+    import tinker
+    from tinker import types
+
+    monkeypatch.setenv("TINKER_API_KEY", KEY)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("TINKER_CREDENTIAL_CMD", raising=False)
+    service = tinker.ServiceClient(base_url=limited.base_url)
+    sampler = service.create_sampling_client(base_model="noop").result()
+    prompt = types.ModelInput.from_ints([1, 2, 3])
+    with pytest.raises(tinker.BadRequestError, match="--max-sample-tokens-per-request"):
+        sampler.sample(prompt, num_samples=20, sampling_params=types.SamplingParams(max_tokens=100)).result()
+    with pytest.raises(tinker.BadRequestError, match="vocabulary of 257"):
+        sampler.sample(types.ModelInput.from_ints([1, 999]), num_samples=1,
+                       sampling_params=types.SamplingParams(max_tokens=4)).result()
+    out = sampler.sample(prompt, num_samples=2, sampling_params=types.SamplingParams(max_tokens=8)).result()
+    assert len(out.sequences) == 2
+    training = service.create_lora_training_client(base_model="noop", rank=4).result()
+    with pytest.raises(tinker.BadRequestError, match="learning_rate"):
+        training.optim_step(types.AdamParams(learning_rate=float("inf"))).result()
+    service.close("success").result()
