@@ -68,7 +68,9 @@ def render_card(
     if spec.get("chat_template"):
         lines += ["", f"Chat template overridden from `{spec['chat_template']}` (saved with the tokenizer)."]
     lines += ["", "## Data", ""]
-    lines += [f"- train: `{spec.get('dataset')}`" if spec.get("dataset") else "- train: (the workflow's environment)"]
+    from kitchen.data.mixture import dataset_label  # a dataset list: a.jsonl (0.7) + b.jsonl (0.3)
+
+    lines += [f"- train: `{dataset_label(spec.get('dataset'))}`" if spec.get("dataset") else "- train: (the workflow's environment)"]
     if spec.get("test_dataset"):
         lines += [f"- test: `{spec['test_dataset']}`"]
     for name, stats in (data_stats or {}).items():

@@ -140,3 +140,14 @@ def test_streamed_mixture_plan_resumes_with_the_same_batches(tmp_path):
     for k in (1, 5, 9):
         resumed = _walk(_stream_plan(tmp_path), k, full[k - 1].position.to_dict())
         assert [(b.step, b.items) for b in resumed] == [(b.step, b.items) for b in full[k:]]
+
+
+def test_distillation_reads_a_mixture(kitchen, tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", messages_rows(6))
+    b = write_jsonl(tmp_path / "b.jsonl", sharegpt_rows(4))
+    run_completed(kitchen, tmp_path / "t", "recipe=distill_basic", "adapters=local", "model=tiny-llama", "teacher=tiny-llama",
+                  "max_steps=1", "num_preview_samples=0", "telemetry=jsonl", f"dataset=[{{path:{a},weight:2}},{{path:{b},weight:1}}]")
+    assert "format mixture (interleave_over) of messages (detected) + sharegpt (detected)" in dataset_line(tmp_path / "t")
+    card = (tmp_path / "t" / "final" / "README.md")
+    if card.exists():  # the model card names the mixture, not a Python list
+        assert "a.jsonl (2) + " in card.read_text()
