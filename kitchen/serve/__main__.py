@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default=d.host, help="interface to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=d.port, help="port (0 = pick a free one; see --ready-file)")
     p.add_argument("--api-key-env", default=None, help="environment variable holding the API key (default: KITCHEN_SERVE_API_KEY, then TINKER_API_KEY)")
+    p.add_argument("--api-key-file", default=None,
+                   help="several API keys, one per line; each client sees only the sessions, models, checkpoints and "
+                        "exports its key created (others get 404)")
     p.add_argument("--backend", default=d.backend, help="local = real torch training; noop = instant fake training")
     p.add_argument("--model", action="append", default=[], help="a model to serve (repeatable; default: SmolLM2-135M-Instruct and tiny-llama)")
     p.add_argument("--latency-ms", type=float, default=d.latency_ms, help="delay every future's result by this much (simulates a remote service)")
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = ServeOptions(host=args.host, port=args.port, backend=args.backend, models=args.model, state_dir=args.state_dir,
                         latency_ms=args.latency_ms, faults=args.faults, stall_s=args.stall_s, ready_file=args.ready_file,
-                        api_key_env=args.api_key_env, log_level=args.log_level, max_loaded_samplers=args.max_loaded_samplers,
+                        api_key_env=args.api_key_env, api_key_file=args.api_key_file, log_level=args.log_level, max_loaded_samplers=args.max_loaded_samplers,
                         max_body_mb=args.max_body_mb, max_decompression_ratio=args.max_decompression_ratio, workers=args.workers,
                         read_timeout_s=args.read_timeout_s, idle_timeout_s=args.idle_timeout_s,
                         header_timeout_s=args.header_timeout_s, max_connections=args.max_connections,

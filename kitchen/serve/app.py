@@ -30,6 +30,7 @@ from kitchen.serve.errors import RequestError
 from kitchen.serve.external import ExternalWeights
 from kitchen.serve.faults import FaultPlan
 from kitchen.serve.model_names import served_models
+from kitchen.serve.ownership import acting_as, check_access, owner_of_key
 from kitchen.serve.private_files import API_KEY_FILE, signing_secret, write_private
 from kitchen.serve.routes import Call
 from kitchen.serve.state import ServerState
@@ -41,9 +42,12 @@ class TinkerApp:
     """The key check and the route table, independent of the HTTP plumbing (see :mod:`kitchen.serve.http`)."""
 
     def __init__(self, state: ServerState, api_key: str, faults: FaultPlan, stall_s: float = 30.0,
-                 models: list[str] | None = None) -> None:
+                 models: list[str] | None = None, more_keys: list[str] | None = None) -> None:
         self.state = state
         self._api_key = api_key.encode()
+        # several keys (--api-key-file): each is an owner (kitchen.serve.ownership); one key: no ownership checks
+        keys = [self._api_key, *(k.encode() for k in (more_keys or []) if k.encode() != self._api_key)]
+        self._owners = [(k, owner_of_key(k)) for k in keys] if len(keys) > 1 else []
         self.faults = faults
         self.stall_s = stall_s
         self.models = served_models(state.backend, models)
@@ -54,14 +58,25 @@ class TinkerApp:
     def __repr__(self) -> str:  # never show the key
         return f"TinkerApp(backend={self.state.backend!r})"
 
-    def check_key(self, presented: str | None) -> None:
+    def check_key(self, presented: str | None) -> str | None:
+        """The key's owner id (None with a single key), or a 401."""
         if not presented:
             raise RequestError(401, "missing API key: send it in the X-API-Key header (the Tinker SDK sends $TINKER_API_KEY)")
-        if not hmac.compare_digest(presented.encode(), self._api_key):
-            raise RequestError(401, "invalid API key: set TINKER_API_KEY in the client to the key this kitchen server was started with")
+        given = presented.encode()
+        if not self._owners:
+            if hmac.compare_digest(given, self._api_key):
+                return None
+        else:
+            found = None
+            for key, owner in self._owners:  # every key compared: the time does not say which matched
+                if hmac.compare_digest(given, key):
+                    found = owner
+            if found is not None:
+                return found
+        raise RequestError(401, "invalid API key: set TINKER_API_KEY in the client to the key this kitchen server was started with")
 
     def route(self, method: str, path: str, query: dict[str, str] | None = None,
-              base_url: str = "") -> tuple[Callable[[Any], Any], str]:
+              base_url: str = "", owner: str | None = None) -> tuple[Callable[[Any], Any], str]:
         """(handler of the body, endpoint name for metrics/faults/logs), or a RequestError (404/400 with a message).
 
         ``base_url`` is the server's address as the client reached it (the download URLs
@@ -71,8 +86,14 @@ class TinkerApp:
         q = query or {}
         base_url = self.context.public_url or base_url  # the server's, never the request's Host header
 
-        def call(body: Any) -> Any:
-            return handler(Call(body=body, query=q, params=params, base_url=base_url, method=method))
+        if owner is None:
+            def call(body: Any) -> Any:
+                return handler(Call(body=body, query=q, params=params, base_url=base_url, method=method))
+        else:
+            def call(body: Any) -> Any:
+                with acting_as(owner):
+                    check_access(self.state, owner, body, params)
+                    return handler(Call(body=body, query=q, params=params, base_url=base_url, method=method))
 
         return call, endpoint
 
@@ -91,7 +112,8 @@ def resolve_api_key(api_key: str | None = None, env_var: str | None = None) -> t
 
 def build_app(opts: Any, api_key: str | None = None) -> TinkerApp:
     """The application for validated :class:`~kitchen.serve.options.ServeOptions`."""
-    key, generated = resolve_api_key(api_key, opts.api_key_env)
+    more_keys = read_key_file(opts.api_key_file) if getattr(opts, "api_key_file", None) else []
+    key, generated = (more_keys[0], False) if more_keys and not api_key else resolve_api_key(api_key, opts.api_key_env)
     if not generated and not key.startswith(("tml-", "eyJ")):
         print("kitchen serve: warning: the Tinker SDK only sends keys that start with 'tml-'", file=sys.stderr, flush=True)
     plan = FaultPlan.parse(opts.faults if opts.faults is not None else os.environ.get("KITCHEN_SERVE_FAULTS"))
@@ -110,4 +132,12 @@ def build_app(opts: Any, api_key: str | None = None) -> TinkerApp:
         print(f"kitchen serve: no API key in KITCHEN_SERVE_API_KEY or TINKER_API_KEY; generated one for this run and "
               f"wrote it to {key_file} (readable by this user only):\n  export TINKER_API_KEY=$(cat {key_file})",
               file=sys.stderr, flush=True)
-    return TinkerApp(state, key, plan, stall_s=stall_s, models=opts.models)
+    return TinkerApp(state, key, plan, stall_s=stall_s, models=opts.models, more_keys=more_keys)
+
+
+def read_key_file(path: str) -> list[str]:
+    """The keys of ``--api-key-file``: one per line; blank lines and lines starting with # skipped."""
+    from pathlib import Path
+
+    lines = Path(path).expanduser().read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]

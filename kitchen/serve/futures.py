@@ -46,6 +46,7 @@ class FutureRecord:
     category: str = "server"
     cancellable: bool = True
     cancelled: bool = False
+    owner: str | None = None  # the API key's owner id that made it (several keys only)
     size: int = 0  # bytes of result held (payload, or the JSON body's encoded size)
     on_finish: Callable[["FutureRecord"], None] | None = field(default=None, repr=False)
 
@@ -82,8 +83,8 @@ class FutureTable:
         self._heap: list[tuple[float, str]] = []  # (expiry, id); stale entries skipped when popped
         self._retained_bytes = 0
 
-    def new(self, model_id: str | None, cancellable: bool = True) -> FutureRecord:
-        rec = FutureRecord(request_id=uuid.uuid4().hex, model_id=model_id, cancellable=cancellable,
+    def new(self, model_id: str | None, cancellable: bool = True, owner: str | None = None) -> FutureRecord:
+        rec = FutureRecord(request_id=uuid.uuid4().hex, model_id=model_id, cancellable=cancellable, owner=owner,
                            on_finish=self._finished)
         with self._lock:
             self._sweep(time.monotonic())
@@ -162,6 +163,11 @@ class FutureTable:
         rec.cancelled = True
         rec.finish(latency_s=0.0, error=CANCELLED, category="user")
         return True
+
+    def owner_of(self, request_id: str) -> str | None:
+        with self._lock:
+            rec = self._futures.get(request_id)
+        return rec.owner if rec is not None else None
 
     def pending(self) -> int:
         with self._lock:

@@ -216,14 +216,14 @@ def build_asgi(app: Any, limits: Limits, metrics: Any, connections: Any = None) 
             request.state.endpoint = "external_weights_file"
             target = await anyio.to_thread.run_sync(app.external.file_for, path, dict(request.query_params), limiter=work)
             return FileResponse(target, media_type="application/octet-stream")
-        app.check_key(_presented_key(request))  # before any byte of the body
+        owner = app.check_key(_presented_key(request))  # before any byte of the body
         if connections is not None and request.client:
             connections.authenticated((request.client.host, request.client.port))
         if path.rstrip("/") == "/metrics":
             request.state.endpoint = "metrics"
             body, ctype = metrics.render()
             return Response(body, media_type=ctype)
-        handler, endpoint = app.route(method, path, dict(request.query_params), base_url=str(request.base_url))
+        handler, endpoint = app.route(method, path, dict(request.query_params), base_url=str(request.base_url), owner=owner)
         request.state.endpoint = endpoint
         raw = await _read_body(request, limits)
         encoding, ctype = request.headers.get("content-encoding", ""), request.headers.get("content-type", "")

@@ -40,6 +40,7 @@ class ServeOptions:
     stall_s: float | None = None
     ready_file: str | None = None
     api_key_env: str | None = None
+    api_key_file: str | None = None  # several keys, one per line: each sees only what it created
     log_level: str = "WARNING"
     max_loaded_samplers: int = 4
     max_body_mb: float = 256.0
@@ -119,12 +120,30 @@ class ServeOptions:
             raise ServeOptionError(f"{source}: {exc}.") from None
         if self.api_key_env is not None and not self.api_key_env.strip():
             raise ServeOptionError("--api-key-env is empty; name an environment variable that holds the API key.")
+        if self.api_key_file is not None:
+            self._check_key_file()
         self._check_state_dir()
         if self.ready_file:
             parent = Path(self.ready_file).expanduser().resolve().parent
             if not parent.is_dir() or not os.access(parent, os.W_OK):
                 raise ServeOptionError(f"--ready-file {self.ready_file}: folder {parent} does not exist or is not writable.")
         return self
+
+    def _check_key_file(self) -> None:
+        if self.api_key_env is not None:
+            raise ServeOptionError("--api-key-file and --api-key-env both name the keys; use one of them "
+                                   "(--api-key-file: one key per line, each client sees only what its key created).")
+        path = Path(self.api_key_file).expanduser()
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ServeOptionError(f"--api-key-file {path} cannot be read ({getattr(exc, 'strerror', None) or exc}); "
+                                   "give a text file with one API key per line.") from None
+        keys = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        bad = [k for k in keys if any(c.isspace() for c in k) or not k.isprintable()]
+        if not keys or bad:
+            raise ServeOptionError(f"--api-key-file {path} has {'no keys' if not keys else 'a key with spaces or control characters'}; "
+                                   "give one API key per line (blank lines and lines starting with # are skipped).")
 
     def _check_state_dir(self) -> None:
         if self.state_dir is None:

@@ -23,6 +23,7 @@ from kitchen.io.atomic import atomic_write_json
 from kitchen.serve.backends import make_backend
 from kitchen.serve.errors import RequestError, check_checkpoint_name, safe_name
 from kitchen.serve.futures import FutureRecord, FutureTable
+from kitchen.serve.ownership import current_owner
 from kitchen.serve.private_files import make_private_dir
 from kitchen.serve.sample_budget import SampleBudget
 from kitchen.serve.snapshots import SAMPLER_PATH, SnapshotStore
@@ -78,7 +79,7 @@ class ServerState:
         if self.stopping:
             raise RequestError(503, "kitchen serve is shutting down and takes no new work; retry against a running server",
                                {"Retry-After": "5"})
-        return self.futures.new(model_id, cancellable=cancellable)
+        return self.futures.new(model_id, cancellable=cancellable, owner=current_owner())
 
     def wait_future(self, request_id: str) -> FutureRecord | None:
         return self.futures.wait(request_id)
@@ -87,7 +88,8 @@ class ServerState:
     def new_session(self, body: dict[str, Any]) -> str:
         session_id = f"kitchen-{uuid.uuid4().hex[:12]}"
         with self.lock:
-            self.sessions[session_id] = {"created": time.time(), "metadata": body.get("user_metadata") or {}}
+            self.sessions[session_id] = {"created": time.time(), "metadata": body.get("user_metadata") or {},
+                                         "owner": current_owner()}
         return session_id
 
     def model(self, model_id: str) -> ModelWorker:
@@ -155,6 +157,7 @@ class ServerState:
             "training_run_id": worker.model_id, "base_model": worker.base_model, "lora": asdict(worker.lora),
             "seed": worker.seed, "backend": worker.backend_kind, "created": now, "last_request_time": now,
             "user_metadata": {str(k): str(v) for k, v in (user_metadata or {}).items()},
+            "owner": current_owner(),
         })
 
     # ---- training runs (run.json per model, so they survive a restart) ----------------
@@ -177,13 +180,26 @@ class ServerState:
                 run.update(fields, last_request_time=time.time())
                 self._write_run(run_id, run)
 
+    def owner_of(self, session_id: str, run_id: str) -> str | None:
+        """The owner of a session (in memory) or, after a restart, of its run (run.json); None = unowned."""
+        with self.lock:
+            info = self.sessions.get(session_id)
+        if info is not None and info.get("owner") is not None:
+            return info["owner"]
+        run = self.get_run(run_id)
+        return run.get("owner") if run else None
+
     def list_runs(self) -> list[dict[str, Any]]:
+        """Every training run, newest first; with several keys, those of the request's key (and unowned ones)."""
+        owner = current_owner()
         runs = []
         for f in self.ckpt_root().glob("*/run.json"):
             try:
-                runs.append(json.loads(f.read_text()))
+                run = json.loads(f.read_text())
             except (OSError, ValueError):
                 continue
+            if owner is None or run.get("owner") in (None, owner):
+                runs.append(run)
         return sorted(runs, key=lambda r: r.get("created", 0), reverse=True)
 
     def training_checkpoints(self, run_id: str) -> list[dict[str, Any]]:
