@@ -27,7 +27,7 @@ class WireError(ValueError):
     """A request the server cannot decode (answered with 400)."""
 
 
-def _tensor_to_list(t: "pb.Tensor", name: str, expected: int) -> list[Any]:
+def _tensor_to_list(t: "pb.Tensor", name: str, expected: int, vocab_size: int | None = None) -> list[Any]:
     """The tensor's values, flattened; shapes and sizes are checked against the body and
     against ``expected`` (the datum's token count) *before* anything is allocated, so a
     small body cannot claim a huge tensor."""
@@ -58,21 +58,25 @@ def _tensor_to_list(t: "pb.Tensor", name: str, expected: int) -> list[Any]:
         dense = np.zeros(rows * cols, dtype=np_dtype)  # == expected values: bounded by the token count
         row_of = np.repeat(np.arange(rows, dtype=np.int64), np.diff(crow))
         dense[row_of * cols + col] = values
-        _check_values(name, dense)
+        _check_values(name, dense, vocab_size)
         return dense.tolist()
     if len(t.dense) % itemsize:
         raise WireError(f"loss_fn_inputs[{name!r}]: {len(t.dense)} bytes is not a whole number of {np.dtype(np_dtype).name} values")
     arr = np.frombuffer(t.dense, dtype=np_dtype)
     if len(arr) != expected:
         raise WireError(f"loss_fn_inputs[{name!r}] has {len(arr)} entries but model_input has {expected} tokens")
-    _check_values(name, arr)
+    _check_values(name, arr, vocab_size)
     return arr.tolist()
 
 
-def _check_values(name: str, arr: "np.ndarray") -> None:
+def _check_values(name: str, arr: "np.ndarray", vocab_size: int | None = None) -> None:
     """NaN/inf anywhere (a NaN loss weight poisons the gradient, then the weights) and
     fractional target tokens (a float32 target_tokens of 1.5 names no token) are 400s."""
-    if arr.dtype.kind != "f" or not len(arr):
+    if not len(arr):
+        return
+    if name == "target_tokens":
+        _check_ids("loss_fn_inputs['target_tokens']", arr, vocab_size)
+    if arr.dtype.kind != "f":
         return
     finite = np.isfinite(arr)
     if not finite.all():
@@ -109,12 +113,11 @@ def datums_from_proto(msg: "pb.ForwardBackwardRequest", vocab_size: int | None =
             _check_ids(f"datum {i}: model_input", ids, vocab_size)
             tokens.extend(ids.tolist())
         try:
-            inputs = {name: _tensor_to_list(t, name, len(tokens)) for name, t in d.loss_fn_inputs.items()}
+            inputs = {name: _tensor_to_list(t, name, len(tokens), vocab_size) for name, t in d.loss_fn_inputs.items()}
         except WireError as exc:
             raise WireError(f"datum {i}: {exc}") from None
         if "target_tokens" not in inputs:
             raise WireError(f"datum {i}: loss_fn_inputs needs 'target_tokens'")
-        _check_ids(f"datum {i}: loss_fn_inputs['target_tokens']", np.asarray(inputs["target_tokens"]), vocab_size)
         out.append(Datum(model_input=tokens, loss_fn_inputs=inputs))
     if not out:
         raise WireError("forward_backward needs at least one datum")
