@@ -120,7 +120,7 @@ def test_fault_spec_parsing():
 
 
 def test_ready_file_and_generated_key(tmp_path, monkeypatch):
-    """Port 0 picks a free port; with no key in the env one is generated and printed once."""
+    """Port 0 picks a free port; with no key in the env one is generated and written to a 0600 file."""
     import subprocess
     import sys
     import time
@@ -139,6 +139,13 @@ def test_ready_file_and_generated_key(tmp_path, monkeypatch):
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=10)
-    generated = [line.split("=", 1)[1] for line in err.splitlines() if "export TINKER_API_KEY=" in line]
-    assert len(generated) == 1 and generated[0].startswith("tml-kitchen-")
+    # the generated key is in a 0600 file the log names; the log never shows the key itself
+    import re
+    import stat
+
+    files = re.findall(r"wrote it to (\S+) ", err)
+    assert len(files) == 1, err
+    key = open(files[0]).read().strip()
+    assert key.startswith("tml-kitchen-") and key not in err and key not in out
+    assert stat.S_IMODE(__import__("os").stat(files[0]).st_mode) == 0o600
     assert f"{info['port']}" in out
