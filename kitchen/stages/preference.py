@@ -1,4 +1,4 @@
-"""Preference (DPO) stages.
+"""Preference stages: the DPO family against a frozen reference, and reference-free SimPO / ORPO.
 
 The reference model is the *frozen starting point*: ``sampling_client(base_model=spec.model)``,
 the untouched base model. It is never the session's weights, so on ``resume=true`` the
@@ -6,13 +6,15 @@ reference is still the original start and not the checkpoint being resumed (a mi
 that would silently reset the DPO rewards to zero at every resume). Reference logprobs
 are computed once per example, lazily, and cached for the run.
 
-One DPO step::
+One step::
 
-    ReferenceLogprobs   summed completion logprobs of the batch's pairs under the reference (cached)
+    ReferenceLogprobs   summed completion logprobs of the batch's pairs under the reference (cached);
+                        only for loss=dpo (``needs_reference``): simpo and orpo never build the
+                        reference sampler, one forward less per step
     PolicyLogprobs      a fresh ``forward`` at the current weights
-    DPOStep             dpo_loss metrics + per-sequence cross_entropy weights whose gradient is
-                        exactly the DPO gradient (kitchen.train.dpo.dpo_token_weights); the
-                        logged loss is dpo_loss (the surrogate's own value is meaningless)
+    DPOStep             the loss's metrics + per-sequence cross_entropy weights ``-dL/dlogp`` whose
+                        gradient is exactly the loss's (kitchen.train.preference_losses); the logged
+                        loss is the preference loss (the surrogate's own value is meaningless)
 """
 
 from __future__ import annotations
@@ -47,6 +49,41 @@ class PreferenceState:
 def completion_sum(logprobs: Sequence[float | None], weights: Sequence[float]) -> float:
     """Sum of target-aligned logprobs over the completion (weight > 0) positions."""
     return float(sum(lp for lp, w in zip(logprobs, weights) if w and lp is not None))
+
+
+def completion_length(datum: Datum) -> int:
+    """Completion tokens of a datum (its weight > 0 positions): the ``|y|`` of length-normalised losses."""
+    return sum(1 for w in datum.loss_fn_inputs["weights"] if w)
+
+
+def needs_reference(ctx: Context[PreferenceConfig]) -> bool:
+    """Only loss=dpo compares with the frozen reference; simpo and orpo skip its forward entirely."""
+    return ctx.spec.loss == "dpo"
+
+
+needs_reference.label = "loss=dpo (simpo, orpo: reference-free)"  # type: ignore[attr-defined]
+
+
+def preference_result(spec: PreferenceConfig, pairs: Sequence[tuple[Datum, Datum]], pol: Sequence[tuple[float, float]],
+                      ref: Sequence[tuple[float, float]] | None) -> Any:
+    """The configured loss on a batch: a :class:`kitchen.train.preference_losses.PreferenceResult`."""
+    from kitchen.train.preference_losses import dpo_family, orpo, simpo
+
+    pc, pr = [p[0] for p in pol], [p[1] for p in pol]
+    lc = [completion_length(c) for c, _ in pairs]
+    lr = [completion_length(r) for _, r in pairs]
+    if spec.loss == "simpo":
+        return simpo(pc, pr, lc, lr, spec.dpo_beta, spec.simpo_gamma)
+    if spec.loss == "orpo":
+        return orpo(pc, pr, lc, lr, spec.orpo_lambda)
+    assert ref is not None
+    return dpo_family(pc, pr, [r[0] for r in ref], [r[1] for r in ref], spec.dpo_beta, spec.dpo_loss,
+                      spec.label_smoothing, lc, lr)
+
+
+def metric_prefix(spec: PreferenceConfig) -> str:
+    """``dpo`` for every dpo_loss variant (as DPO always logged), else the loss's name."""
+    return "dpo" if spec.loss == "dpo" else spec.loss
 
 
 def reweight(datum: Datum, weight: float) -> Datum:
@@ -98,7 +135,14 @@ class TokenizePreferences(Stage):
         from kitchen.data.token_cache import cached_preference_data
 
         tokenize_splits(ctx, cached_preference_data, "preference pairs")
-        ctx.emit(ev.RUN_INFO, message=f"DPO: beta {ctx.spec.dpo_beta}, reference = the frozen base model {ctx.spec.model}")
+        spec = ctx.spec
+        if spec.loss == "dpo":
+            what = f"DPO ({spec.dpo_loss}): beta {spec.dpo_beta}, reference = the frozen base model {spec.model}"
+        elif spec.loss == "simpo":
+            what = f"SimPO: beta {spec.dpo_beta}, gamma {spec.simpo_gamma}, no reference model"
+        else:
+            what = f"ORPO: lambda {spec.orpo_lambda}, no reference model"
+        ctx.emit(ev.RUN_INFO, message=what)
 
 
 class ReferenceLogprobs(Stage):
@@ -118,50 +162,49 @@ class PolicyLogprobs(Stage):
 
 
 class DPOStep(Stage):
-    """dpo_loss and its metrics, and the cross_entropy weights that carry the DPO gradient."""
+    """The preference loss and its metrics, and the cross_entropy weights that carry its gradient."""
 
     def execute(self, ctx: Context[PreferenceConfig]) -> StepOutput:
-        from kitchen.train.dpo import dpo_loss, dpo_token_weights
-
-        beta, state = ctx.spec.dpo_beta, ctx.use(PreferenceState)
-        pol, ref = state.policy_sums, state.ref_sums
-        pc, pr = [p[0] for p in pol], [p[1] for p in pol]
-        rc, rr = [r[0] for r in ref], [r[1] for r in ref]
-        result = dpo_loss(pc, pr, rc, rr, beta)
-        weights = dpo_token_weights(pc, pr, rc, rr, beta)
+        spec, state = ctx.spec, ctx.use(PreferenceState)
+        pairs = ctx.use(ChatData).batch_items()
+        pol = state.policy_sums
+        reference = needs_reference(ctx)
+        result = preference_result(spec, pairs, pol, state.ref_sums if reference else None)
+        w_chosen, w_rejected = result.weights()
         datums = []
-        for (chosen, rejected), wc, wr in zip(ctx.use(ChatData).batch_items(), weights.chosen, weights.rejected):
+        for (chosen, rejected), wc, wr in zip(pairs, w_chosen, w_rejected):
             datums.extend((reweight(chosen, wc), reweight(rejected, wr)))
-        n = len(pc)
+        n, name = len(pol), metric_prefix(spec)
         metrics = {
-            "dpo_loss": result.loss,
-            "dpo_accuracy": result.accuracy,
-            "dpo_margin": result.margin,
+            f"{name}_loss": result.loss,
+            f"{name}_accuracy": result.accuracy,
+            f"{name}_margin": result.margin,
             "chosen_reward": result.chosen_reward,
             "rejected_reward": result.rejected_reward,
-            "policy_logp_chosen": sum(pc) / n,
-            "ref_logp_chosen": sum(rc) / n,
+            "policy_logp_chosen": sum(p[0] for p in pol) / n,
+            **({"ref_logp_chosen": sum(r[0] for r in state.ref_sums) / n} if reference else {}),
+            **result.extra,
             "pairs": float(n),
         }
         return StepOutput(datums, "cross_entropy", None, metrics, loss=result.loss, drop_metrics=SURROGATE_METRICS)
 
 
 class HeldOutDPO:
-    """Held-out DPO loss, accuracy and margin against the frozen reference."""
+    """Held-out loss, accuracy and margin of the configured preference loss (against the frozen reference for dpo)."""
 
     def __init__(self, ctx: Context[PreferenceConfig]) -> None:
         self.ctx = ctx
 
     def __call__(self, env: EvalEnv) -> EvalResult:
-        from kitchen.train.dpo import dpo_loss
-
         pairs = self.ctx.use(ChatData).test[: env.spec.eval_max_examples]
         if not env.want_metrics or not pairs:
             return EvalResult()
-        ref = reference_sums(self.ctx, "test", list(range(len(pairs))), pairs)
+        ref = reference_sums(self.ctx, "test", list(range(len(pairs))), pairs) if needs_reference(self.ctx) else None
         pol = policy_sums(env.training, pairs, env.spec.batch_size)
-        result = dpo_loss([p[0] for p in pol], [p[1] for p in pol], [r[0] for r in ref], [r[1] for r in ref], env.spec.dpo_beta)
-        return EvalResult({"eval_dpo_loss": result.loss, "eval_dpo_accuracy": result.accuracy, "eval_dpo_margin": result.margin})
+        result = preference_result(env.spec, pairs, pol, ref)
+        name = metric_prefix(env.spec)
+        return EvalResult({f"eval_{name}_loss": result.loss, f"eval_{name}_accuracy": result.accuracy,
+                           f"eval_{name}_margin": result.margin})
 
 
 def preference_evaluators(ctx: Context[PreferenceConfig]) -> list[Any]:
