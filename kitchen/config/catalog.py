@@ -38,6 +38,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "preference": "kitchen.workflows.preference:PREFERENCE",
         "reinforcement": "kitchen.workflows.reinforcement:REINFORCEMENT",
         "distillation": "kitchen.workflows.distillation:DISTILLATION",
+        "kto": "kitchen.workflows.kto:KTO",
     },
     "stages": {  # stages are values in workflows; names here only list them (`kitchen plugins`)
         "load_dataset": "kitchen.stages.data:LoadDataset",
@@ -55,6 +56,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     },
     "evaluators": {
         "greedy_preview": "kitchen.evaluators:GreedyPreview",
+        "lm_eval": "kitchen.evaluators.lm_eval:LMEval",
     },
     # the shipped sinks' one table is kitchen.telemetry.sink_table (with their extras); "module.attr" -> "module:attr"
     "sinks": {name: ":".join(entry.target.rsplit(".", 1)) for name, entry in BUILTIN_SINKS.items()},

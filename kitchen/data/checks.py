@@ -16,6 +16,8 @@ def check_rows(rows: list[dict[str, Any]], kind: str, source: str, train_on_what
     for i, row in enumerate(rows):
         if kind == "preference":
             check_preference_row(row, i, source)
+        elif kind == "unpaired":  # normalised to weighted messages + label: the completion is what trains
+            check_sft_row(row, i, source, "last_assistant_message")
         else:
             check_sft_row(row, i, source, train_on_what)
 

@@ -26,6 +26,11 @@ Preference (``preference``): ``prompt``/``chosen``/``rejected`` as strings or me
 lists, or TRL's implicit-prompt form (``chosen``/``rejected`` full conversations sharing
 their prompt turns).
 
+Unpaired preference (``unpaired``, the kto workflow): TRL's unpaired format,
+``prompt`` + ``completion`` (strings or message lists) + ``label`` (true: desirable), or
+``messages`` + ``label`` (the last assistant message is the completion). Normalised to
+``{"messages": [prompt turns at weight 0, completion at weight 1], "label": bool}``.
+
 ``dataset_columns`` maps canonical field names to the file's own columns
 (``{"messages": "dialog"}``) before detection. Pure functions, no I/O: errors are
 :class:`RowError` (row index + field) that the caller turns into a DataError naming the file.
@@ -42,7 +47,8 @@ from kitchen.train.messages import ROLES
 
 SFT_FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 PREFERENCE_FORMATS: tuple[str, ...] = ("preference",)
-ALL_FORMATS: tuple[str, ...] = ("auto",) + SFT_FORMATS + PREFERENCE_FORMATS
+UNPAIRED_FORMATS: tuple[str, ...] = ("unpaired",)
+ALL_FORMATS: tuple[str, ...] = ("auto",) + SFT_FORMATS + PREFERENCE_FORMATS + UNPAIRED_FORMATS
 
 #: what each format needs in a row, for error messages
 FORMAT_KEYS: dict[str, str] = {
@@ -52,6 +58,7 @@ FORMAT_KEYS: dict[str, str] = {
     "prompt_completion": '"prompt" + "completion" (strings or message lists)',
     "text": '"text" (plain text, continued pretraining)',
     "preference": '"prompt" + "chosen" + "rejected" (strings or message lists), or "chosen" + "rejected" conversations',
+    "unpaired": '"prompt" + "completion" (strings or message lists) + "label" (true/false), or "messages" + "label"',
 }
 
 #: the fields ``dataset_columns`` can map a file's own column onto
@@ -102,6 +109,10 @@ def detect(row: Mapping[str, Any], kind: str = "sft") -> str | None:
         if {"chosen", "rejected"} <= keys:
             return "preference"
         return None
+    if kind == "unpaired":
+        if "label" in keys and ({"prompt", "completion"} <= keys or "messages" in keys):
+            return "unpaired"
+        return None
     if "messages" in keys:
         return "messages"
     if "conversations" in keys:
@@ -115,19 +126,24 @@ def detect(row: Mapping[str, Any], kind: str = "sft") -> str | None:
     return None
 
 
+def _formats_of(kind: str) -> tuple[str, ...]:
+    return {"preference": PREFERENCE_FORMATS, "unpaired": UNPAIRED_FORMATS}.get(kind, SFT_FORMATS)
+
+
 def accepted_formats(kind: str) -> str:
-    names = PREFERENCE_FORMATS if kind == "preference" else SFT_FORMATS
+    names = _formats_of(kind)
     return "; ".join(f"{n}: {FORMAT_KEYS[n]}" for n in names)
 
 
 def check_format_name(name: str, kind: str = "sft") -> None:
     """ConfigError-style DataError for a dataset_format value that does not exist for ``kind``."""
-    allowed = ("auto",) + (PREFERENCE_FORMATS if kind == "preference" else SFT_FORMATS)
+    allowed = ("auto",) + _formats_of(kind)
     if name not in allowed:
         from kitchen.errors import ConfigError
 
+        noun = {"preference": "preference", "unpaired": "unpaired preference (kto)"}.get(kind, "supervised")
         raise ConfigError(
-            f"dataset_format={name!r} is not a {'preference' if kind == 'preference' else 'supervised'} data format; "
+            f"dataset_format={name!r} is not a {noun} data format; "
             f"allowed values: {', '.join(allowed)}." + did_you_mean(name, allowed)
         )
 
@@ -351,6 +367,36 @@ def normalize_preference(row: Any, columns: Mapping[str, str] | None = None) -> 
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+def normalize_unpaired(row: Any, columns: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """One unpaired row as ``{"messages": [prompt at weight 0, completion at weight 1], "label": bool}``."""
+    if not isinstance(row, Mapping):
+        raise RowError("row", f"is a {type(row).__name__}, not an object")
+    row = apply_columns(row, columns or {})
+    label = row.get("label")
+    if isinstance(label, int) and not isinstance(label, bool) and label in (0, 1):
+        label = bool(label)
+    if not isinstance(label, bool):
+        raise RowError("label", f"must be true (desirable) or false (undesirable), got {label!r}")
+    if row.get("prompt") is None and "messages" in row:
+        msgs = normalize_messages(row["messages"])
+        if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
+            raise RowError("messages", "must end with the assistant completion, after at least one prompt turn")
+        messages = [{**m, "weight": 0.0} for m in msgs[:-1]] + [{**msgs[-1], "weight": 1.0}]
+    else:
+        messages = _prompt_completion(row)
+        if any(m["role"] != "assistant" for m in messages if m.get("weight")):
+            raise RowError("completion", "completion turns must be 'assistant'")
+    return {"messages": messages, "label": label}
+
+
+def _normalize(row: Any, kind: str, fmt: str, columns: Mapping[str, str]) -> dict[str, Any]:
+    if kind == "preference":
+        return normalize_preference(row, columns)
+    if kind == "unpaired":
+        return normalize_unpaired(row, columns)
+    return normalize_sft(row, fmt, columns)
+
+
 class NormalisedRows(Sequence):
     """``rows`` seen through their format: row ``i`` normalised when it is read.
 
@@ -379,8 +425,7 @@ class NormalisedRows(Sequence):
         out = []
         for i, row in zip(positions, raw):
             try:
-                out.append(normalize_preference(row, columns) if self.kind == "preference"
-                           else normalize_sft(row, self.choice.name, columns))
+                out.append(_normalize(row, self.kind, self.choice.name, columns))
             except RowError as exc:
                 raise _row_error(self.source, (self.where or (lambda k: f"row {k}"))(i), self.choice.name, exc) from None
         return out
@@ -439,10 +484,7 @@ def normalize_rows(rows: Iterable[Any], choice: FormatChoice, source: str, kind:
     out = []
     for i, row in enumerate(rows):
         try:
-            if kind == "preference":
-                out.append(normalize_preference(row, columns))
-            else:
-                out.append(normalize_sft(row, choice.name, columns))
+            out.append(_normalize(row, kind, choice.name, columns))
         except RowError as exc:
             raise _row_error(source, where(i), choice.name, exc) from None
     return out
@@ -450,7 +492,7 @@ def normalize_rows(rows: Iterable[Any], choice: FormatChoice, source: str, kind:
 
 __all__ = [
     "ALL_FORMATS", "CANONICAL_FIELDS", "FORMAT_KEYS", "FormatChoice", "NormalisedRows", "PREFERENCE_FORMATS", "RowError",
-    "SFT_FORMATS",
+    "SFT_FORMATS", "UNPAIRED_FORMATS",
     "accepted_formats", "apply_columns", "check_columns", "check_format_name", "choose_format", "detect",
-    "normalize_messages", "normalize_preference", "normalize_rows", "normalize_sft",
+    "normalize_messages", "normalize_preference", "normalize_rows", "normalize_sft", "normalize_unpaired",
 ]
