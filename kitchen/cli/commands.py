@@ -261,11 +261,22 @@ def serve(
     max_headers: int = typer.Option(100, help="Header lines per request (431 beyond)."),
     max_header_kb: float = typer.Option(64.0, help="Size of a request head: request line and headers (431 beyond)."),
     precision: str = typer.Option("fp32", help="Local backend: fp32, bf16 or auto, for clients that send none (kitchen's adapter sends its run's)."),
+    api_key_file: Optional[Path] = typer.Option(None, help="Several API keys, one per line: each key sees only the sessions, checkpoints and exports it created."),
+    max_sample_tokens_per_request: int = typer.Option(262_144, help="num_samples x (prompt + max_tokens) one sample request may ask for (400 beyond)."),
+    max_sample_tokens_in_flight: int = typer.Option(1_048_576, help="Sample tokens admitted at once across all clients (429 beyond)."),
+    result_ttl_s: float = typer.Option(600.0, help="A finished result nobody retrieves is freed after this."),
+    max_user_metadata_kb: float = typer.Option(64.0, help="Size of a session's user_metadata (400 beyond)."),
+    max_json_body_mb: float = typer.Option(16.0, help="Size of a JSON request body once decoded (413 beyond)."),
+    max_models_per_session: int = typer.Option(64, help="Models one session may create (400 beyond)."),
+    max_models: int = typer.Option(256, help="Models the server holds in all (429 beyond)."),
+    shutdown_timeout_s: float = typer.Option(30.0, help="On SIGTERM, how long running work may take before the server exits 0 anyway."),
+    public_url: Optional[str] = typer.Option(None, help="The base URL signed download URLs name (default: the bind address; never the request's Host header)."),
 ) -> None:
     """Serve the Tinker REST API on this machine, backed by a kitchen backend.
 
     The API key clients must send comes from KITCHEN_SERVE_API_KEY or TINKER_API_KEY
-    (never a command-line argument); with neither set, one is generated and printed once.
+    (never a command-line argument), or from --api-key-file; with none set, one is generated
+    and written to a 0600 file in the state dir, which the log names.
     Then: TINKER_BASE_URL=http://127.0.0.1:PORT TINKER_API_KEY=... kitchen run adapters=tinker
     """
     # options are validated in kitchen/serve/options.py (exit 2, one paragraph)
@@ -279,7 +290,13 @@ def serve(
                         read_timeout_s=read_timeout_s, idle_timeout_s=idle_timeout_s,
                         header_timeout_s=header_timeout_s, max_connections=max_connections,
                         max_connections_per_client=max_connections_per_client, max_headers=max_headers,
-                        max_header_kb=max_header_kb, precision=precision).validate()
+                        max_header_kb=max_header_kb, precision=precision,
+                        api_key_file=str(api_key_file) if api_key_file else None,
+                        max_sample_tokens_per_request=max_sample_tokens_per_request,
+                        max_sample_tokens_in_flight=max_sample_tokens_in_flight, result_ttl_s=result_ttl_s,
+                        max_user_metadata_kb=max_user_metadata_kb, max_json_body_mb=max_json_body_mb,
+                        max_models_per_session=max_models_per_session, max_models=max_models,
+                        shutdown_timeout_s=shutdown_timeout_s, public_url=public_url).validate()
     from kitchen.serve import run_server
 
     raise typer.Exit(run_server(opts))
@@ -404,6 +421,28 @@ def export(
     what = "a GGUF file" if (fmt or "").lower() == "gguf" else ("merged weights" if merge or (fmt or "").lower() == "merged" else "the adapter")
     extra = f" (Ollama: {where}.Modelfile)" if what == "a GGUF file" else ""
     _stderr().print(f"exported {what} to {where}{extra}" + (f" and pushed to {push}" if push else ""))
+
+
+@app.command("eval")
+@_guard
+def eval_(
+    target: str = typer.Argument(..., help="A run directory written by `kitchen run` (local backend), or a model: a hub id, a local directory, tiny-llama."),
+    tasks: str = typer.Option(..., "--tasks", help="lm-eval tasks, comma-separated: names lm-eval lists, kitchen_arith (bundled, offline) or task YAML files."),
+    step: Optional[int] = typer.Option(None, "--step", help="Score this checkpoint of the run instead of final/."),
+    base: bool = BaseOpt,
+    limit: Optional[float] = typer.Option(None, "--limit", help="At most this many examples per task (a fraction < 1: that share)."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Few-shot examples per prompt (default: the task's)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Requests per forward pass."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write the full results JSON here (a run's default: RUN_DIR/evals/lm_eval-<weights>.json)."),
+) -> None:
+    """Score a run's weights (or any model) on lm-evaluation-harness tasks, with lm-eval's own HF model class."""
+    from kitchen.outputs.evaluate import evaluate_weights, table
+
+    count = int(limit) if limit is not None and limit >= 1 and float(limit).is_integer() else limit
+    run = evaluate_weights(target, [t for t in tasks.split(",") if t.strip()], step=step, base=base, limit=count,
+                           num_fewshot=num_fewshot, batch_size=batch_size, output=output)
+    print(table(run))
+    _stderr().print(f"scored {run.label}" + (f"; results in {run.written}" if run.written else ""))
 
 
 def _importable_from_cwd() -> None:

@@ -46,6 +46,14 @@ def target_of(kind: str, entry: str | Mapping[str, Any]) -> tuple[str, dict[str,
 
         found = catalog().entry(kind, entry)
         return found.dotted, {}, f"{kind[:-1]} '{entry}'"
+    if isinstance(entry, Mapping) and len(entry) == 1 and "_target_" not in entry:
+        # {name: {options}}: a short name with its options (`{lm_eval: {tasks: [...]}}`)
+        ((name, given),) = entry.items()
+        if isinstance(name, str) and (given is None or isinstance(given, Mapping)):
+            from kitchen.config.catalog import catalog
+
+            found = catalog().entry(kind, name)
+            return found.dotted, {str(k): v for k, v in (given or {}).items()}, f"{kind[:-1]} '{name}'"
     if isinstance(entry, Mapping):
         options = {str(k): v for k, v in entry.items()}
         target = options.pop("_target_", None)

@@ -122,6 +122,9 @@ def session_config(rw: RunWeights):
         base_model=str(s["model"]), lora=lora, seed=int(s.get("seed", 0)), dtype=str(s.get("dtype", "auto")),
         device=str(s.get("device", "auto")), max_length=int(s.get("max_length", 512)),
         model_revision=_pinned_revision(rw), chat_template=s.get("chat_template"),
+        # the precision it trained in: a checkpoint refuses to load into another (an fp32 run's
+        # step N, opened with precision=auto on a CPU with bf16, would be refused)
+        precision=str(s.get("precision", "auto")), force_precision=bool(s.get("force_precision", False)),
     )
 
 

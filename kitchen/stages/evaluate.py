@@ -1,7 +1,9 @@
 """The one evaluation lifecycle: which evaluators run, when, and what they emit.
 
 ``PrepareEvaluators`` builds the workflow's own evaluators (a function of the context
-the workflow passes in) plus the recipe's ``evaluators:`` list. ``Evaluate`` runs them:
+the workflow passes in) plus the recipe's ``evaluators:`` list. A recipe's evaluator that
+raises is dropped with one ``run.warning``, as a failing sink is: an extra benchmark must
+not cost the training run. The workflow's own evaluators still fail the run. ``Evaluate`` runs them:
 once per step at most (an ``eval_every`` evaluation at the last step is not repeated by
 the final one), with ``eval.start`` / ``eval.result`` / ``eval.stop`` events, the history
 kept for run.json, and, when tagged ``before`` / ``after``, the evaluators' previews as
@@ -24,6 +26,16 @@ from kitchen.telemetry import events as ev
 @dataclass
 class Evaluation:
     evaluators: list[tuple[str, Any]] = field(default_factory=list)  # (name for messages, evaluator)
+    optional: set[int] = field(default_factory=set)  # ids of the recipe's evaluators: a failure drops them
+
+
+def label_of(entry: Any) -> str:
+    """How messages name a recipe's evaluator: its short name or its ``_target_``."""
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict) and "_target_" not in entry and len(entry) == 1:
+        return str(next(iter(entry)))
+    return str(entry.get("_target_")) if isinstance(entry, dict) else str(entry)
 
 
 @dataclass(frozen=True)
@@ -33,10 +45,13 @@ class PrepareEvaluators(Stage):
     builtin: Optional[Callable[[Context], list[Any]]] = None
 
     def validate(self, ctx: Context) -> None:
-        from kitchen.config.instantiate import resolve
+        from kitchen.config.instantiate import resolve, target_of
 
         for entry in ctx.spec.evaluators:
-            resolve("evaluators", entry)
+            factory = resolve("evaluators", entry)
+            check = getattr(factory, "check_options", None)  # an evaluator's own preflight (lm_eval: its tasks exist)
+            if callable(check):
+                check(**target_of("evaluators", entry)[1])
 
     def execute(self, ctx: Context) -> None:
         from kitchen.config.instantiate import build
@@ -45,7 +60,9 @@ class PrepareEvaluators(Stage):
         own = self.builtin(ctx) if self.builtin else []
         state.evaluators = [(type(e).__name__, e) for e in own]
         for entry in ctx.spec.evaluators:
-            state.evaluators.append((str(entry if isinstance(entry, str) else entry.get("_target_")), build("evaluators", entry)))
+            evaluator = build("evaluators", entry)
+            state.evaluators.append((label_of(entry), evaluator))
+            state.optional.add(id(evaluator))
 
 
 @dataclass(frozen=True)
@@ -69,7 +86,15 @@ class Evaluate(Stage):
             ctx.emit(ev.EVAL_START, step=ctx.step, split="test")
         metrics: dict[str, float] = {}
         for name, evaluator in todo:
-            result = as_result(evaluator(env), name)
+            try:
+                result = as_result(evaluator(env), name)
+            except Exception as exc:
+                if id(evaluator) not in state.optional:
+                    raise
+                state.evaluators = [(n, e) for n, e in state.evaluators if e is not evaluator]
+                ctx.emit(ev.RUN_WARNING, message=f"evaluator {name} failed at step {ctx.step} and is dropped for the "
+                         f"rest of the run: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                continue
             if fresh:
                 metrics.update(result.metrics)
             for sample in result.samples[:previews]:

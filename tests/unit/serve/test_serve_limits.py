@@ -204,3 +204,17 @@ def test_the_sdk_sees_the_limits_as_bad_requests(limited, monkeypatch, tmp_path)
     with pytest.raises(tinker.BadRequestError, match="learning_rate"):
         training.optim_step(types.AdamParams(learning_rate=float("inf"))).result()
     service.close("success").result()
+
+
+def test_kitchen_serve_takes_the_work_limit_flags_and_refuses_a_bad_one() -> None:
+    """The Typer command passes every limit to the same checks as `python -m kitchen.serve`."""
+    from conftest import run_kitchen
+
+    r = run_kitchen("serve", "--backend", "noop", "--max-models", "0")
+    assert r.code == 2 and "--max-models must be at least 1" in r.err and "Traceback" not in r.err, r
+    r = run_kitchen("serve", "--backend", "noop", "--max-sample-tokens-in-flight", "10",
+                    "--max-sample-tokens-per-request", "20")
+    assert r.code == 2 and "--max-sample-tokens-in-flight" in r.err, r
+    r = run_kitchen("serve", "--help")
+    for flag in ("--api-key-file", "--result-ttl-s", "--max-json-body-mb", "--shutdown-timeout-s", "--public-url"):
+        assert flag in r.out, flag
