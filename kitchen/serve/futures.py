@@ -30,7 +30,7 @@ from kitchen.serve.errors import RequestError
 
 LONG_POLL_S = 20.0  # < the SDK's 45 s retrieve_future timeout
 MAX_FUTURES = 20000
-RETRIEVED_GRACE_S = 10.0  # a retrieved result stays this long, for a client whose answer got lost
+RETRIEVED_GRACE_S = 120.0  # a retrieved result stays this long, for a client whose answer got lost or that asks twice (the cookbook under load did)
 CANCELLED = "cancelled by the client (cancel_future)"
 
 
@@ -76,7 +76,7 @@ class FutureTable:
 
     def __init__(self, result_ttl_s: float = 600.0, retrieved_grace_s: float = RETRIEVED_GRACE_S) -> None:
         self.result_ttl_s = float(result_ttl_s)
-        self.retrieved_grace_s = float(retrieved_grace_s)
+        self.retrieved_grace_s = min(float(retrieved_grace_s), self.result_ttl_s)  # never longer than an unretrieved one
         self._lock = threading.Lock()
         self._futures: "OrderedDict[str, FutureRecord]" = OrderedDict()
         self._expiry: dict[str, float] = {}  # finished request id -> when it is dropped

@@ -42,7 +42,7 @@ def state_gauges(state: Any) -> dict[str, tuple[str, Callable[[], float]]]:
         "kitchen_serve_loaded_samplers": ("Sampler weight sets loaded in memory (bounded by --max-loaded-samplers).",
                                           lambda: float(state.snapshots.loaded_count())),
         "kitchen_serve_pending_futures": ("Futures not yet finished.", lambda: float(state.pending_futures())),
-        "kitchen_serve_retained_results": ("Finished results held for retrieve_future (dropped 10 s after retrieval, "
+        "kitchen_serve_retained_results": ("Finished results held for retrieve_future (dropped 120 s after retrieval, "
                                            "or after --result-ttl-s).", lambda: float(state.futures.retained()[0])),
         "kitchen_serve_retained_result_bytes": ("Bytes of the finished results held for retrieve_future.",
                                                 lambda: float(state.futures.retained()[1])),
