@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from kitchen.errors import ConfigError
 from kitchen.evaluators import EvalEnv, EvalResult
 from kitchen.ports.types import Datum, SamplingParams
+from kitchen.train.dpo import build_weighted_ce_datum
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -306,9 +307,7 @@ class _PortLMMixin:
         for ctx, cont in pairs:
             full = (ctx + cont)[-(self.max_length + 1):]
             scored = min(len(cont), len(full) - 1)
-            targets = full[1:]
-            weights = [0.0] * (len(targets) - scored) + [1.0] * scored
-            datums.append(Datum(model_input=full[:-1], loss_fn_inputs={"target_tokens": targets, "weights": weights}))
+            datums.append(build_weighted_ce_datum(full[:-scored], full[-scored:], 1.0))
         return self._weighted_sums(datums)
 
     def _weighted_sums(self, datums: Sequence[Datum]) -> list[float]:
@@ -331,10 +330,7 @@ class _PortLMMixin:
                 token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
                 max_seq_len=self.max_length, context_len=1))
             for ctx, cont in windows:
-                full = list(ctx) + list(cont)
-                targets = full[1:]
-                weights = [0.0] * (len(targets) - len(cont)) + [1.0] * len(cont)
-                datums.append(Datum(model_input=full[:-1], loss_fn_inputs={"target_tokens": targets, "weights": weights}))
+                datums.append(build_weighted_ce_datum(ctx, cont, 1.0))
                 owners.append(n)
         totals = [0.0] * len(requests)
         for owner, value in zip(owners, self._weighted_sums(datums)):
